@@ -1,0 +1,89 @@
+"""Model adapters (one per family over diffusers classes), loading by path or preset, and sampling.
+
+`load(path_or_preset)` takes a local diffusers-format directory (the family is read from `model_index.json`'s
+`_class_name`) or the name of a shipped preset (`shapes`, `shapes-base`: the Shapes world models in `assets/`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .base import ModelPathError, PromptEmbeds, VideoModelAdapter
+from .hunyuan_video import HunyuanVideoAdapter
+from .wan import WanAdapter
+
+FAMILIES: dict[str, type[VideoModelAdapter]] = {"wan": WanAdapter, "hunyuan_video": HunyuanVideoAdapter}
+
+
+def assets_dir() -> Path:
+    """The shipped assets folder (override with $VIDPOST_ASSETS)."""
+    env = os.environ.get("VIDPOST_ASSETS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "assets"
+
+
+PRESETS: dict[str, str] = {
+    "shapes": "shapes/sft",
+    "shapes-base": "shapes/base",
+}
+"""Preset name → folder under assets/."""
+
+DEFAULT_MODEL = "shapes"
+
+
+def resolve_model_path(path_or_preset: str | os.PathLike) -> Path:
+    """A preset name or a path → an existing directory, or ModelPathError saying what to do."""
+    s = str(path_or_preset)
+    if s in PRESETS:
+        p = assets_dir() / PRESETS[s]
+        if not (p / "model_index.json").exists():
+            raise ModelPathError(
+                f"the '{s}' preset (the shipped Shapes world model) is not present at {p}. It is produced by "
+                "`make shapes-models` (which trains it with vidpost's own commands) and shipped in assets/; "
+                "until then pass --model PATH to a local diffusers-format model directory."
+            )
+        return p
+    p = Path(s).expanduser()
+    if not p.exists():
+        presets = ", ".join(sorted(PRESETS))
+        raise ModelPathError(f"model path {p} does not exist (and is not a preset name: {presets})")
+    return p
+
+
+def family_of(path: Path) -> type[VideoModelAdapter]:
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        raise ModelPathError(f"{path} is not a diffusers-format model folder: missing model_index.json")
+    name = json.loads(index_file.read_text()).get("_class_name")
+    for cls in FAMILIES.values():
+        if name in cls.pipeline_class_names:
+            return cls
+    known = sorted(n for c in FAMILIES.values() for n in c.pipeline_class_names)
+    raise ModelPathError(f"{path}: unsupported pipeline class {name!r} in model_index.json (supported: {known})")
+
+
+def load(
+    path_or_preset: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> VideoModelAdapter:
+    """Load a local diffusers-format directory (or a preset) as the right family's adapter, frozen, in eval mode."""
+    path = resolve_model_path(path_or_preset)
+    return family_of(path).from_pretrained(path, dtype=dtype, device=device)
+
+
+__all__ = [
+    "FAMILIES",
+    "HunyuanVideoAdapter",
+    "ModelPathError",
+    "PromptEmbeds",
+    "VideoModelAdapter",
+    "WanAdapter",
+    "assets_dir",
+    "load",
+    "resolve_model_path",
+]

@@ -1,0 +1,1 @@
+"""vidpost.pipelines"""
