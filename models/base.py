@@ -117,11 +117,12 @@ class VideoModelAdapter(abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return self.transformer.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """Compute dtype of the transformer (diffusers skips its keep-in-fp32 modules when reporting it)."""
+        return self.transformer.dtype
 
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         self.validate_size(num_frames, height, width)

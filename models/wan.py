@@ -136,7 +136,7 @@ class WanAdapter(VideoModelAdapter):
             _, _, t, h, w = latents.shape
             pt, ph, pw = self.patch_size
             timestep = timestep[:, None].expand(-1, (t // pt) * (h // ph) * (w // pw))
-        dtype = next(model.parameters()).dtype
+        dtype = model.dtype
         out = model(
             hidden_states=latents.to(dtype),
             timestep=timestep,

@@ -1,0 +1,56 @@
+# vidpost — common commands. Each target creates/reuses the virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned so that pip does not pull a newer build than the one available;
+# override on a GPU machine, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean
+
+help:
+	@echo "make demo       run the main job on the embedded default (Shapes world)"
+	@echo "make test       install what is needed and run the fast test suite"
+	@echo "make test-slow  also run the slow tests (real weights, long runs)"
+	@echo "make test-gpu   GPU-only tests"
+	@echo "make bench      benchmarks (results printed; notes in benchmarks/RESULTS.md)"
+	@echo "make style      ruff format + ruff check --fix"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m vidpost.pipelines.demo
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-gpu: venv
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+bench: venv
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+style: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+wheel: venv
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf build dist *.egg-info outputs .pytest_cache

@@ -1,0 +1,149 @@
+"""Sampling command: load → sample → mp4 + PNG contact sheet (+ a JSON of the settings) per prompt.
+
+    python generate.py --prompt "a red circle moves to the right" --out outputs/red.mp4
+    python generate.py --prompts-file prompts.txt --model /path/to/Wan2.1-T2V-1.3B-Diffusers --out outputs/batch/
+    vidpost generate ...   (same arguments)
+
+Each prompt i is generated from its own noise, drawn with seed + i, so a prompt's video does not depend on which
+other prompts share its batch. Sizes are checked before anything heavy runs: a frame count or resolution the model
+cannot generate exactly is an error naming the nearest valid values. Defaults for size and steps come from the
+model's `vidpost.json` when it has them (the Shapes world models do), else from the Wan 480p recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
+from vidpost.models.base import VideoModelAdapter, read_vidpost_config
+from vidpost.models.sampling import initial_noise, sample
+from vidpost.pipelines.video_io import contact_sheet, write_video
+
+FALLBACK_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "steps": 50, "fps": 16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="generate.py", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    src.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (blank lines and # skipped)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers-format model directory or preset name")
+    p.add_argument("--num-frames", type=int, help="frames to generate (Wan/HunyuanVideo: 4k+1)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, help="denoising steps")
+    p.add_argument("--guidance", type=float, help="guidance scale (model default when omitted)")
+    p.add_argument("--shift", type=float, help="flow-matching schedule shift (model default when omitted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--fps", type=float, help="frame rate of the written mp4")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts sampled together")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="mp4 path, or a folder for several")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt:
+        prompts = [p.strip() for p in args.prompt]
+    else:
+        if not args.prompts_file.exists():
+            raise ValueError(f"prompts file {args.prompts_file} does not exist")
+        lines = args.prompts_file.read_text().splitlines()
+        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("no prompts given (empty prompt or empty prompts file)")
+    return prompts
+
+
+def slug(text: str, n: int = 40) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:n].rstrip("-") or "video"
+
+
+def output_paths(out: Path, prompts: list[str]) -> list[Path]:
+    if len(prompts) == 1 and out.suffix in (".mp4", ".gif"):
+        return [out]
+    folder = out.with_suffix("") if out.suffix in (".mp4", ".gif") else out
+    return [folder / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(prompts)]
+
+
+def resolve_settings(args: argparse.Namespace, adapter: VideoModelAdapter, model_dir: Path) -> dict:
+    defaults = {**FALLBACK_DEFAULTS, **read_vidpost_config(model_dir).get("generation", {})}
+    s = {
+        "num_frames": args.num_frames or defaults["num_frames"],
+        "height": args.height or defaults["height"],
+        "width": args.width or defaults["width"],
+        "num_inference_steps": args.steps or defaults["steps"],
+        "guidance_scale": args.guidance if args.guidance is not None else adapter.default_guidance_scale,
+        "shift": args.shift if args.shift is not None else adapter.default_shift,
+    }
+    adapter.validate_size(s["num_frames"], s["height"], s["width"])
+    return s | {"fps": args.fps or defaults["fps"]}
+
+
+def generate(args: argparse.Namespace) -> list[Path]:
+    prompts = read_prompts(args)
+    model_dir = resolve_model_path(args.model)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    t0 = time.time()
+    adapter = load(model_dir, dtype=dtype, device=args.device)
+    settings = resolve_settings(args, adapter, model_dir)
+    fps = settings.pop("fps")
+    print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
+    paths = output_paths(args.out, prompts)
+    videos = []
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start : start + args.batch_size]
+        shape = adapter.latent_shape(1, settings["num_frames"], settings["height"], settings["width"])
+        noise = torch.cat(
+            [initial_noise(shape, seed=args.seed + start + j, device=adapter.device) for j in range(len(chunk))]
+        )
+        t1 = time.time()
+        out = sample(
+            adapter,
+            chunk,
+            **settings,
+            seed=args.seed + start,
+            negative_prompt=args.negative_prompt,
+            latents=noise,
+            progress=not args.no_progress,
+        )
+        dt = (time.time() - t1) / len(chunk)
+        for j, video in enumerate(out.cpu()):
+            i = start + j
+            path = paths[i]
+            write_video(path, video, fps=fps)
+            contact_sheet(video, path.with_suffix(".png"), labels=[prompts[i]])
+            meta = {"prompt": prompts[i], "seed": args.seed + i, "model": str(model_dir), **settings, "fps": fps}
+            meta["seconds_per_video"] = round(dt, 3)
+            path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+            videos.append(video)
+            print(f"wrote {path}", file=sys.stderr)
+    if len(prompts) > 1:
+        contact_sheet(videos, paths[0].parent / "contact_sheet.png", labels=prompts)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        generate(args)
+    except ValueError as e:  # user mistakes: bad size, missing model, empty prompts
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

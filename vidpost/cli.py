@@ -1,0 +1,38 @@
+"""The `vidpost` command: one subcommand per stage or tool, each a module with `main(argv) -> int`.
+
+Subcommands are imported lazily so `vidpost --help` stays fast and a stage's heavy imports load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
+    "shapes": ("vidpost.shapes.cli", "the Shapes world: export clips, verifier statistics"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: vidpost <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`vidpost <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"vidpost: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
