@@ -70,10 +70,24 @@ def load(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    lora: str | os.PathLike | None = None,
 ) -> VideoModelAdapter:
-    """Load a local diffusers-format directory (or a preset) as the right family's adapter, frozen, in eval mode."""
+    """Load a local diffusers-format directory (or a preset) as the right family's adapter, frozen, in eval mode.
+
+    `lora`: a folder (or file) with a diffusers-format LoRA (`pytorch_lora_weights.safetensors`, as the stages
+    write it) applied to the transformer.
+    """
     path = resolve_model_path(path_or_preset)
-    return family_of(path).from_pretrained(path, dtype=dtype, device=device)
+    adapter = family_of(path).from_pretrained(path, dtype=dtype, device=device)
+    if lora is not None:
+        lora = Path(lora)
+        if not lora.exists():
+            raise ModelPathError(f"LoRA path {lora} does not exist")
+        if lora.is_dir() and not (lora / "pytorch_lora_weights.safetensors").exists():
+            raise ModelPathError(f"LoRA folder {lora} has no pytorch_lora_weights.safetensors")
+        adapter.transformer.load_lora_adapter(str(lora), prefix="transformer", use_safetensors=True)
+        adapter.transformer.requires_grad_(False)
+    return adapter
 
 
 __all__ = [

@@ -92,6 +92,9 @@ class VideoModelAdapter(abc.ABC):
     schedule: ClassVar[str]
     """Which sigma schedule the family's reference diffusers pipeline uses (see `sampling.flow_sigmas`)."""
 
+    lora_target_modules: ClassVar[tuple[str, ...]]
+    """Module-name suffixes LoRA adapts by default (peft `target_modules`)."""
+
     transformer: torch.nn.Module
     vae: torch.nn.Module
     default_shift: float = 1.0
@@ -170,9 +173,16 @@ class VideoModelAdapter(abc.ABC):
 
     @abc.abstractmethod
     def forward_transformer(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: PromptEmbeds,
+        guidance_scale: float,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
-        """One transformer pass (no CFG) on `latents` at noise level `sigma` ([B] or scalar)."""
+        """One transformer pass (no CFG) on `latents` at noise level `sigma` ([B]).
+
+        `model` replaces the adapter's transformer for the call (e.g. its DDP/FSDP-wrapped training copy)."""
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether `guidance_scale` means a second, unconditional pass (true CFG) for this family."""
@@ -185,14 +195,16 @@ class VideoModelAdapter(abc.ABC):
         cond: PromptEmbeds,
         uncond: PromptEmbeds | None = None,
         guidance_scale: float = 1.0,
+        *,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
-        """Velocity at (latents, σ); with `uncond` and true CFG: v_u + g·(v_c − v_u). Output in latents' dtype."""
+        """Velocity at (latents, σ); with `uncond` and true CFG: v_u + g·(v_c − v_u). Output in the model's dtype."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(latents.shape[0])
-        v = self.forward_transformer(latents, sigma, cond, guidance_scale)
+        v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
         if uncond is not None and self.uses_cfg(guidance_scale):
-            v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale)
+            v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
             v = v_u + self.cfg_scale(guidance_scale) * (v - v_u)
         return v
 
@@ -216,6 +228,13 @@ class VideoModelAdapter(abc.ABC):
     @abc.abstractmethod
     def pipeline(self) -> Any:
         """The stock diffusers pipeline over these very component objects (no copies)."""
+
+    def save_lora(self, path: str | Path, lora_state_dict: dict[str, torch.Tensor]) -> Path:
+        """Write a LoRA in diffusers format (`pytorch_lora_weights.safetensors`) that the family's stock pipeline
+        loads with `load_lora_weights(path)`; `lora_state_dict` is peft's `get_peft_model_state_dict(transformer)`."""
+        path = Path(path)
+        type(self.pipeline()).save_lora_weights(path, transformer_lora_layers=lora_state_dict, safe_serialization=True)
+        return path
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the diffusers layout (model_index.json + one folder per component) and vidpost.json."""

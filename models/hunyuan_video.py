@@ -34,6 +34,7 @@ class HunyuanVideoAdapter(VideoModelAdapter):
     pipeline_class_names = ("HunyuanVideoPipeline",)
     required_components = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
     schedule = "uniform"
+    lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
     def __init__(
         self,
@@ -129,14 +130,19 @@ class HunyuanVideoAdapter(VideoModelAdapter):
         return (video.float() / 2 + 0.5).clamp(0, 1)
 
     def forward_transformer(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: PromptEmbeds,
+        guidance_scale: float,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         dtype = self.dtype
         b = latents.shape[0]
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((b,), float(guidance_scale), dtype=dtype, device=latents.device) * 1000.0
-        return self.transformer(
+        return (model or self.transformer)(
             hidden_states=latents.to(dtype),
             timestep=(sigma.to(torch.float32) * 1000.0),
             encoder_hidden_states=cond.embeds.to(dtype),

@@ -30,6 +30,7 @@ class WanAdapter(VideoModelAdapter):
     pipeline_class_names = ("WanPipeline",)
     required_components = ("transformer", "vae", "text_encoder", "tokenizer")
     schedule = "diffusers"
+    lora_target_modules = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
     def __init__(
         self,
@@ -128,15 +129,21 @@ class WanAdapter(VideoModelAdapter):
         return self.transformer if t >= self.boundary_ratio * 1000.0 else self.transformer_2
 
     def forward_transformer(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: PromptEmbeds,
+        guidance_scale: float,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
-        model = self._model_for(sigma)
+        base = self._model_for(sigma)
+        dtype = base.dtype
+        model = base if model is None or base is not self.transformer else model
         timestep = sigma.to(torch.float32) * 1000.0
         if self.expand_timesteps:
             _, _, t, h, w = latents.shape
             pt, ph, pw = self.patch_size
             timestep = timestep[:, None].expand(-1, (t // pt) * (h // ph) * (w // pw))
-        dtype = model.dtype
         out = model(
             hidden_states=latents.to(dtype),
             timestep=timestep,

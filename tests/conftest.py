@@ -29,3 +29,27 @@ def tiny_hunyuan_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-hunyuan")
     HunyuanVideoAdapter.tiny(seed=0).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory):
+    """12 short clips (a colour ramp per caption) + one corrupt file, as a JSONL manifest."""
+    import json
+
+    from vidpost.pipelines.video_io import write_video
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    (root / "v").mkdir()
+    rows = []
+    names = ["red", "green", "blue"]
+    for i in range(12):
+        c = i % 3
+        v = torch.zeros(3, 9, 32, 32)
+        v[c] = torch.linspace(0, 1, 9).view(9, 1, 1) * (0.5 + 0.5 * (i % 2))
+        write_video(root / "v" / f"{i}.mp4", v, fps=8)
+        rows.append({"video": f"v/{i}.mp4", "caption": f"a {names[c]} screen"})
+    (root / "v" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 10)
+    rows.append({"video": "v/corrupt.mp4", "caption": "broken"})
+    rows.append({"video": "v/missing.mp4", "caption": "missing"})
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root / "manifest.jsonl"

@@ -1,0 +1,189 @@
+"""Typed configuration: dataclasses next to the code that reads them, YAML presets, dotted CLI overrides.
+
+    cfg = load_config(SFTConfig, "configs/shapes/sft.yaml", ["train.lr=1e-4", "lora.rank=8"])
+
+Rules:
+- A YAML file maps onto a (nested) dataclass; every key must be a field. An unknown key is a `ValueError` that
+  names the full dotted key and lists the valid keys at that level — a typo never silently does nothing.
+- Overrides are `dotted.key=value`; the value is parsed as YAML (`1e-4`, `true`, `[1, 2]`, `null`) and then
+  checked against the field's type like a YAML value. Overrides apply after the file.
+- Values are type-checked (int, float, str, bool, lists, dicts, Optional, Literal, nested dataclasses); an int
+  is accepted for a float field. A YAML file may name a `base:` file (relative to itself) to inherit from.
+- `to_dict(cfg)` gives the plain dict that is saved next to every run (and hashed by the staged run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert `value` to the annotated type `tp`; raise ValueError naming `key`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"config key '{key}': {value!r} does not match {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ValueError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}': expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ValueError(f"config key '{key}': expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f" under '{prefix.rstrip('.')}'" if prefix else ""
+        raise ValueError(f"unknown config key '{prefix}{unknown[0]}' (valid keys{where}: {', '.join(sorted(fields))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a config (sorted JSON), recorded with each stage's output."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.exists():
+        raise ValueError(f"config file {path} does not exist")
+    if path in seen:
+        raise ValueError(f"config file {path} inherits from itself via 'base:'")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must contain a mapping at top level")
+    base = data.pop("base", None)
+    if base is not None:
+        parent = _read_yaml((path.parent / base).resolve(), (*seen, path))
+        data = deep_merge(parent, data)
+    return data
+
+
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like dotted.key=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for o in overrides or []:
+        apply_override(data, o)
+    return from_dict(cls, data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each dataclass field (for --help-config), by dotted key."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return out
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    hints = typing.get_type_hints(cls)
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                out[name] = str(nxt.value.value).strip()
+            if dataclasses.is_dataclass(hints.get(name)):
+                out.update({f"{name}.{k}": v for k, v in field_docs(hints[name]).items()})
+    return out

@@ -1,0 +1,642 @@
+"""Stage 1 — supervised fine-tuning of a video DiT with the flow-matching objective (LoRA or full).
+
+    vidpost sft --config configs/shapes/sft.yaml [dotted.overrides=...] [--resume latest]
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m vidpost.pipelines.sft --config ...
+
+Algorithm (one optimizer step):
+  for each of `grad_accum` micro-batches (b clips per process; the global batch is b · processes · grad_accum):
+    x0      ← cached VAE latents (normalised by the adapter), c ← cached text embeddings;
+              with probability `caption_dropout` c is replaced by the empty-prompt embedding (enables CFG)
+    u       ← uniform(0, 1)  or  sigmoid(N(logit_mean, logit_std))            ("timestep_sampling")
+    σ       ← shift·u / (1 + (shift − 1)·u)                                    (train.shift; 1 = no shift)
+    ε       ← N(0, I);  x_σ = (1 − σ)·x0 + σ·ε;  target v* = ε − x0
+    loss_i  ← w(σ) · mean((v_θ(x_σ, σ, c) − v*)²),  w = 1, or SD3's cosmap 2 / (π(1 − 2σ + 2σ²))
+    backward(mean_i loss_i / grad_accum)
+  clip the gradient norm to `max_grad_norm`; AdamW (or 8-bit AdamW) step; warm-up then constant/linear/cosine lr;
+  EMA of the trainable weights when `ema_decay` > 0.
+
+Determinism: the data order, caption dropout, u and ε of step s are drawn from one generator seeded by (seed, s)
+for the step's *global* batch ([grad_accum][processes][b]) and each (micro-batch, process) takes its slice. Hence
+a resumed run reproduces an uninterrupted one, N processes with batch b match one process with batch N·b, and
+grad_accum k with batch b matches grad_accum 1 with batch k·b (tests/test_sft.py checks all three).
+
+Checkpoints (every `checkpoint.every` steps, atomically: written to `step_N.tmp/` then renamed) hold the
+trainable weights (safetensors), optimizer, lr scheduler, sampler position, EMA and RNG states; `--resume latest`
+continues from the newest complete one. A non-finite loss stops the run with exit code 3, keeping the last good
+checkpoint. At the end, `final/` holds a diffusers-format LoRA (`pytorch_lora_weights.safetensors`, loadable by
+stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diffusers model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from vidpost.models import VideoModelAdapter, load, resolve_model_path
+from vidpost.models.base import PromptEmbeds
+from vidpost.models.sampling import shift_sigmas
+from vidpost.pipelines.config import config_hash, field_docs, load_config, to_dict
+from vidpost.pipelines.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    path: str = "shapes-base"
+    """diffusers-format model directory or preset name to fine-tune"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """storage dtype of the frozen weights (trainable weights stay float32)"""
+    gradient_checkpointing: bool = False
+    """recompute transformer blocks in the backward pass to save activation memory"""
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    """JSONL/CSV manifest of {video, caption, ...}; relative video paths resolve against its folder"""
+    caption_key: str = "caption"
+    """manifest column used as the caption"""
+    cache_dir: str = ""
+    """latent cache folder; empty = <output_dir>/cache. Filled by `vidpost precompute` (or on first run)"""
+    buckets: list[list[int]] = field(default_factory=lambda: [[17, 64, 64]])
+    """[num_frames, height, width] buckets; each clip goes to the closest aspect it can fill"""
+    shard_size: int = 256
+    """clips per latent-cache shard"""
+    caption_dropout: float = 0.1
+    """probability of training on the empty prompt instead of the caption (for classifier-free guidance)"""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    """train a LoRA (true) or the full transformer (false)"""
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    """module-name suffixes to adapt; null = the family default (attention projections + feed-forward)"""
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """adamw8bit needs bitsandbytes (GPU)"""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """lr after warm-up: constant, or decaying linearly / by cosine to min_lr_ratio·lr at max_steps"""
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 disables)"""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 4
+    """clips per process per micro-batch"""
+    grad_accum: int = 1
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    """shift applied to the sampled timestep (σ = shift·u / (1 + (shift − 1)·u))"""
+    loss_weighting: Literal["none", "cosmap"] = "none"
+    ema_decay: float = 0.0
+    """EMA of the trainable weights (0 disables); the EMA weights are exported when enabled"""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 200
+    """save a resumable checkpoint every N optimizer steps (0: only at the end)"""
+    keep_last: int = 2
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 0
+    """sample the validation prompts every N steps (0 disables; always done at the end if prompts are set)"""
+    prompts: list[str] | str = "shapes-heldout"
+    """a list of prompts, or "shapes-heldout" (the Shapes world held-out set, scored with the verifier)"""
+    max_prompts: int = 16
+    steps: int = 20
+    guidance_scale: float = 5.0
+    shift: float | None = None
+    """sampling shift (null: the model's default)"""
+    seed: int = 0
+
+
+@dataclass
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = "runs/sft"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ---- pure pieces (unit-tested) ------------------------------------------------------------------------------------
+
+
+def sample_sigmas(n: int, generator: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """Training noise levels σ ∈ (0, 1) for n samples (see module docstring)."""
+    if cfg.timestep_sampling == "uniform":
+        u = torch.rand(n, generator=generator)
+    else:
+        u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
+    return shift_sigmas(u, cfg.shift)
+
+
+def loss_weight(sigma: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "none":
+        return torch.ones_like(sigma)
+    if kind == "cosmap":
+        return 2.0 / (math.pi * (1 - 2 * sigma + 2 * sigma**2))
+    raise ValueError(f"unknown loss weighting {kind!r}")
+
+
+def flow_matching_loss(
+    pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample w·mean((v_pred − (ε − x0))²), shape [B]."""
+    err = (pred.float() - (noise - x0).float()) ** 2
+    return weight * err.flatten(1).mean(1)
+
+
+def lr_lambda(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+    if cfg.schedule == "linear":
+        decay = 1.0 - progress
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The generator for everything random in micro-batch `micro` of optimizer step `step`."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
+
+
+# ---- model set-up -------------------------------------------------------------------------------------------------
+
+
+def add_lora(adapter: VideoModelAdapter, cfg: LoraConfig) -> None:
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = list(cfg.target_modules or adapter.lora_target_modules)
+    adapter.transformer.add_adapter(
+        PeftLoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            init_lora_weights=True,
+            target_modules=targets,
+        )
+    )
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters, kept in float32."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n].to(p.dtype))
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    done = [p for p in done if (p / "state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: StatefulBatchSampler,
+    ema: EMA | None,
+    keep_last: int,
+    extra: dict[str, Any],
+) -> Path:
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f"step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file({n: t.cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "training_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    steps = sorted(ckpt_root.glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
+    for old in steps[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: StatefulBatchSampler,
+    ema: EMA | None,
+) -> int:
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model (e.g. {missing[0]}); was the config changed?")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].dtype))
+    # Our own files; weights_only refuses anything but tensors and plain containers.
+    training = torch.load(path / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    torch.set_rng_state(training["rng_cpu"])
+    if torch.cuda.is_available() and training["rng_cuda"]:
+        torch.cuda.set_rng_state_all(training["rng_cuda"])
+    sampler.load_state_dict(state["sampler"])
+    if ema is not None and (path / "ema.safetensors").exists():
+        ema.shadow = load_file(str(path / "ema.safetensors"))
+    return int(state["step"])
+
+
+# ---- validation ---------------------------------------------------------------------------------------------------
+
+
+def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[dict] | None]:
+    """(prompts, Shapes specs or None)."""
+    if cfg.prompts == "shapes-heldout":
+        from vidpost.shapes.splits import heldout_prompts
+
+        items = heldout_prompts()[: cfg.max_prompts]
+        return [it["caption"] for it in items], [it["spec"] for it in items]
+    if isinstance(cfg.prompts, str):
+        raise ValueError(f"validation.prompts must be a list or 'shapes-heldout', got {cfg.prompts!r}")
+    return list(cfg.prompts)[: cfg.max_prompts], None
+
+
+@torch.no_grad()
+def run_validation(
+    adapter: VideoModelAdapter, cfg: ValidationConfig, bucket: Bucket, out_dir: Path, step: int
+) -> dict[str, float]:
+    from vidpost.models.sampling import sample
+    from vidpost.pipelines.video_io import contact_sheet, write_video
+
+    prompts, specs = validation_prompts(cfg)
+    if not prompts:
+        return {}
+    was_training = adapter.transformer.training
+    adapter.transformer.eval()
+    videos = sample(
+        adapter,
+        prompts,
+        num_frames=bucket.num_frames,
+        height=bucket.height,
+        width=bucket.width,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        shift=cfg.shift if cfg.shift is not None else adapter.default_shift,
+        seed=cfg.seed,
+    ).cpu()
+    adapter.transformer.train(was_training)
+    folder = out_dir / "validation" / f"step_{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    labels = list(prompts)
+    if specs is not None:
+        from vidpost.shapes.verifier import verify_batch
+        from vidpost.shapes.world import SceneSpec
+
+        results = verify_batch(videos, [SceneSpec.from_dict(s) for s in specs])
+        for key in ("success", "score", "colour", "shape", "direction", "smoothness"):
+            metrics[f"verifier/{key}"] = float(sum(float(r[key]) for r in results) / len(results))
+        labels = [f"{p}  [{'ok' if r['success'] else 'x'} {r['score']:.2f}]" for p, r in zip(prompts, results)]
+    for i, v in enumerate(videos[:8]):
+        write_video(folder / f"{i:02d}.mp4", v, fps=8)
+    contact_sheet(list(videos), folder / "contact_sheet.png", labels=labels)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ---- the loop -----------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("optim.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def batch_embeds(cache: LatentCache, idx: list[int], drop: torch.Tensor) -> PromptEmbeds:
+    def pick(values, null):
+        if values[idx[0]] is None:
+            return None
+        return torch.stack([null if d else values[i] for i, d in zip(idx, drop.tolist())])
+
+    return PromptEmbeds(
+        embeds=pick(cache.embeds, cache.null_embeds),
+        mask=pick(cache.masks, cache.null_mask),
+        pooled=pick(cache.pooled, cache.null_pooled),
+    )
+
+
+def ensure_cache(cfg: SFTConfig, adapter: VideoModelAdapter, accelerator: Any) -> Path:
+    cache_dir = Path(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
+    if accelerator.is_main_process and not (cache_dir / "summary.json").exists():
+        if not cfg.data.manifest:
+            raise ValueError("data.manifest is empty and no latent cache exists at " + str(cache_dir))
+        rows = read_manifest(cfg.data.manifest, cfg.data.caption_key)
+        summary = precompute(adapter, rows, buckets_of(cfg), cache_dir, shard_size=cfg.data.shard_size)
+        print(f"latent cache: {summary}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return cache_dir
+
+
+def buckets_of(cfg: SFTConfig) -> list[Bucket]:
+    out = []
+    for b in cfg.data.buckets:
+        if len(b) != 3:
+            raise ValueError(f"data.buckets entries must be [num_frames, height, width], got {b}")
+        out.append(Bucket(*b))
+    return out
+
+
+def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    out_dir = Path(cfg.output_dir)
+    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # on CPU-only machines this is what enables gloo multi-process runs
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.train.seed)
+    model_dir = resolve_model_path(cfg.model.path)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    adapter = load(model_dir, dtype=dtype, device=accelerator.device)
+    for b in buckets_of(cfg):
+        adapter.validate_size(b.num_frames, b.height, b.width)
+    cache = LatentCache(ensure_cache(cfg, adapter, accelerator))
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+    transformer = adapter.transformer
+    if cfg.lora.enabled:
+        add_lora(adapter, cfg.lora)
+    else:
+        transformer.requires_grad_(True)
+    for p in transformer.parameters():  # trainable weights in float32 (mixed precision autocasts the compute)
+        if p.requires_grad:
+            p.data = p.data.float()
+    if cfg.model.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps))
+    model, optimizer = accelerator.prepare(transformer, optimizer)
+    global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
+    sampler = StatefulBatchSampler(cache.bucket_indices(), global_batch, cfg.train.seed)
+    ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+
+    ckpt_root = out_dir / "checkpoints"
+    step = 0
+    if resume:
+        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
+        if path is None:
+            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
+        else:
+            step = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, sampler, ema)
+            print(f"resumed from {path} at step {step}", file=sys.stderr)
+    if log_with:
+        accelerator.init_trackers("sft", config={k: str(v) for k, v in to_dict(cfg).items()})
+
+    batches = iter(sampler)
+    bs = cfg.train.batch_size
+    history: list[dict[str, float]] = []
+    last_good = latest_checkpoint(ckpt_root)
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
+    t_start, steps_done = time.time(), 0
+    while step < cfg.train.max_steps:
+        # The step's global batch is [grad_accum][processes][batch_size]; everything random is drawn for all of
+        # it from one generator, and each (micro-batch, process) takes its slice.
+        g = step_generator(cfg.train.seed, step, 0)
+        global_idx = next(batches)
+        n = len(global_idx)
+        drop = torch.rand(n, generator=g) < cfg.data.caption_dropout
+        sigma = sample_sigmas(n, g, cfg.train)
+        noise = torch.randn((n, *cache.latents[global_idx[0]].shape), generator=g)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for micro in range(cfg.train.grad_accum):
+            sl = slice((micro * world + rank) * bs, (micro * world + rank + 1) * bs)
+            idx = global_idx[sl]
+            x0 = torch.stack([cache.latents[i] for i in idx]).to(accelerator.device)
+            eps, sig = noise[sl].to(accelerator.device), sigma[sl].to(accelerator.device)
+            cond = batch_embeds(cache, idx, drop[sl]).to(accelerator.device)
+            x_t = (1 - sig.view(-1, 1, 1, 1, 1)) * x0 + sig.view(-1, 1, 1, 1, 1) * eps
+            sync = micro == cfg.train.grad_accum - 1
+            ctx = accelerator.no_sync(model) if (not sync and world > 1) else _nullcontext()
+            with ctx, accelerator.autocast():
+                pred = adapter.predict_velocity(x_t, sig, cond, model=model)
+                loss = flow_matching_loss(pred, x0, eps, loss_weight(sig, cfg.train.loss_weighting)).mean()
+                accelerator.backward(loss / cfg.train.grad_accum)
+            loss_sum += loss.detach().float() / cfg.train.grad_accum
+        mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()
+        if not math.isfinite(mean_loss):
+            where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
+            raise NonFiniteLoss(f"loss became {mean_loss} at step {step}; stopping ({where})")
+        grad_norm = (
+            accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model))
+        step += 1
+        steps_done += 1
+        lr = scheduler.get_last_lr()[0]
+        rec = {"loss": mean_loss, "lr": lr}
+        if grad_norm is not None:
+            rec["grad_norm"] = float(grad_norm)
+        history.append({"step": step, **rec})
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+            rec["it_per_s"] = steps_done / (time.time() - t_start)
+            accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
+        if accelerator.is_main_process and cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+            last_good = save_checkpoint(
+                ckpt_root,
+                step,
+                accelerator.unwrap_model(model),
+                optimizer,
+                scheduler,
+                sampler,
+                ema,
+                cfg.checkpoint.keep_last,
+                {"config_hash": config_hash(cfg)},
+            )
+        if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
+            if accelerator.is_main_process:
+                m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
+                accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
+            accelerator.wait_for_everyone()
+    bar.close()
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {"steps": step, "history": history}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.copy_to(unwrapped)
+        result["final"] = str(export(adapter, cfg, out_dir / "final"))
+        if cfg.validation.prompts:
+            m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
+            accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
+            result["validation"] = m
+        (out_dir / "history.json").write_text(json.dumps(history) + "\n")
+    accelerator.end_training()
+    return result
+
+
+def export(adapter: VideoModelAdapter, cfg: SFTConfig, path: Path) -> Path:
+    """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base)."""
+    if path.exists():
+        shutil.rmtree(path)
+    if cfg.lora.enabled:
+        adapter.save_lora(path, lora_state_dict(adapter.transformer))
+        (path / "base_model.txt").write_text(str(resolve_model_path(cfg.model.path).resolve()) + "\n")
+    else:
+        adapter.save_pretrained(path)
+    return path
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidpost sft", description="Flow-matching SFT (LoRA or full).")
+    p.add_argument("--config", type=Path, help="YAML preset (configs/<model>/sft.yaml)")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its documentation")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.help_config:
+        for k, v in field_docs(SFTConfig).items():
+            print(f"{k:32s} {v}")
+        return 0
+    try:
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+        result = train(cfg, resume=args.resume)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "final" in result:
+        print(f"done: {result['steps']} steps; weights in {result['final']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
