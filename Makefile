@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean
+.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean shapes-models shapes-eval
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -16,6 +16,8 @@ help:
 	@echo "make test-gpu   GPU-only tests"
 	@echo "make bench      benchmarks (results printed; notes in benchmarks/RESULTS.md)"
 	@echo "make style      ruff format + ruff check --fix"
+	@echo "make shapes-models  retrain the shipped Shapes world models from scratch (CPU, ~1 h)"
+	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,13 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/python -m vidpost.pipelines.demo
+
+shapes-models: venv
+	rm -rf assets/shapes/base assets/shapes/sft
+	$(BIN)/python -m vidpost.pipelines.shapes_models --out assets/shapes
+
+shapes-eval: venv
+	$(BIN)/python -m vidpost.pipelines.shapes_eval --models shapes-base shapes --out results/shapes-sft
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     src.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (blank lines and # skipped)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers-format model directory or preset name")
+    p.add_argument("--lora", help="folder with a diffusers-format LoRA to apply (as the stages write it)")
     p.add_argument("--num-frames", type=int, help="frames to generate (Wan/HunyuanVideo: 4k+1)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -97,7 +98,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     model_dir = resolve_model_path(args.model)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     t0 = time.time()
-    adapter = load(model_dir, dtype=dtype, device=args.device)
+    adapter = load(model_dir, dtype=dtype, device=args.device, lora=args.lora)
     settings = resolve_settings(args, adapter, model_dir)
     fps = settings.pop("fps")
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
@@ -125,7 +126,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             path = paths[i]
             write_video(path, video, fps=fps)
             contact_sheet(video, path.with_suffix(".png"), labels=[prompts[i]])
-            meta = {"prompt": prompts[i], "seed": args.seed + i, "model": str(model_dir), **settings, "fps": fps}
+            meta = {"prompt": prompts[i], "seed": args.seed + i, "model": str(model_dir), "lora": args.lora}
+            meta |= {**settings, "fps": fps}
             meta["seconds_per_video"] = round(dt, 3)
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
             videos.append(video)

@@ -382,11 +382,10 @@ def run_validation(
     metrics: dict[str, float] = {}
     labels = list(prompts)
     if specs is not None:
-        from vidpost.shapes.verifier import verify_batch
-        from vidpost.shapes.world import SceneSpec
+        from vidpost.pipelines.shapes_eval import ATTRIBUTES, verify_rows
 
-        results = verify_batch(videos, [SceneSpec.from_dict(s) for s in specs])
-        for key in ("success", "score", "colour", "shape", "direction", "smoothness"):
+        results = verify_rows(videos, specs)
+        for key in ("success", *ATTRIBUTES):
             metrics[f"verifier/{key}"] = float(sum(float(r[key]) for r in results) / len(results))
         labels = [f"{p}  [{'ok' if r['success'] else 'x'} {r['score']:.2f}]" for p, r in zip(prompts, results)]
     for i, v in enumerate(videos[:8]):
@@ -505,6 +504,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
     t_start, steps_done = time.time(), 0
     while step < cfg.train.max_steps:
+        t_step = time.perf_counter()
         # The step's global batch is [grad_accum][processes][batch_size]; everything random is drawn for all of
         # it from one generator, and each (micro-batch, process) takes its slice.
         g = step_generator(cfg.train.seed, step, 0)
@@ -543,7 +543,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
         step += 1
         steps_done += 1
         lr = scheduler.get_last_lr()[0]
-        rec = {"loss": mean_loss, "lr": lr}
+        rec = {"loss": mean_loss, "lr": lr, "step_seconds": time.perf_counter() - t_step}
         if grad_norm is not None:
             rec["grad_norm"] = float(grad_norm)
         history.append({"step": step, **rec})

@@ -217,3 +217,27 @@ def test_grad_accumulation_1x8_equals_8x1(tiny_wan_dir, tiny_manifest, tmp_path)
     h1 = [h["loss"] for h in json.loads((tmp_path / "big" / "history.json").read_text())]
     h2 = [h["loss"] for h in json.loads((tmp_path / "acc" / "history.json").read_text())]
     assert h1 == pytest.approx(h2, rel=1e-5)
+
+
+def test_precompute_command_resumes_and_merge_lora_matches(tiny_wan_dir, tiny_manifest, tmp_path):
+    from vidpost.pipelines.merge_lora import main as merge_main
+    from vidpost.pipelines.precompute import main as pre_main
+
+    args = _args(tmp_path, tiny_wan_dir, tiny_manifest, **{"data.shard_size": 4, "optim.lr": "1e-2"})
+    assert pre_main(["--config", str(ROOT / "configs/shapes/sft.yaml"), *args]) == 0
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert summary["shards_written"] == 3 and summary["encoded"] == 12
+    (tmp_path / "cache" / "shard_00001.safetensors").unlink()  # as if interrupted while writing shard 1
+    assert pre_main(["--config", str(ROOT / "configs/shapes/sft.yaml"), *args]) == 0
+    summary = json.loads((tmp_path / "cache" / "summary.json").read_text())
+    assert (summary["shards_written"], summary["shards_skipped"], summary["encoded"]) == (1, 2, 12)
+
+    train(_cfg(*args))
+    assert (
+        merge_main(["--base", str(tiny_wan_dir), "--lora", str(tmp_path / "final"), "--out", str(tmp_path / "m")]) == 0
+    )
+    kw = dict(num_frames=5, height=32, width=32, num_inference_steps=2, guidance_scale=3.0, shift=3.0, seed=0)
+    merged = sample(load(tmp_path / "m"), ["a blue screen"], **kw)
+    with_lora = sample(load(tiny_wan_dir, lora=tmp_path / "final"), ["a blue screen"], **kw)
+    torch.testing.assert_close(merged, with_lora, atol=1e-4, rtol=0)
+    assert not any("lora" in k for k in load_file(str(tmp_path / "m/transformer/diffusion_pytorch_model.safetensors")))

@@ -11,6 +11,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
     "shapes": ("vidpost.shapes.cli", "the Shapes world: export clips, verifier statistics"),
+    "sft": ("vidpost.pipelines.sft", "stage 1: flow-matching fine-tuning (LoRA or full)"),
+    "precompute": ("vidpost.pipelines.precompute", "encode VAE latents + text embeddings once for training"),
+    "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
+    "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
+    "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
+    "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
 

@@ -1,0 +1,129 @@
+"""Command line of the Shapes world (`python -m vidpost.shapes ...`, routed from `vidpost shapes ...`).
+
+Subcommands:
+- `export --out DIR [--split train|heldout] [--n N] [--frames 17] [--height 64] [--width 64] [--fps 8]
+  [--seed 0] [--crf 10]`: write mp4 clips + manifest.jsonl (`export.export`; resumable).
+- `verifier-stats [--n 300] [--degrade] [--frames 17] [--height 64] [--width 64] [--seed 0]`: render n random
+  scenes, verify their clips (ground truth) and clips of a one-attribute mutation (`verifier_accuracy`), and print
+  success / false-success rates, per-attribute accuracy, false success per mutation and time per clip; with
+  `--degrade` a second column for the same clips degraded by `degrade.degrade`.
+- `render --caption TEXT --out FILE.mp4 [--seed 0] [--frames] [--height] [--width] [--fps]`: one clip of a
+  canonical caption.
+- `write-heldout [--version v1]`: regenerate the committed held-out JSON from `splits.heldout_prompts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidpost shapes", description="The Shapes world: data, verifier, splits.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def clip_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--frames", type=int, default=17, help="frames per clip (default 17)")
+        p.add_argument("--height", type=int, default=64, help="frame height (default 64)")
+        p.add_argument("--width", type=int, default=64, help="frame width (default 64)")
+
+    p = sub.add_parser("export", help="write a split as mp4 clips + manifest.jsonl")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.add_argument("--n", type=int, default=None, help="number of clips (required for train; heldout: all 64)")
+    clip_args(p)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="training stream (train split only)")
+    p.add_argument("--crf", type=int, default=10, help="H.264 constant quality (lower = better)")
+
+    p = sub.add_parser("verifier-stats", help="measure the verifier's success and false-success rates")
+    p.add_argument("--n", type=int, default=300, help="number of scenes (default 300)")
+    p.add_argument("--degrade", action="store_true", help="also measure on degraded clips")
+    clip_args(p)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("render", help="render one clip of a canonical caption to mp4")
+    p.add_argument("--caption", required=True)
+    p.add_argument("--out", required=True, help="output .mp4 path")
+    clip_args(p)
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("write-heldout", help="regenerate the committed held-out prompt set JSON")
+    p.add_argument("--version", default="v1")
+    return parser
+
+
+def _stats_table(results: list[dict[str, Any]]) -> str:
+    from .verifier import ATTRIBUTES
+
+    names = ["degraded" if r["degraded"] else "clean" for r in results]
+    first = results[0]
+    head = f"verifier on {first['n']} scenes × 2 clips (ground truth + one-attribute mutation)"
+    rows = [head, f"{'':32s}" + "".join(f"{name:>10s}" for name in names)]
+
+    def row(label: str, values: list[str]) -> None:
+        rows.append(f"{label:32s}" + "".join(f"{v:>10s}" for v in values))
+
+    row("ground-truth success", [f"{r['success_rate']:.3f}" for r in results])
+    row("false success", [f"{r['false_success_rate']:.3f}" for r in results])
+    rows.append("accuracy on ground truth")
+    for a in ATTRIBUTES:
+        row(f"  {a}", [f"{r['attribute_accuracy'][a]:.3f}" for r in results])
+    rows.append("false success by mutation (count)")
+    for kind in first["false_success_by_mutation"]:
+        row(f"  {kind}", [_rate(r["false_success_by_mutation"].get(kind)) for r in results])
+    row("ms per clip", [f"{r['ms_per_clip']:.1f}" for r in results])
+    return "\n".join(rows)
+
+
+def _rate(entry: tuple[float, int] | None) -> str:
+    return "-" if entry is None else f"{entry[0]:.2f} ({entry[1]})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the Shapes-world CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "export":
+        from .export import export
+
+        manifest = export(
+            args.out,
+            split=args.split,
+            n=args.n,
+            num_frames=args.frames,
+            height=args.height,
+            width=args.width,
+            fps=args.fps,
+            seed=args.seed,
+            crf=args.crf,
+        )
+        print(manifest)
+        return 0
+    if args.command == "verifier-stats":
+        from .verifier import verifier_accuracy
+
+        kwargs = {"num_frames": args.frames, "height": args.height, "width": args.width, "seed": args.seed}
+        results = [verifier_accuracy(args.n, **kwargs)]
+        if args.degrade:
+            results.append(verifier_accuracy(args.n, degrade=True, **kwargs))
+        print(_stats_table(results))
+        return 0
+    if args.command == "render":
+        from .captions import parse_caption
+        from .export import write_mp4
+        from .world import render
+
+        spec = parse_caption(args.caption)
+        video = render(spec, num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
+        write_mp4(args.out, video, fps=args.fps)
+        print(args.out)
+        return 0
+    if args.command == "write-heldout":
+        from .splits import write_heldout_json
+
+        print(write_heldout_json(args.version))
+        return 0
+    raise AssertionError(args.command)

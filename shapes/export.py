@@ -1,0 +1,144 @@
+"""Export a Shapes-world split as mp4 clips plus a JSONL manifest (the on-disk dataset the training stages read).
+
+`export(out_dir, split="train", n=..., ...)` takes the items of `splits.train_specs(n, seed=seed)` or the first
+`n` of `splits.heldout_prompts()`, renders each with `world.render(spec, seed=item["seed"], ...)` and writes
+`out_dir/videos/<id>.mp4`: H.264 (libx264, yuv420p, constant quality `crf`, default 10, i.e. near-lossless),
+`fps` frames per second, written to a temporary name and renamed into place. A clip whose file already exists
+and decodes (PyAV) to the expected number of frames and size is skipped, so an interrupted export resumes where it
+stopped. Then `out_dir/manifest.jsonl` is (re)written, one line per clip, in split order:
+
+    {"id", "video": "videos/<id>.mp4" (relative to out_dir), "caption" (canonical), "prompt_user" (paraphrase),
+     "caption_noisy" (web-like), "spec" (SceneSpec.to_dict()), "seed", "num_frames", "height", "width", "fps"}
+
+Held-out items have no stored noisy caption; theirs is `noisy_caption(spec, default_rng(item seed))`.
+H.264 with 4:2:0 chroma needs an even height and width.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from .captions import noisy_caption
+from .splits import heldout_prompts, train_specs
+from .world import SceneSpec, render
+
+__all__ = ["SPLITS", "export", "read_mp4", "write_mp4"]
+
+SPLITS = ("train", "heldout")
+
+
+def write_mp4(path: str | Path, video: np.ndarray, *, fps: int = 8, crf: int = 10) -> None:
+    """Write a video float [3, T, H, W] in [0, 1] as H.264 yuv420p, atomically (temporary file, then rename)."""
+    path = Path(path)
+    _, _, height, width = video.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}×{width}")
+    frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 3, 0)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "medium"}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_mp4(path: str | Path) -> np.ndarray:
+    """Decode a video file to float32 [3, T, H, W] in [0, 1] (raises `av.error.FFmpegError` or `OSError`)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # tiny clips: threads cost more than they save
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    if not frames:
+        raise OSError(f"{path}: no video frames")
+    return np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32) / 255.0
+
+
+def _is_complete(path: Path, num_frames: int, height: int, width: int) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        video = read_mp4(path)
+    except (av.error.FFmpegError, OSError):
+        return False
+    return video.shape == (3, num_frames, height, width)
+
+
+def _items(split: str, n: int | None, seed: int) -> list[dict[str, Any]]:
+    if split == "train":
+        if n is None:
+            raise ValueError("the train split is unbounded: pass n")
+        return train_specs(n, seed=seed)
+    if split == "heldout":
+        items = heldout_prompts()
+        if n is not None and not 0 <= n <= len(items):
+            raise ValueError(f"the held-out split has {len(items)} items, asked for n={n}")
+        items = items[:n] if n is not None else items
+        for item in items:
+            spec = SceneSpec.from_dict(item["spec"])
+            item["caption_noisy"] = noisy_caption(spec, np.random.default_rng(item["seed"]))
+        return items
+    raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
+def export(
+    out_dir: str | Path,
+    *,
+    split: str = "train",
+    n: int | None = None,
+    num_frames: int = 17,
+    height: int = 64,
+    width: int = 64,
+    fps: int = 8,
+    seed: int = 0,
+    crf: int = 10,
+    progress: bool = True,
+) -> Path:
+    """Render and write a split (see the module doc); returns the path of `manifest.jsonl`.
+
+    `n` clips (all 64 for "heldout" when omitted; required for "train"); `seed` picks the training stream (the
+    held-out set is fixed). Existing complete clips are kept, not re-encoded."""
+    items = _items(split, n, seed)
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    written = 0
+    for item in tqdm(items, desc=f"shapes {split}", unit="clip", disable=not progress):
+        path = out / "videos" / f"{item['id']}.mp4"
+        if _is_complete(path, num_frames, height, width):
+            continue
+        spec = SceneSpec.from_dict(item["spec"])
+        video = render(spec, num_frames=num_frames, height=height, width=width, seed=item["seed"])
+        write_mp4(path, video, fps=fps, crf=crf)
+        written += 1
+    manifest = out / "manifest.jsonl"
+    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for item in items:
+            row = {
+                "id": item["id"],
+                "video": f"videos/{item['id']}.mp4",
+                "caption": item["caption"],
+                "prompt_user": item["prompt_user"],
+                "caption_noisy": item["caption_noisy"],
+                "spec": item["spec"],
+                "seed": item["seed"],
+                "num_frames": num_frames,
+                "height": height,
+                "width": width,
+                "fps": fps,
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, manifest)
+    return manifest
