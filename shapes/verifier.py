@@ -171,7 +171,7 @@ def _to_numpy(video: Any) -> np.ndarray:
     video = np.asarray(video, dtype=np.float32)
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f"expected a video [3, T, H, W], got shape {tuple(video.shape)}")
-    return np.clip(video, 0.0, 1.0)
+    return np.clip(np.nan_to_num(video, nan=0.0), 0.0, 1.0)
 
 
 def _as_spec(spec: SceneSpec | str) -> SceneSpec:
@@ -333,6 +333,8 @@ def _check_object(clip: _Clip, obj: ObjectSpec, other_colours: list[int]) -> dic
     # Step 5: shape and size.
     med = float(np.median(mass[found]))
     steady = np.nonzero(found & (np.abs(mass - med) <= 0.3 * med))[0]
+    if len(steady) == 0:  # no frame with a usable mask (e.g. a noise video): shape and size stay unread
+        return result
     steady = steady[np.round(np.linspace(0, len(steady) - 1, min(8, len(steady)))).astype(int)]
     raw = np.clip(_project(weights, clip.video - clip.bg) / ref, -0.5, 1.0)
     errors, extents = _shape_fit(np.where(others, 0.0, raw).astype(np.float32), centres, steady, med)

@@ -111,3 +111,21 @@ def test_degrade_is_deterministic_and_in_range():
     np.testing.assert_array_equal(a, b)
     assert a.shape == video.shape and a.dtype == np.float32 and 0.0 <= a.min() and a.max() <= 1.0
     assert np.abs(a - video).mean() > 0.01  # it does degrade
+
+
+@pytest.mark.parametrize("kind", ["noise", "constant", "nan", "blobs"])
+def test_verifier_never_crashes_on_garbage_videos(kind):
+    """A reward sees whatever a model generates: noise, flat frames, NaNs, random blobs."""
+    rng = np.random.default_rng(3)
+    specs = [random_scene(rng) for _ in range(12)]
+    if kind == "noise":
+        video = rng.random((3, 17, 64, 64), dtype=np.float32)
+    elif kind == "constant":
+        video = np.full((3, 17, 64, 64), 0.5, dtype=np.float32)
+    elif kind == "nan":
+        video = np.full((3, 17, 64, 64), np.nan, dtype=np.float32)
+    else:
+        video = (rng.random((3, 17, 8, 8)) > 0.7).repeat(8, 2).repeat(8, 3).astype(np.float32)
+    for spec in specs:
+        r = verify(video, spec)
+        assert not r["success"] and 0.0 <= r["score"] <= 1.0
