@@ -140,49 +140,25 @@ def train_vae(
     return out
 
 
-def build_init(vae_dir: Path, out: Path, *, seed: int = 0, **transformer_kw) -> Path:
-    """A complete WanPipeline folder: trained VAE + frozen random UMT5 + random transformer."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+def build_init(vae_dir: Path, out: Path, *, seed: int = 0) -> Path:
+    """A complete WanPipeline folder: trained VAE + frozen random UMT5 + random transformer (6 blocks, 4×32)."""
+    from diffusers import AutoencoderKLWan
 
     from vidpost.models import WanAdapter
-    from vidpost.models.tokenizers import build_t5_tokenizer
 
-    torch.manual_seed(seed)
-    tokenizer = build_t5_tokenizer(shapes_vocabulary())
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=16,
-            relative_attention_max_distance=32,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-    cfg = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=32,
-        in_channels=16,
-        out_channels=16,
-        text_dim=64,
-        freq_dim=256,
-        ffn_dim=512,
+    adapter = WanAdapter.tiny(
+        seed,
+        words=shapes_vocabulary(),
         num_layers=6,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
+        num_heads=4,
+        head_dim=32,
+        ffn_dim=512,
+        text_dim=64,
+        max_sequence_length=32,
         rope_max_seq_len=64,
     )
-    cfg.update(transformer_kw)
-    transformer = WanTransformer3DModel(**cfg)
-    vae = AutoencoderKLWan.from_pretrained(vae_dir)
-    adapter = WanAdapter(transformer, vae, text_encoder, tokenizer, max_sequence_length=32, default_shift=3.0)
+    adapter.vae = AutoencoderKLWan.from_pretrained(vae_dir)
+    adapter.default_shift = 3.0
     adapter.save_pretrained(out)
     _write_generation_defaults(out)
     return out
@@ -216,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "shapes-models", help="data, caches and logs")
     p.add_argument("--stage", choices=["vae", "init", "data", "base", "sft", "all"], default="all")
     p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--clips", type=int, default=4000, help="training clips to export")
+    p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, not a usable model)")
     p.add_argument("overrides", nargs="*", help="dotted overrides passed to both SFT runs")
     args = p.parse_args(argv)
@@ -230,33 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     if "init" in stages and not (work / "init" / "model_index.json").exists():
         build_init(work / "vae", work / "init")
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():
-        export_data(work / "data", 64 if args.quick else args.clips)
-    if "base" in stages and not (out / "base" / "model_index.json").exists():
-        final = run_sft(
-            ROOT / "configs" / "shapes" / "pretrain.yaml",
-            [
-                f"output_dir={work / 'pretrain'}",
-                f"model.path={work / 'init'}",
-                f"data.manifest={work / 'data' / 'manifest.jsonl'}",
-                *extra,
-            ],
-        )
-        shutil.rmtree(out / "base", ignore_errors=True)
-        shutil.copytree(final, out / "base")
-        _write_generation_defaults(out / "base")
-    if "sft" in stages and not (out / "sft" / "model_index.json").exists():
-        final = run_sft(
-            ROOT / "configs" / "shapes" / "sft.yaml",
-            [
-                f"output_dir={work / 'sft'}",
-                f"model.path={out / 'base'}",
-                f"data.manifest={work / 'data' / 'manifest.jsonl'}",
-                *extra,
-            ],
-        )
-        shutil.rmtree(out / "sft", ignore_errors=True)
-        shutil.copytree(final, out / "sft")
-        _write_generation_defaults(out / "sft")
+        export_data(work / "data", args.clips or (64 if args.quick else 4000))
+    manifest = work / "data" / "manifest.jsonl"
+    for stage, config, start_from in (("base", "pretrain", work / "init"), ("sft", "sft", out / "base")):
+        if stage in stages and not (out / stage / "model_index.json").exists():
+            overrides = [f"output_dir={work / config}", f"model.path={start_from}", f"data.manifest={manifest}"]
+            final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
+            shutil.rmtree(out / stage, ignore_errors=True)
+            shutil.copytree(final, out / stage)
+            _write_generation_defaults(out / stage)
     print(f"shapes models: done in {(time.time() - t0) / 60:.1f} min -> {out}", file=sys.stderr)
     return 0
 
