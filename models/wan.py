@@ -13,6 +13,7 @@ timestep per token, as the pipeline does for text-to-video.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +274,6 @@ class WanAdapter(VideoModelAdapter):
 
 def _scheduler_shift(path: Path, default: float) -> float:
     """The flow shift recorded in the checkpoint's scheduler config (`shift` or UniPC's `flow_shift`)."""
-    import json
-
     f = path / "scheduler" / "scheduler_config.json"
     if not f.exists():
         return default

@@ -30,6 +30,7 @@ stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -522,7 +523,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
             cond = batch_embeds(cache, idx, drop[sl]).to(accelerator.device)
             x_t = (1 - sig.view(-1, 1, 1, 1, 1)) * x0 + sig.view(-1, 1, 1, 1, 1) * eps
             sync = micro == cfg.train.grad_accum - 1
-            ctx = accelerator.no_sync(model) if (not sync and world > 1) else _nullcontext()
+            ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 pred = adapter.predict_velocity(x_t, sig, cond, model=model)
                 loss = flow_matching_loss(pred, x0, eps, loss_weight(sig, cfg.train.loss_weighting)).mean()
@@ -596,14 +597,6 @@ def export(adapter: VideoModelAdapter, cfg: SFTConfig, path: Path) -> Path:
     else:
         adapter.save_pretrained(path)
     return path
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- command line -------------------------------------------------------------------------------------------------

@@ -31,28 +31,16 @@ def test_single_prompt_writes_mp4_sheet_and_settings(tiny_wan_dir, tmp_path):
     assert meta["prompt"] == "a red circle moves to the right" and meta["num_inference_steps"] == 3
     # The written video is the sampler's output (up to H.264 compression).
     adapter = load(tiny_wan_dir)
-    ref = sample(
-        adapter,
-        ["a red circle moves to the right"],
+    kw = dict(
         num_frames=9,
         height=32,
         width=32,
         num_inference_steps=3,
         guidance_scale=adapter.default_guidance_scale,
         shift=adapter.default_shift,
-        seed=0,
-    )[0]
-    other = sample(
-        adapter,
-        ["a red circle moves to the right"],
-        num_frames=9,
-        height=32,
-        width=32,
-        num_inference_steps=3,
-        guidance_scale=adapter.default_guidance_scale,
-        shift=adapter.default_shift,
-        seed=1,
-    )[0]
+    )
+    ref = sample(adapter, ["a red circle moves to the right"], seed=0, **kw)[0]
+    other = sample(adapter, ["a red circle moves to the right"], seed=1, **kw)[0]
     got = read_video(out)
     assert got.shape == ref.shape
     # A random model's output is colour noise that yuv420p chroma subsampling blurs; luma survives H.264 closely.
