@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
     "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
     "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
+    "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
