@@ -88,15 +88,25 @@ def rollout(
     noise_level: float = 0.3,
     sde_window: tuple[int, int] | None = None,
     shared_noise: bool = True,
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
     model: torch.nn.Module | None = None,
     decode: bool = True,
     store_device: str | torch.device | None = None,
+    chunk_size: int | None = None,
     progress: bool = False,
 ) -> Rollout:
-    """Sample `group_size` videos per prompt with SDE steps in `sde_window`; see the module docstring."""
+    """Sample `group_size` videos per prompt with SDE steps in `sde_window`; see the module docstring.
+
+    `generators` holds one CPU generator per prompt: all of a group's randomness (initial and SDE noise) comes
+    from its own generator, so a group's samples do not depend on which other prompts share the batch (or the
+    process) — N processes reproduce one process with the same global batch. `chunk_size` runs the transformer
+    on consecutive chunks of that many samples: set to the update's micro-batch, the update recomputes each
+    log-prob with bit-identical inputs and batch layout, so the ratio is exactly 1 before the first step."""
     device = adapter.device
-    generator = generator or torch.Generator("cpu").manual_seed(0)
+    if generators is None:
+        generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    if len(generators) != len(prompts):
+        raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts")
     n = len(prompts) * group_size
     expanded = [p for p in prompts for _ in range(group_size)]
     groups = torch.arange(len(prompts)).repeat_interleave(group_size)
@@ -106,11 +116,9 @@ def rollout(
         uncond = adapter.encode_prompt([negative_prompt] * len(prompts)).repeat_interleave(group_size)
     sigmas = flow_sigmas(num_steps, shift, adapter.schedule).float()
     shape = adapter.latent_shape(n, num_frames, height, width)
-    if shared_noise:
-        first = initial_noise((len(prompts), *shape[1:]), generator=generator)
-        x = first.repeat_interleave(group_size, dim=0).to(device)
-    else:
-        x = initial_noise(shape, generator=generator).to(device)
+    per_group = (1 if shared_noise else group_size, *shape[1:])
+    x = torch.cat([initial_noise(per_group, generator=g).expand(group_size, *shape[1:]) for g in generators])
+    x = x.contiguous().to(device)
     store = torch.device(store_device) if store_device is not None else device
     traj = torch.empty((n, num_steps + 1, *shape[1:]), dtype=torch.float32, device=store)
     traj[:, 0] = x.to(store)
@@ -118,9 +126,9 @@ def rollout(
     mask = sde_window_mask(num_steps, sde_window)
     for i in tqdm(range(num_steps), desc="rollout", disable=not progress, leave=False):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        v = adapter.predict_velocity(x, s, cond, uncond, guidance_scale, model=model).float()
+        v = _velocity(adapter, x, s, cond, uncond, guidance_scale, model, chunk_size or n)
         if mask[i]:
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(device)
+            noise = torch.cat([torch.randn((group_size, *shape[1:]), generator=g) for g in generators]).to(device)
             x, lp, _, _ = sde_step(kind, v, s, s_next, x, noise_level=noise_level, noise=noise)
             log_probs[:, i] = lp.cpu()
         else:
@@ -128,6 +136,16 @@ def rollout(
         traj[:, i + 1] = x.to(store)
     videos = adapter.decode(x) if decode else None
     return Rollout(expanded, groups, traj, sigmas, log_probs, mask, cond, uncond, videos)
+
+
+def _velocity(adapter, x, s, cond, uncond, guidance_scale, model, chunk: int) -> torch.Tensor:
+    parts = []
+    for a in range(0, x.shape[0], chunk):
+        idx = torch.arange(a, min(a + chunk, x.shape[0]))
+        c = cond.index(idx)
+        u = None if uncond is None else uncond.index(idx)
+        parts.append(adapter.predict_velocity(x[idx], s, c, u, guidance_scale, model=model).float())
+    return torch.cat(parts)
 
 
 def step_log_prob(

@@ -1,0 +1,192 @@
+"""GRPO invariants on a miniature Wan: ratio exactly 1 before the first update (any micro-batch size), every
+trainable parameter moves after one step, resume equals an uninterrupted run, 2 processes equal 1 at the same
+global batch, the reward-hacking guard stops the run and keeps the best weights, a NaN reward stops with exit 3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidpost.pipelines.config import load_config
+from vidpost.pipelines.grpo import GRPOConfig, main, train
+from vidpost.rewards.base import Reward, RewardOutput, register
+
+PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
+
+
+def _cfg(tmp_path: Path, model: Path, name: str, *extra: str) -> GRPOConfig:
+    overrides = [
+        f"output_dir={tmp_path / name}",
+        f"model.path={model}",
+        f"rollout.prompts={json.dumps(PROMPTS)}",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=3",
+        "rollout.num_frames=5",
+        "rollout.height=16",
+        "rollout.width=16",
+        "rollout.steps=4",
+        "rollout.guidance_scale=3.0",
+        "rewards.spec={temporal: 1.0, motion: 0.5}",
+        "train.micro_batch=6",
+        "train.timestep_fraction=0.5",
+        "optim.lr=1e-3",
+        "lora.rank=4",
+        "guard.every=0",
+        "checkpoint.every=0",
+        "log.tensorboard=false",
+        *extra,
+    ]
+    return load_config(GRPOConfig, None, overrides)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 6])
+def test_ratio_is_exactly_one_before_the_first_update(tmp_path, tiny_wan_dir, micro_batch):
+    cfg = _cfg(tmp_path, tiny_wan_dir, f"r{micro_batch}", "train.max_steps=1", f"train.micro_batch={micro_batch}")
+    first = train(cfg)["history"][0]
+    assert first["ratio_min"] == 1.0 and first["ratio_max"] == 1.0
+    assert first["clip_fraction"] == 0.0 and first["approx_kl"] == 0.0
+
+
+def _lora(result) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(result["final"]) / "pytorch_lora_weights.safetensors"))
+
+
+def test_every_trainable_parameter_changes(tmp_path, tiny_wan_dir):
+    # LoRA: B starts at zero, so A has no gradient on the first step; after two steps every tensor has moved.
+    before = _lora(train(_cfg(tmp_path, tiny_wan_dir, "move0", "train.max_steps=1", "optim.lr=0")))
+    after = _lora(train(_cfg(tmp_path, tiny_wan_dir, "move", "train.max_steps=2", "optim.max_grad_norm=0")))
+    assert before.keys() == after.keys() and len(after) > 0
+    unchanged = [k for k in after if torch.equal(after[k], before[k])]
+    assert not unchanged, f"{len(unchanged)} LoRA tensors did not change, e.g. {unchanged[:3]}"
+    # Full fine-tuning: one step moves every parameter of the transformer.
+    from vidpost.models import load
+
+    full = train(_cfg(tmp_path, tiny_wan_dir, "full-ft", "train.max_steps=1", "lora.enabled=false", "optim.lr=1e-4"))
+    new = dict(load(full["final"]).transformer.named_parameters())
+    old = dict(load(tiny_wan_dir).transformer.named_parameters())
+    same = [k for k in old if torch.equal(old[k], new[k])]
+    assert not same, f"{len(same)} parameters did not change, e.g. {same[:3]}"
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_wan_dir):
+    common = ("checkpoint.every=2", "optim.schedule=constant")
+    full = train(_cfg(tmp_path, tiny_wan_dir, "full", "train.max_steps=4", *common))
+    part = _cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=2", *common)
+    train(part)
+    resumed = train(_cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=4", *common), resume="latest")
+    assert [h["reward"] for h in resumed["history"]] == [h["reward"] for h in full["history"][2:]]
+    a, b = _lora(full), _lora(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_two_processes_match_one(tmp_path, tiny_wan_dir):
+    one = train(_cfg(tmp_path, tiny_wan_dir, "one", "train.max_steps=2"))
+    out = tmp_path / "two"
+    overrides = [
+        f"output_dir={out}",
+        f"model.path={tiny_wan_dir}",
+        f"rollout.prompts={json.dumps(PROMPTS)}",
+        "rollout.prompts_per_step=1",
+        "rollout.group_size=3",
+        "rollout.num_frames=5",
+        "rollout.height=16",
+        "rollout.width=16",
+        "rollout.steps=4",
+        "rollout.guidance_scale=3.0",
+        "rewards.spec={temporal: 1.0, motion: 0.5}",
+        "train.micro_batch=3",
+        "train.timestep_fraction=0.5",
+        "train.max_steps=2",
+        "optim.lr=1e-3",
+        "lora.rank=4",
+        "guard.every=0",
+        "checkpoint.every=0",
+        "log.tensorboard=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "vidpost.pipelines.grpo",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    for h1, h2 in zip(one["history"], history):
+        assert h1["reward"] == pytest.approx(h2["reward"], abs=1e-6)
+    a = _lora(one)
+    b = load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_guard_stops_and_keeps_the_best(tmp_path, tiny_wan_dir):
+    # Prompts that are not Shapes captions score 0 under the verifier: the metric never improves on its first
+    # value, and a negative margin makes "no improvement" a drop.
+    cfg = _cfg(
+        tmp_path,
+        tiny_wan_dir,
+        "guard",
+        "train.max_steps=10",
+        "guard.every=2",
+        f"guard.prompts={json.dumps(PROMPTS[:2])}",
+        "guard.steps=2",
+        "guard.margin=-1",
+        "checkpoint.every=5",
+    )
+    result = train(cfg)
+    assert result["steps"] == 2 and "stopped" in result and "guard" in result["stopped"]
+    assert result["best_step"] == 0 and Path(result["best"], "pytorch_lora_weights.safetensors").exists()
+    assert [g["step"] for g in result["guard"]] == [0, 2]
+    assert (tmp_path / "guard" / "curves.png").exists()
+
+
+class _NaNReward(Reward):
+    name = "nan"
+
+    def _score(self, videos, prompts):
+        return RewardOutput(torch.full((len(prompts),), float("nan")))
+
+
+register("test_nan")(lambda **kw: _NaNReward(**kw))
+
+
+def test_nan_reward_stops_with_exit_code_3(tmp_path, tiny_wan_dir, capsys):
+    code = main(
+        [
+            f"output_dir={tmp_path / 'nan'}",
+            f"model.path={tiny_wan_dir}",
+            f"rollout.prompts={json.dumps(PROMPTS)}",
+            "rollout.prompts_per_step=1",
+            "rollout.group_size=2",
+            "rollout.num_frames=5",
+            "rollout.height=16",
+            "rollout.width=16",
+            "rollout.steps=2",
+            "rewards.spec={test_nan: 1.0}",
+            "guard.every=0",
+            "log.tensorboard=false",
+        ]
+    )
+    assert code == 3
+    assert "returned non-finite values" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_an_error(tmp_path, tiny_wan_dir, capsys):
+    assert main([f"model.path={tiny_wan_dir}", "rollout.group_sise=4"]) == 2
+    assert "rollout.group_sise" in capsys.readouterr().err
