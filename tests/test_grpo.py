@@ -190,3 +190,40 @@ def test_nan_reward_stops_with_exit_code_3(tmp_path, tiny_wan_dir, capsys):
 def test_unknown_config_key_is_an_error(tmp_path, tiny_wan_dir, capsys):
     assert main([f"model.path={tiny_wan_dir}", "rollout.group_sise=4"]) == 2
     assert "rollout.group_sise" in capsys.readouterr().err
+
+
+def test_best_of_n_keeps_the_highest_scoring_candidate(tmp_path, tiny_wan_dir):
+    from vidpost.pipelines.best_of_n import main as best_main
+
+    out = tmp_path / "bon"
+    code = best_main(
+        [
+            "--model",
+            str(tiny_wan_dir),
+            "--prompt",
+            "a red circle",
+            "--prompt",
+            "a blue dot",
+            "-n",
+            "3",
+            "--reward",
+            "motion",
+            "--steps",
+            "2",
+            "--frames",
+            "5",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "best_of_n.json").read_text())
+    assert len(summary) == 2
+    for item in summary:
+        assert len(item["scores"]) == 3 and item["scores"][item["best"]] == max(item["scores"])
+    assert len(list(out.glob("*.mp4"))) == 2 and (out / "candidates.png").exists()
+    assert best_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
