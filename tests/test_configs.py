@@ -35,3 +35,25 @@ def test_accelerate_configs_parse(path):
     raw = yaml.safe_load(path.read_text())
     if raw["distributed_type"] == "FSDP":
         assert "WanTransformerBlock" in raw["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+
+
+GRPO_CONFIGS = sorted(ROOT.glob("configs/*/grpo.yaml"))
+
+
+@pytest.mark.parametrize("path", GRPO_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_grpo_presets_validate(path):
+    from vidpost.pipelines.grpo import GRPOConfig
+    from vidpost.rewards.base import known_rewards
+
+    cfg = load_config(GRPOConfig, path)
+    assert cfg.train.max_steps > 0 and cfg.rollout.group_size > 1
+    for spec in (cfg.rewards.spec, cfg.guard.metric, cfg.guard.extra):
+        for name, value in spec.items():
+            kind = value.get("type", name) if isinstance(value, dict) else name
+            assert kind in known_rewards(), f"{path}: unknown reward {kind!r}"
+    assert not set(cfg.guard.metric) & set(cfg.rewards.spec), "the guard metric must not be a training reward"
+
+
+def test_grpo_presets_exist_for_the_real_families():
+    names = {str(p.relative_to(ROOT)) for p in GRPO_CONFIGS}
+    assert {"configs/wan2.1-t2v-1.3b/grpo.yaml", "configs/hunyuanvideo/grpo.yaml"} <= names
