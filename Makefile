@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean shapes-models shapes-eval
+.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean shapes-models shapes-eval eval grpo-shapes
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -37,6 +37,13 @@ shapes-models: venv
 
 shapes-eval: venv
 	$(BIN)/python -m vidpost.pipelines.shapes_eval --models shapes-base shapes --out results/shapes-sft
+
+eval: venv
+	$(BIN)/python -m vidpost.pipelines.eval --prompts shapes-heldout --model shapes --rewards verifier,temporal,motion --out runs/eval/shapes
+	$(BIN)/python -m vidpost.pipelines.eval --prompts shapes-heldout --model shapes-base --rewards verifier,temporal,motion --out runs/eval/shapes-base --compare runs/eval/shapes
+
+grpo-shapes: venv
+	$(BIN)/python -m vidpost.pipelines.grpo --config configs/shapes/grpo.yaml
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
