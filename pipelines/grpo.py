@@ -20,13 +20,14 @@ Algorithm (one iteration = one optimizer step):
                    logp = log π_θ(x_{i+1} | x_i)   (same SDE, same CFG, with gradients)
                    ratio = exp(logp − logp_old);   L = mean(max(−A·ratio, −A·clip(ratio, 1 − c, 1 + c)))
                    + β·KL(π_θ ‖ π_ref) with KL = ‖μ_θ − μ_ref‖²/(2·std²) (π_ref: LoRA disabled, or a frozen copy)
-                 backward(L / (micro-batches · K)); then clip the gradient norm and take one AdamW step.
+                 backward(L / (micro-batches · K)); then clip the gradient norm and take an AdamW step
+                 (`updates_per_iteration` > 1 splits the micro-batches into that many consecutive optimizer steps).
   6. guard     ← every `guard.every` iterations: ODE samples of the held-out prompts, scored by the gold metric
                  (`guard.metric`, not a training reward); the best weights are exported to `best/`; when the
                  metric falls more than `guard.margin` below its best, the run stops (exit code 4).
 
 Departures from the papers, on purpose: log-probs are reduced by the mean over latent elements (DESIGN.md);
-one optimizer step per iteration (DanceGRPO steps per micro-batch); the trained steps are drawn per iteration
+by default one optimizer step per iteration (DanceGRPO steps per micro-batch); the trained steps are drawn per iteration
 (not per sample). Everything random in an iteration comes from generators seeded by (seed, iteration, process),
 so a resumed run equals an uninterrupted one and the update's ratio is exactly 1 before the first optimizer step.
 
@@ -128,7 +129,11 @@ class GRPOTrainConfig:
     max_steps: int = 100
     """iterations (one optimizer step each)"""
     micro_batch: int = 8
-    """samples per forward/backward in the update"""
+    """samples per forward/backward in the update (and per transformer call in the rollout)"""
+    updates_per_iteration: int = 1
+    """optimizer steps per iteration: the micro-batches are split into this many consecutive parts, each part's
+    gradients (accumulated over its micro-batches and the trained steps) make one step; with more than one, the
+    later parts see ratios ≠ 1 and the clipping acts"""
     timestep_fraction: float = 0.6
     """fraction of the SDE steps trained per iteration"""
     clip_range: float = 1e-3
@@ -383,7 +388,9 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
         transformer.enable_gradient_checkpointing()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps * max(1, cfg.train.updates_per_iteration))
+    )
     model, optimizer = accelerator.prepare(transformer, optimizer)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
@@ -486,37 +493,44 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
         micro = [
             torch.arange(i, min(i + cfg.train.micro_batch, n_mine)) for i in range(0, n_mine, cfg.train.micro_batch)
         ]
-        denom = len(micro) * len(trained)
-        loss_total, kl_total = 0.0, 0.0
+        updates = max(1, min(cfg.train.updates_per_iteration, len(micro)))
+        chunks = [micro[u * len(micro) // updates : (u + 1) * len(micro) // updates] for u in range(updates)]
+        loss_total, kl_total, grad_norms = 0.0, 0.0, []
         ratios, lp_new_all, lp_old_all = [], [], []
-        for j, idx in enumerate(micro):
-            mb: Rollout = ro.select(idx)
-            a = adv[idx].to(accelerator.device)
-            for k, i in enumerate(trained):
-                last = j == len(micro) - 1 and k == len(trained) - 1
-                ctx = accelerator.no_sync(model) if (world > 1 and not last) else _null()
-                with ctx, accelerator.autocast():
-                    logp, mean, std = step_log_prob(adapter, mb, i, model=model, **policy_kwargs())
-                    old = mb.log_probs[:, i].to(logp.device)
-                    loss, ratio = clipped_policy_loss(logp, old, a, cfg.train.clip_range)
-                    if cfg.train.kl_beta > 0:
-                        kl = _reference_kl(adapter, mb, i, mean, std, model, reference, cfg)
-                        loss = loss + cfg.train.kl_beta * kl.mean()
-                        kl_total += float(kl.mean()) / denom
-                    accelerator.backward(loss / denom)
-                loss_total += float(loss.detach()) / denom
-                ratios.append(ratio.detach().cpu())
-                lp_new_all.append(logp.detach().cpu())
-                lp_old_all.append(old.detach().cpu())
-        if not math.isfinite(loss_total):
-            where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
-            raise NonFiniteLoss(f"GRPO loss became {loss_total} at iteration {step}; stopping ({where})")
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
+        for chunk in chunks:
+            denom = len(chunk) * len(trained)
+            chunk_loss = 0.0
+            for j, idx in enumerate(chunk):
+                mb: Rollout = ro.select(idx)
+                a = adv[idx].to(accelerator.device)
+                for k, i in enumerate(trained):
+                    last = j == len(chunk) - 1 and k == len(trained) - 1
+                    ctx = accelerator.no_sync(model) if (world > 1 and not last) else _null()
+                    with ctx, accelerator.autocast():
+                        logp, mean, std = step_log_prob(adapter, mb, i, model=model, **policy_kwargs())
+                        old = mb.log_probs[:, i].to(logp.device)
+                        loss, ratio = clipped_policy_loss(logp, old, a, cfg.train.clip_range)
+                        if cfg.train.kl_beta > 0:
+                            kl = _reference_kl(adapter, mb, i, mean, std, model, reference, cfg)
+                            loss = loss + cfg.train.kl_beta * kl.mean()
+                            kl_total += float(kl.mean()) / (denom * updates)
+                        accelerator.backward(loss / denom)
+                    chunk_loss += float(loss.detach()) / denom
+                    ratios.append(ratio.detach().cpu())
+                    lp_new_all.append(logp.detach().cpu())
+                    lp_old_all.append(old.detach().cpu())
+            if not math.isfinite(chunk_loss):
+                where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
+                raise NonFiniteLoss(f"GRPO loss became {chunk_loss} at iteration {step}; stopping ({where})")
+            loss_total += chunk_loss / updates
+            if cfg.optim.max_grad_norm:
+                grad_norms.append(float(accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+        grad_norm = sum(grad_norms) / len(grad_norms) if grad_norms else None
         step += 1
         t_update = time.perf_counter()
 

@@ -227,3 +227,19 @@ def test_best_of_n_keeps_the_highest_scoring_candidate(tmp_path, tiny_wan_dir):
         assert len(item["scores"]) == 3 and item["scores"][item["best"]] == max(item["scores"])
     assert len(list(out.glob("*.mp4"))) == 2 and (out / "candidates.png").exists()
     assert best_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+
+
+def test_several_updates_per_iteration_make_the_clipping_act(tmp_path, tiny_wan_dir):
+    cfg = _cfg(
+        tmp_path,
+        tiny_wan_dir,
+        "upd",
+        "train.max_steps=1",
+        "train.micro_batch=2",
+        "train.updates_per_iteration=3",
+        "optim.lr=1e-2",
+        "train.clip_range=1e-4",
+    )
+    first = train(cfg)["history"][0]
+    assert first["ratio_max"] > 1.0 or first["ratio_min"] < 1.0
+    assert first["clip_fraction"] > 0
