@@ -2,19 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is installed first and pinned so that pip does not pull a newer build than the one available;
-# override on a GPU machine, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url ..."`.
-TORCH_SPEC ?= torch==2.13.0
+# torch and torchvision are installed first, pinned as a matching pair (open_clip needs torchvision, whose
+# compiled ops only load with the torch build it was made for); override for another CUDA build, e.g.
+# `make test TORCH_SPEC="torch==2.15.0 torchvision==0.29.2 --index-url ..."`.
+TORCH_SPEC ?= torch==2.15.0 torchvision==0.29.2
 PYTEST_ARGS ?=
+# e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
+BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench style lint wheel clean shapes-models shapes-eval eval grpo-shapes
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards style lint wheel clean shapes-models shapes-eval eval grpo-shapes
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
 	@echo "make test       install what is needed and run the fast test suite"
 	@echo "make test-slow  also run the slow tests (real weights, long runs)"
 	@echo "make test-gpu   GPU-only tests"
-	@echo "make bench      benchmarks (results printed; notes in benchmarks/RESULTS.md)"
+	@echo "make bench      benchmarks: every benchmarks/bench_*.py (results printed; notes in benchmarks/RESULTS.md)"
+	@echo "make bench-rewards  reward throughput only (CPU miniatures; BENCH_REWARDS_ARGS for real weights / GPU)"
 	@echo "make style      ruff format + ruff check --fix"
 	@echo "make shapes-models  retrain the shipped Shapes world models from scratch (CPU, ~1 h)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
@@ -22,7 +26,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev,clip]"
 	touch $@
 
@@ -54,8 +58,12 @@ test-slow: venv
 test-gpu: venv
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
 
+# Runs every benchmark script: bench_sft.py and bench_rewards.py.
 bench: venv
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+bench-rewards: venv
+	$(BIN)/python benchmarks/bench_rewards.py $(BENCH_REWARDS_ARGS)
 
 style: venv
 	$(BIN)/ruff format .

@@ -4,12 +4,18 @@
 
 Stages (each writes its folder and is skipped when that folder is complete, so the command resumes):
 1. `vae`   — a miniature `AutoencoderKLWan` (8× spatial, 4× temporal compression, 16 latent channels) trained
-             as an autoencoder on procedurally rendered clips: L1 + L2 reconstruction of the decoded posterior
-             mean + 1e-6·KL, AdamW (lr 2e-4, β2 0.99) with warm-up and cosine decay, on full 17-frame clips: the
-             causal decoder's frame cache must see as many latent frames in training as it decodes later (trained
-             on 5-frame clips, frames 6–17 of a 17-frame clip decoded at ~9 dB PSNR against ~17 dB for 1–5).
-             Afterwards the per-channel latent mean/std over 17-frame clips are measured and written into the VAE
-             config (`latents_mean` / `latents_std`), exactly where real Wan VAEs keep them.
+             as an autoencoder on procedurally rendered clips, in two phases: first on single frames (the causal
+             3D convolutions then act as 2D ones; 1500 steps, batch 16), then — after setting every video-only
+             weight to "process each frame like the image" (past-frame taps zeroed, temporal downsampling keeps
+             the newest frame, temporal upsampling repeats it) — on full 17-frame clips (800 steps, batch 4): the
+             causal decoder's frame cache must see as many latent frames in training as it decodes later.
+             Loss: L1 + L2 of the decoded posterior mean, pixels that differ from the background weighted 9×
+             (objects cover a few percent of a frame), + 1e-6·KL; AdamW lr 2e-4, β2 0.99, warm-up + cosine.
+             What did not work: lr ≥ 5e-4 or decoding a sampled posterior collapses the autoencoder to an
+             input-independent "mean clip" within a few dozen steps; unweighted training from scratch on 17-frame
+             clips reached only ~16 dB after 700 steps with every shape lost; training on 5-frame clips decodes
+             frames 6–17 at ~9 dB. Afterwards the per-channel latent mean/std over 17-frame clips are written into
+             the VAE config (`latents_mean` / `latents_std`), exactly where real Wan VAEs keep them.
 2. `init`  — assembles a complete diffusers `WanPipeline` folder: the trained VAE, a frozen randomly initialised
              UMT5 encoder with a tokenizer built in memory over the Shapes vocabulary, and a randomly initialised
              `WanTransformer3DModel`.
@@ -61,6 +67,13 @@ def _render_batch(rng: np.random.Generator, n: int, frames: int) -> torch.Tensor
     return torch.from_numpy(np.stack(clips))
 
 
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, H, W] mask of pixels whose colour differs from the clip's background (the median colour of its
+    first frame — backgrounds are flat and objects cover well under half of it)."""
+    bg = x[:, :, :1].flatten(2).median(dim=2).values[:, :, None, None, None]
+    return ((x - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()
+
+
 def _decode_unclamped(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """`AutoencoderKLWan.decode` without its final clamp to [-1, 1]: a clamped output has no gradient, so a pixel
     that overshoots the wrong way could never recover (the training diverged with it). Same causal frame loop."""
@@ -80,12 +93,20 @@ def train_vae(
     out: Path,
     *,
     steps: int,
-    batch_size: int = 6,
+    image_steps: int = 0,
+    batch_size: int = 4,
+    image_batch_size: int = 16,
     frames: int = 17,
     base_dim: int = 16,
-    latent_noise: float = 0.0,
+    lr: float = 2e-4,
+    fg_weight: float = 8.0,
     seed: int = 0,
+    after_image_phase: Path | None = None,
 ) -> Path:
+    """Train the Shapes VAE: `image_steps` on single frames (batch `image_batch_size`), then `steps` on
+    `frames`-frame clips. `after_image_phase`: a VAE folder saved by a run with the same settings and
+    `steps=0` — its weights replace the image phase (the clips of each phase come from their own seeded stream,
+    so the result equals one uninterrupted run)."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
@@ -99,46 +120,97 @@ def train_vae(
         latents_mean=[0.0] * 16,
         latents_std=[1.0] * 16,
     )
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    )
-    log = []
-    bar = tqdm(range(steps), desc="shapes VAE")
-    for step in bar:
-        x = _render_batch(rng, batch_size, frames) * 2 - 1
-        post = vae.encode(x).latent_dist
-        # Decode the posterior mean (optionally plus noise for robustness to imperfect latents): sampling with the
-        # early, large posterior variance, or lr ≥ 5e-4, made training swing between background levels.
-        z = post.mode()
-        rec = _decode_unclamped(vae, z + latent_noise * torch.randn_like(z) * z.detach().std())
-        l1 = (rec - x).abs().mean()
-        loss = l1 + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        log.append({"step": step + 1, "l1": l1.item(), "loss": loss.item()})
-        bar.set_postfix(l1=f"{l1.item():.4f}")
+    log: list[dict[str, float]] = []
+    if after_image_phase is not None:
+        from safetensors.torch import load_file
+
+        vae.load_state_dict(load_file(str(Path(after_image_phase) / "diffusion_pytorch_model.safetensors")))
+    for phase, n, clip_frames, batch in (
+        ("image", image_steps, 1, image_batch_size),
+        ("video", steps, frames, batch_size),
+    ):
+        if n <= 0 or (phase == "image" and after_image_phase is not None):
+            continue
+        if phase == "video":
+            rng = np.random.default_rng([seed, 1])
+            if image_steps > 0:
+                _causal_identity_init(vae)
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+        warmup = max(1, n // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, n=n, w=warmup: min(1.0, (s + 1) / w) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / n)))
+        )
+        bar = tqdm(range(n), desc=f"shapes VAE ({phase})")
+        for step in bar:
+            x = _render_batch(rng, batch, clip_frames) * 2 - 1
+            post = vae.encode(x).latent_dist
+            # Decode the posterior mean: sampling with the early, large posterior variance, or lr ≥ 5e-4, made the
+            # autoencoder collapse to an input-independent "mean clip" within a few dozen steps.
+            rec = _decode_unclamped(vae, post.mode())
+            # Objects cover a few percent of the frame: unweighted, the autoencoder first settles on "background
+            # only" and learns the shapes very slowly. Pixels that differ from the background weigh more.
+            weight = 1 + fg_weight * _foreground(x)
+            err = rec - x
+            loss = (weight * (err.abs() + err.pow(2))).mean() / weight.mean() + 1e-6 * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            l1 = err.abs().mean().item()
+            log.append({"phase": phase, "step": step + 1, "l1": l1, "loss": loss.item()})
+            bar.set_postfix(l1=f"{l1:.4f}")
     vae.eval()
-    with torch.no_grad():
-        x = _render_batch(np.random.default_rng(seed + 1), 32, NUM_FRAMES)
-        z = torch.cat([vae.encode(x[i : i + 8] * 2 - 1).latent_dist.mode() for i in range(0, 32, 8)])
-        mean = z.mean(dim=(0, 2, 3, 4))
-        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
-        rec = torch.cat([vae.decode(z[i : i + 8]).sample for i in range(0, 32, 8)])
-        psnr = -10 * torch.log10(((rec.clamp(-1, 1) + 1) / 2 - x).pow(2).mean()).item()
-    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    psnr, per_frame, mean, std = _vae_report(vae, seed + 1)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
     tmp = out.with_suffix(".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     vae.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "training_log.json").write_text(json.dumps({"psnr_17f": psnr, "log": log[-50:]}, indent=1))
+    report = {"psnr_17f": psnr, "psnr_per_frame": per_frame, "log": log[-50:]}
+    (tmp / "training_log.json").write_text(json.dumps(report, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     print(f"VAE: reconstruction PSNR on 17-frame held-out clips {psnr:.2f} dB -> {out}", file=sys.stderr)
     return out
+
+
+def _causal_identity_init(vae: torch.nn.Module) -> None:
+    """After image-only training, make every video-only weight start as "treat each frame like the image":
+    the past-frame taps of the causal 3D convolutions (never used on single frames) are zeroed, the encoder's
+    temporal downsampling keeps the newest frame of each pair, and the decoder's temporal upsampling repeats a
+    frame. Video training then starts from a working per-frame autoencoder instead of random temporal mixing."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    time_convs = set()
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, WanResample) and hasattr(module, "time_conv"):
+                conv = module.time_conv
+                time_convs.add(conv)
+                conv.weight.zero_()
+                conv.bias.zero_()
+                c_in = conv.weight.shape[1]
+                eye = torch.eye(c_in, dtype=conv.weight.dtype)
+                for k in range(conv.weight.shape[0] // c_in):  # 1 for downsampling, 2 (both new frames) for up
+                    conv.weight[k * c_in : (k + 1) * c_in, :, -1, 0, 0] = eye
+        for module in vae.modules():
+            if isinstance(module, WanCausalConv3d) and module not in time_convs and module.weight.shape[2] > 1:
+                module.weight[:, :, :-1] = 0
+
+
+@torch.no_grad()
+def _vae_report(vae: torch.nn.Module, seed: int, n: int = 32) -> tuple[float, list[float], list[float], list[float]]:
+    """Reconstruction PSNR (overall and per frame) on `n` fresh 17-frame clips, and the per-channel latent
+    mean/std that the config records as `latents_mean` / `latents_std`."""
+    x = _render_batch(np.random.default_rng(seed), n, NUM_FRAMES)
+    z = torch.cat([vae.encode(x[i : i + 8] * 2 - 1).latent_dist.mode() for i in range(0, n, 8)])
+    rec = torch.cat([vae.decode(z[i : i + 8]).sample for i in range(0, n, 8)])
+    mse = ((rec.clamp(-1, 1) + 1) / 2 - x).pow(2)
+    psnr = -10 * torch.log10(mse.mean()).item()
+    per_frame = (-10 * torch.log10(mse.mean(dim=(0, 1, 3, 4)))).tolist()
+    mean = z.mean(dim=(0, 2, 3, 4)).tolist()
+    std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+    return psnr, [round(p, 2) for p in per_frame], mean, std
 
 
 def build_init(vae_dir: Path, out: Path, *, seed: int = 0) -> Path:
@@ -192,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "assets" / "shapes")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "shapes-models", help="data, caches and logs")
     p.add_argument("--stage", choices=["vae", "init", "data", "base", "sft", "all"], default="all")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=800, help="VAE steps on 17-frame clips (batch 4)")
+    p.add_argument("--vae-image-steps", type=int, default=1500, help="VAE steps on single frames first (batch 16)")
     p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, not a usable model)")
     p.add_argument("overrides", nargs="*", help="dotted overrides passed to both SFT runs")
@@ -203,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     extra = (quick if args.quick else []) + args.overrides
     t0 = time.time()
     if "vae" in stages and not (work / "vae" / "config.json").exists():
-        train_vae(work / "vae", steps=3 if args.quick else args.vae_steps)
+        train_vae(
+            work / "vae",
+            steps=3 if args.quick else args.vae_steps,
+            image_steps=3 if args.quick else args.vae_image_steps,
+        )
     if "init" in stages and not (work / "init" / "model_index.json").exists():
         build_init(work / "vae", work / "init")
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():

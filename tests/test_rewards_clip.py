@@ -1,8 +1,9 @@
 """CLIP-based rewards (clip, hps, pickscore, aesthetic) on miniature models saved in the real checkpoint formats.
 
-Each test builds a tiny random model in memory, saves it the way the real weights ship (a transformers
-`save_pretrained` folder, an open_clip / HPS torch file or safetensors, an aesthetic head `.pth`), loads it back
-through the reward's own loader and checks the score against an independent computation with the model itself.
+Each test builds a tiny random model (`vidpost.rewards.testing`) saved the way the real weights ship (a
+transformers `save_pretrained` folder, an open_clip / HPS torch file or safetensors, an aesthetic head `.pth`),
+loads it back through the reward's own loader and checks the score against an independent computation with the
+model itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import vidpost.rewards.aesthetic  # noqa: F401 - registers the rewards under test
@@ -20,17 +21,19 @@ import vidpost.rewards.clip_score  # noqa: F401
 import vidpost.rewards.hps  # noqa: F401
 import vidpost.rewards.pickscore  # noqa: F401
 from vidpost.rewards.base import RewardPathError, build_reward, normalize, resize_frames
+from vidpost.rewards.testing import (
+    ImprovedAestheticPredictor,
+    tiny_aesthetic_head,
+    tiny_hf_clip,
+    tiny_open_clip,
+)
 
 PROMPTS = ["a red circle moves left", "a blue square stays still"]
 OTHER = ["a green triangle runs fast", "a dog walks"]
 FRAME_IDX = [0, 2, 4]  # select_frames(T=5, k=3)
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.3, 0.35)  # not CLIP's, to see that preprocessor_config.json is read
 
-OPEN_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
+OPEN_CLIP_SIZES = dict(embed_dim=16, image_size=32, patch_size=8, width=32, head_width=16, layers=1, context_length=16)
 
 
 @pytest.fixture(scope="module")
@@ -48,34 +51,7 @@ def _frames(videos):
 
 @pytest.fixture(scope="module")
 def hf_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from vidpost.models.tokenizers import build_clip_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny-hf-clip")
-    tok = build_clip_tokenizer()
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=list(MEAN), image_std=list(STD)
-    ).save_pretrained(path)
-    return path
+    return tiny_hf_clip(tmp_path_factory.mktemp("tiny-hf-clip"), image_size=32, mean=MEAN, std=STD, seed=0)
 
 
 def _hf_reference(path, videos, prompts):
@@ -136,18 +112,7 @@ def test_transformers_path_errors(hf_clip_dir, tmp_path):
 @pytest.fixture(scope="module")
 def open_clip_files(tmp_path_factory):
     """A tiny open_clip CLIP: its JSON config, the HPS-style torch file and a safetensors copy."""
-    import open_clip
-
-    path = tmp_path_factory.mktemp("tiny-open-clip")
-    cfg = path / "tiny-clip.json"
-    cfg.write_text(json.dumps(OPEN_CLIP_CFG))
-    torch.manual_seed(1)
-    model = open_clip.CLIP(**OPEN_CLIP_CFG).eval()
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": sd, "epoch": 1}, path / "HPS_v2.1_compressed.pt")
-    save_file(sd, str(path / "tiny.safetensors"))
-    torch.save(sd, path / "bare.bin")
-    return {"dir": path, "arch": str(cfg), "model": model}
+    return tiny_open_clip(tmp_path_factory.mktemp("tiny-open-clip"), seed=1, **OPEN_CLIP_SIZES)
 
 
 def _open_clip_reference(model, pixels, prompts):
@@ -179,7 +144,7 @@ def test_clip_open_clip_needs_arch(open_clip_files):
 def test_clip_open_clip_folder(open_clip_files, videos, tmp_path):
     """An open_clip Hub-style folder: open_clip_config.json {model_cfg, preprocess_cfg} + open_clip_model.safetensors."""
     (tmp_path / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": OPEN_CLIP_CFG, "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}})
+        json.dumps({"model_cfg": open_clip_files["cfg"], "preprocess_cfg": {"mean": list(MEAN), "std": list(STD)}})
     )
     (tmp_path / "open_clip_model.safetensors").write_bytes((open_clip_files["dir"] / "tiny.safetensors").read_bytes())
     out = build_reward("clip", path=tmp_path, frames=3)(videos, PROMPTS)
@@ -239,30 +204,11 @@ def test_weights_only_loading(open_clip_files, tmp_path):
 # ------------------------------------------------------------------------------------------------- aesthetic
 
 
-class _ImprovedAestheticPredictor(nn.Module):
-    """improved-aesthetic-predictor's MLP, written out as the reference does (keys layers.0 ... layers.7)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(dim, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
 def test_aesthetic_mlp_head_open_clip(open_clip_files, videos, tmp_path):
-    torch.manual_seed(2)
-    head = _ImprovedAestheticPredictor(16).eval()
-    torch.save(head.state_dict(), tmp_path / "sac+logos+ava1-l14-linearMSE.pth")
+    saved = tiny_aesthetic_head(tmp_path, 16, kind="mlp", seed=2)
+    assert saved == tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+    head = ImprovedAestheticPredictor(16).eval()
+    head.load_state_dict(torch.load(saved, weights_only=True))
     reward = build_reward(
         "aesthetic",
         path=tmp_path,
@@ -285,13 +231,12 @@ def test_aesthetic_mlp_head_open_clip(open_clip_files, videos, tmp_path):
 def test_aesthetic_linear_head_transformers(hf_clip_dir, videos, tmp_path, prefix):
     from transformers import CLIPModel
 
-    torch.manual_seed(4)
+    head = tiny_aesthetic_head(tmp_path / "head.safetensors", 16, kind="linear", prefix=prefix, seed=4)
+    sd = load_file(head)
+    assert set(sd) == {prefix + "weight", prefix + "bias"}
     lin = nn.Linear(16, 1)
-    save_file(
-        {prefix + "weight": lin.weight.detach(), prefix + "bias": lin.bias.detach()},
-        str(tmp_path / "head.safetensors"),
-    )
-    reward = build_reward("aesthetic", path=tmp_path / "head.safetensors", clip_path=hf_clip_dir, frames=3)
+    lin.load_state_dict({"weight": sd[prefix + "weight"], "bias": sd[prefix + "bias"]})
+    reward = build_reward("aesthetic", path=head, clip_path=hf_clip_dir, frames=3)
     out = reward(videos, PROMPTS)
     model = CLIPModel.from_pretrained(hf_clip_dir).eval()
     with torch.no_grad():

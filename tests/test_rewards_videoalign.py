@@ -1,144 +1,33 @@
 """VideoAlign reward: a miniature Qwen2-VL + reward head saved in the reward's folder layout and loaded back.
 
-The tokenizer, processor, model, head and reward config are built in memory, written with the real savers
-(`save_pretrained`, safetensors) and read through `VideoAlignReward`; an independent per-video computation with
-the saved model, processor and head checks the reward's batching, pooling and normalisation.
+The tokenizer, processor, model, head and reward config are built in memory (`vidpost.rewards.testing`), written
+with the real savers (`save_pretrained`, safetensors) and read through `VideoAlignReward`; an independent per-video
+computation with the saved model, processor and head checks the reward's batching, pooling and normalisation.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from vidpost.rewards.base import REGISTRY, RewardPathError, build_reward
-from vidpost.rewards.videoalign import DEFAULT_PROMPT_TEMPLATE, SPECIAL_TOKENS, VideoAlignReward
+from vidpost.rewards.testing import VIDEOALIGN_CHAT_TEMPLATE, tiny_videoalign
+from vidpost.rewards.videoalign import SPECIAL_TOKENS, VideoAlignReward
 
-QWEN_SPECIALS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 PROMPTS = ["a red cat runs left", "a small blue dog walks slowly to the right in a large scene"]
 TEMPLATE = "rate this video for the prompt : {prompt}"
 STATS = {"mean": {"VQ": 0.5, "MQ": -0.25, "TA": 1.0}, "std": {"VQ": 2.0, "MQ": 0.5, "TA": 4.0}}
 FRAME_IDX = [0, 2, 5, 7]  # 4 evenly spaced frames of 8, first and last included
-HIDDEN = 32
-
-# Qwen2-VL's chat template, reduced to what one user turn with a video and a text needs.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% for content in message['content'] %}"
-    "{% if content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
-def build_tokenizer(extra_specials=()):
-    """A word-level fast tokenizer over the words the tests use, with Qwen2-VL's special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    text = " ".join([DEFAULT_PROMPT_TEMPLATE, TEMPLATE, *PROMPTS, "system user assistant you are a helpful"])
-    specials = [*QWEN_SPECIALS, *extra_specials]
-    vocab = {s: i for i, s in enumerate([*specials, "[UNK]"])}
-    for word in re.findall(r"\w+|[^\w\s]+", text.lower()):
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="<|endoftext|>", eos_token="<|im_end|>"
-    )
-    fast.add_special_tokens({"additional_special_tokens": specials[1:]})
-    return fast
-
-
-def make_checkpoint(
-    root, *, reward_token="last", head="file", legacy_keys=False, chat_template=None, seed=0, **cfg_extra
-):
-    """Write a miniature VideoAlign folder to `root` and return it."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-
-    tokenizer = build_tokenizer(SPECIAL_TOKENS if reward_token == "special" else ())
-    pixels = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
-        tokenizer=tokenizer,
-        chat_template=chat_template,
-    )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": HIDDEN,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 256,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-            "pad_token_id": ids["<|endoftext|>"],
-            "bos_token_id": None,
-            "eos_token_id": ids["<|im_end|>"],
-        },
-        vision_config={
-            "depth": 1,
-            "embed_dim": 32,
-            "hidden_size": HIDDEN,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.save_pretrained(root)
-    processor.save_pretrained(root)
-
-    head_weight = torch.randn(3, HIDDEN)
-    weights_file = root / "model.safetensors"
-    state = load_file(weights_file)
-    if legacy_keys:  # the pre-5.x layout of the released Qwen2-VL checkpoints
-        state = {re.sub(r"^model\.language_model\.", "model.", k): v for k, v in state.items()}
-        state = {re.sub(r"^model\.visual\.", "visual.", k): v for k, v in state.items()}
-    if head == "inside":
-        state["rm_head.weight"] = head_weight
-    if legacy_keys or head == "inside":
-        save_file(state, weights_file, metadata={"format": "pt"})
-    if head == "file":
-        save_file({"weight": head_weight}, root / "reward_head.safetensors")
-
-    cfg = {
-        "reward_attributes": ["VQ", "MQ", "TA"],
-        **STATS,
-        "prompt_template": TEMPLATE,
-        "frames": 4,
-        "size": 56,
-        "reward_token": reward_token,
-        **cfg_extra,
-    }
-    if reward_token == "special":
-        cfg["special_tokens"] = list(SPECIAL_TOKENS)
-    (root / "vidpost_reward.json").write_text(json.dumps(cfg))
-    return root
+def make_checkpoint(root, **options):
+    """A miniature VideoAlign folder whose tokenizer knows the test prompts and whose config has the test's
+    prompt template and statistics; `options` go to `tiny_videoalign` (reward_token, head, legacy_keys, ...)."""
+    return tiny_videoalign(root, words=PROMPTS, prompt_template=TEMPLATE, stats=STATS, frames=4, size=56, **options)
 
 
 def reference(root, videos, prompts, *, special=False):
@@ -241,7 +130,7 @@ def test_head_inside_weights_and_legacy_keys(tmp_path, ckpt, reward, videos):
 
 
 def test_chat_template_path_matches_fallback(tmp_path, reward, videos):
-    other = make_checkpoint(tmp_path / "chat", chat_template=CHAT_TEMPLATE)
+    other = make_checkpoint(tmp_path / "chat", chat_template=VIDEOALIGN_CHAT_TEMPLATE)
     loaded = VideoAlignReward(other)
     assert loaded.processor.chat_template
     assert loaded.chat_text("a cat") == reward.chat_text("a cat")
