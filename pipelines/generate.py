@@ -5,9 +5,12 @@
     vidpost generate ...   (same arguments)
 
 Each prompt i is generated from its own noise, drawn with seed + i, so a prompt's video does not depend on which
-other prompts share its batch. Sizes are checked before anything heavy runs: a frame count or resolution the model
+other prompts share its batch. Sizes are checked before sampling starts: a frame count or resolution the model
 cannot generate exactly is an error naming the nearest valid values. Defaults for size and steps come from the
 model's `vidpost.json` when it has them (the Shapes world models do), else from the Wan 480p recipe.
+
+`--enhance` (or `--enhancer PATH`) first rewrites the prompts with the prompt enhancer (`vidpost enhance`); the
+video is generated from the rewrite, its JSON records both prompts, and file names and labels use the original.
 """
 
 from __future__ import annotations
@@ -51,7 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="mp4 path, or a folder for several")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--enhance", action="store_true", help="rewrite the prompts with the prompt enhancer first")
+    p.add_argument(
+        "--enhancer", help="enhancer LLM folder or .gguf (implies --enhance; default: SmolLM2-135M-Instruct)"
+    )
     return p
+
+
+def enhance_prompts(prompts: list[str], enhancer: str | None, device: str) -> list[dict]:
+    """Rewrite the prompts with the enhancer (`vidpost enhance`), then free it before the video model loads."""
+    import gc
+
+    from vidpost.enhance import Rewriter
+
+    rewriter = Rewriter.from_pretrained(enhancer, device=device)
+    results = rewriter.rewrite(prompts, progress=True)
+    del rewriter
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    for r in results:
+        note = f" (kept: {r.fallback_reason})" if r.fallback_reason else ""
+        print(f"enhanced: {r.original!r} → {r.text!r}{note}", file=sys.stderr)
+    return [{"enhancer": enhancer or "default (SmolLM2-135M-Instruct)", **r.to_dict()} for r in results]
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -94,15 +119,19 @@ def resolve_settings(args: argparse.Namespace, adapter: VideoModelAdapter, model
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
-    prompts = read_prompts(args)
+    originals = prompts = read_prompts(args)
     model_dir = resolve_model_path(args.model)
+    enhanced = None
+    if args.enhance or args.enhancer:
+        enhanced = enhance_prompts(prompts, args.enhancer, args.device)
+        prompts = [e["text"] for e in enhanced]
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     t0 = time.time()
     adapter = load(model_dir, dtype=dtype, device=args.device, lora=args.lora)
     settings = resolve_settings(args, adapter, model_dir)
     fps = settings.pop("fps")
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
-    paths = output_paths(args.out, prompts)
+    paths = output_paths(args.out, originals)
     videos = []
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
@@ -125,15 +154,17 @@ def generate(args: argparse.Namespace) -> list[Path]:
             i = start + j
             path = paths[i]
             write_video(path, video, fps=fps)
-            contact_sheet(video, path.with_suffix(".png"), labels=[prompts[i]])
+            contact_sheet(video, path.with_suffix(".png"), labels=[originals[i]])
             meta = {"prompt": prompts[i], "seed": args.seed + i, "model": str(model_dir), "lora": args.lora}
+            if enhanced is not None:
+                meta |= {"original_prompt": originals[i], "enhance": enhanced[i]}
             meta |= {**settings, "fps": fps}
             meta["seconds_per_video"] = round(dt, 3)
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
             videos.append(video)
             print(f"wrote {path}", file=sys.stderr)
     if len(prompts) > 1:
-        contact_sheet(videos, paths[0].parent / "contact_sheet.png", labels=prompts)
+        contact_sheet(videos, paths[0].parent / "contact_sheet.png", labels=originals)
     return paths
 
 
@@ -141,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         generate(args)
-    except ValueError as e:  # user mistakes: bad size, missing model, empty prompts
+    except (ValueError, NotImplementedError) as e:  # user mistakes: bad size, missing model or enhancer, empty prompts
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("vidpost.pipelines.grpo", "stage 2: GRPO with reward models and a reward-hacking guard"),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
+    "enhance": ("vidpost.pipelines.enhance", "rewrite prompts with a local LLM (zero-shot or a trained rewriter)"),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
