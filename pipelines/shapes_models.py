@@ -250,6 +250,37 @@ def export_data(out: Path, n: int) -> Path:
     return export(out, split="train", n=n, num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH, fps=8)
 
 
+def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, caption_key: str) -> None:
+    """Build the SFT stage's latent cache from the pretraining one: the same clips and VAE latents (both stages
+    share the VAE and the frozen text encoder), with the text embeddings of another caption column. Saves
+    encoding every clip a second time."""
+    from safetensors.torch import load_file, save_file
+
+    from vidpost.models import load
+    from vidpost.pipelines.data import _embeds_to_tensors, read_manifest
+
+    captions = {r["video"]: r["caption"] for r in read_manifest(manifest, caption_key)}
+    adapter = load(model_dir)
+    tmp = dst.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(src / "null_prompt.safetensors", tmp / "null_prompt.safetensors")
+    for shard in tqdm(sorted(src.glob("shard_*.safetensors")), desc="re-caption cache"):
+        meta = json.loads(shard.with_suffix(".json").read_text())
+        for item in meta["items"]:
+            item["caption"] = captions[item["video"]]
+        tensors = {"latents": load_file(str(shard))["latents"]}
+        with torch.no_grad():
+            tensors.update(_embeds_to_tensors(adapter.encode_prompt([it["caption"] for it in meta["items"]]), ""))
+        save_file(tensors, str(tmp / shard.name))
+        (tmp / shard.with_suffix(".json").name).write_text(json.dumps(meta) + "\n")
+    for name in ("summary.json", "bad_videos.jsonl"):
+        if (src / name).exists():
+            shutil.copy(src / name, tmp / name)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.replace(dst)
+
+
 def run_sft(config: Path, overrides: list[str]) -> Path:
     from vidpost.pipelines.config import load_config
     from vidpost.pipelines.sft import SFTConfig, train
@@ -288,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = work / "data" / "manifest.jsonl"
     for stage, config, start_from in (("base", "pretrain", work / "init"), ("sft", "sft", out / "base")):
         if stage in stages and not (out / stage / "model_index.json").exists():
+            pretrain_cache, sft_cache = work / "pretrain" / "cache", work / "sft" / "cache"
+            if stage == "sft" and (pretrain_cache / "summary.json").exists() and not sft_cache.exists():
+                recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
             overrides = [f"output_dir={work / config}", f"model.path={start_from}", f"data.manifest={manifest}"]
             final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
             shutil.rmtree(out / stage, ignore_errors=True)

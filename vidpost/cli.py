@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
     "enhance": ("vidpost.pipelines.enhance", "rewrite prompts with a local LLM (zero-shot or a trained rewriter)"),
+    "enhance-train": ("vidpost.pipelines.enhance_train", "train a specialised prompt rewriter: sft | grpo"),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
