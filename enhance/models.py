@@ -85,7 +85,10 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     # The loaded model is marked as GGUF-quantised (not serialisable) although its weights are de-quantised
     # float32 tensors; a plain model of the same config takes them over.
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=loaded.dtype)
+    config = loaded.config
+    if (config.to_dict().get("quantization_config") or {}).get("quant_method") == "gguf":
+        del config.quantization_config  # the saved folder holds plain float weights
+    model = AutoModelForCausalLM.from_config(config, dtype=loaded.dtype)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded

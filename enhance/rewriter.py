@@ -201,6 +201,7 @@ class Rewriter:
     ) -> Rewriter:
         """Load an enhancer: a causal LM folder, a .gguf file, or None for the default SmolLM2-135M-Instruct.
 
+        Without `config`, a folder's own `rewriter.yaml` (written by `vidpost enhance-train`) is used if present.
         `overrides` are RewriterConfig fields (target, max_new_tokens, do_sample, temperature, ...) applied on top
         of `config`. `cache_dir` moves the rewrite cache; `use_cache=False` turns it off.
         """
@@ -210,8 +211,11 @@ class Rewriter:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown enhancer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = dataclasses.replace(config or RewriterConfig(), **overrides)
         folder = resolve_enhancer(path_or_gguf)
+        if config is None and (folder / "rewriter.yaml").exists():
+            # A rewriter trained by `vidpost enhance-train` carries the chat settings it was trained with.
+            config = RewriterConfig.from_yaml(folder / "rewriter.yaml")
+        config = dataclasses.replace(config or RewriterConfig(), **overrides)
         model_config = AutoConfig.from_pretrained(folder)
         if getattr(model_config, "vision_config", None) is not None:
             raise NotImplementedError(
