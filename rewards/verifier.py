@@ -4,6 +4,10 @@ Prompts are canonical Shapes captions; the scene each prompt asks for is parsed 
 not parse scores 0 and is counted in the `unparsed` component (a user-style prompt should be mapped to its
 canonical caption by the caller — the held-out split carries both). Components: every attribute's graded score,
 `success` (all attributes correct) and `unparsed`.
+
+`attributes` restricts the graded score to a subset (their mean), so the verifier can split into a training
+reward and an independent guard: e.g. train on what the prompt asks (colour, shape, size, direction, speed,
+background, count) and guard on `smoothness`, which no part of the training reward measures.
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ from .base import Reward, RewardOutput, register
 class VerifierReward(Reward):
     name = "verifier"
 
-    def __init__(self, *, mode: str = "graded", device: str = "cpu", dtype=None) -> None:
+    def __init__(
+        self, *, mode: str = "graded", attributes: list[str] | None = None, device: str = "cpu", dtype=None
+    ) -> None:
         super().__init__(device="cpu", dtype=torch.float32)  # numpy code: always on the CPU
         if mode not in ("graded", "binary"):
             raise ValueError(f"verifier reward: mode must be 'graded' or 'binary', got {mode!r}")
-        self.mode = mode
+        unknown = sorted(set(attributes or ()) - set(ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"verifier reward: unknown attributes {unknown}; known: {list(ATTRIBUTES)}")
+        if attributes is not None and not attributes:
+            raise ValueError("verifier reward: `attributes` is empty")
+        self.mode, self.attributes = mode, list(attributes) if attributes else None
 
     def _score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
         arrays = videos.numpy()
@@ -39,7 +50,12 @@ class VerifierReward(Reward):
             for key in (*ATTRIBUTES, "score"):
                 rows[key][i] = float(result[key])
             rows["success"][i] = float(result["success"])
-        score = rows["success"] if self.mode == "binary" else rows["score"]
+        if self.mode == "binary":
+            score = rows["success"]
+        elif self.attributes is not None:
+            score = np.mean([rows[a] for a in self.attributes], axis=0)
+        else:
+            score = rows["score"]
         components = {k: torch.from_numpy(v).float() for k, v in rows.items() if k != "score"}
         return RewardOutput(torch.from_numpy(score).float(), components)
 

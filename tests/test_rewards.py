@@ -90,6 +90,17 @@ def test_verifier_reward_graded_binary_and_unparsed(clips):
     assert odd.components["unparsed"].tolist() == [1.0, 1.0, 1.0] and odd.score.sum() == 0
 
 
+def test_verifier_attribute_subset(clips):
+    wrong = ["a large red square moves quickly to the right on a black background"] * 3  # only the shape is wrong
+    full = build_reward("verifier")(clips, wrong)
+    shape_only = build_reward("verifier", attributes=["shape"])(clips, wrong)
+    others = build_reward("verifier", attributes=["colour", "size", "background"])(clips, wrong)
+    torch.testing.assert_close(shape_only.score, full.components["shape"])
+    assert (shape_only.score < 0.5).all() and (others.score > 0.99).all()
+    with pytest.raises(ValueError, match="unknown attributes"):
+        build_reward("verifier", attributes=["colour", "hue"])
+
+
 def test_threshold_wrapper(clips):
     out = build_reward("threshold", reward="motion", threshold=1.0)(clips, CAPTIONS)
     raw = Motion()(clips, CAPTIONS).score
