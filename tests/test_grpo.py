@@ -128,7 +128,8 @@ def test_two_processes_match_one(tmp_path, tiny_wan_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     for h1, h2 in zip(one["history"], history):
-        assert h1["reward"] == pytest.approx(h2["reward"], abs=1e-6)
+        # Float summation order differs (rollout chunks of 6 vs 3 samples, thread counts): equal to float precision.
+        assert h1["reward"] == pytest.approx(h2["reward"], rel=1e-5)
     a = _lora(one)
     b = load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
     for k in a:
