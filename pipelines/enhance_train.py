@@ -69,15 +69,18 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.pipelines.config import config_hash, field_docs, load_config, to_dict
+from vidpost.pipelines.config import config_hash, to_dict
 from vidpost.pipelines.sft import (
     CheckpointConfig,
+    NoDataPosition,
     NonFiniteLoss,
     OptimConfig,
+    add_stage_arguments,
     latest_checkpoint,
     load_checkpoint,
     lr_lambda,
     make_optimizer,
+    run_stage,
     save_checkpoint,
 )
 
@@ -228,16 +231,6 @@ class EnhanceGRPOConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-class _NoSampler:
-    """The data order is a function of (seed, step): there is no sampler position to save."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
 # ---- shared set-up ------------------------------------------------------------------------------------------------
 
 
@@ -293,7 +286,7 @@ def maybe_resume(resume, ckpt_root: Path, model, optimizer, scheduler) -> int:
     if path is None:
         print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
         return 0
-    step = load_checkpoint(path, model, optimizer, scheduler, _NoSampler(), None)
+    step = load_checkpoint(path, model, optimizer, scheduler, NoDataPosition(), None)
     print(f"resumed from {path} at step {step}", file=sys.stderr)
     return step
 
@@ -301,6 +294,21 @@ def maybe_resume(resume, ckpt_root: Path, model, optimizer, scheduler) -> int:
 def _stop(what: str, value: float, step: int, last_good: Path | None) -> NonFiniteLoss:
     where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
     return NonFiniteLoss(f"{what} became {value} at step {step}; stopping ({where})")
+
+
+def _checkpoint(cfg: Any, ckpt_root: Path, step: int, model, optimizer, scheduler) -> Path:
+    """A resumable checkpoint of the trainable weights, optimizer and scheduler (data order needs no state)."""
+    return save_checkpoint(
+        ckpt_root,
+        step,
+        model,
+        optimizer,
+        scheduler,
+        NoDataPosition(),
+        None,
+        cfg.checkpoint.keep_last,
+        {"config_hash": config_hash(cfg)},
+    )
 
 
 def _finish(out_dir: Path, model, rewriter, history: list[dict]) -> Path:
@@ -371,17 +379,7 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> dict[str, Any
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            last_good = save_checkpoint(
-                ckpt_root,
-                step,
-                model,
-                optimizer,
-                scheduler,
-                _NoSampler(),
-                None,
-                cfg.checkpoint.keep_last,
-                {"config_hash": config_hash(cfg)},
-            )
+            last_good = _checkpoint(cfg, ckpt_root, step, model, optimizer, scheduler)
     bar.close()
     final = _finish(out_dir, model, rewriter, history)
     return {"steps": step, "history": history, "final": str(final), "pairs": len(kept)}
@@ -631,17 +629,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> dict[str, A
         bar.update(1)
         bar.set_postfix(reward=f"{rec['reward']:.3f}", words=f"{rec['reward/words']:.0f}")
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            last_good = save_checkpoint(
-                ckpt_root,
-                step,
-                model,
-                optimizer,
-                scheduler,
-                _NoSampler(),
-                None,
-                cfg.checkpoint.keep_last,
-                {"config_hash": config_hash(cfg)},
-            )
+            last_good = _checkpoint(cfg, ckpt_root, step, model, optimizer, scheduler)
     bar.close()
     samples_log.close()
     final = _finish(out_dir, model, rewriter, history)
@@ -660,11 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sft", "supervised fine-tuning on {prompt, target} pairs (LoRA or full)"),
         ("grpo", "GRPO against the frozen video model's rewards + intent preservation + a length penalty"),
     ):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", type=Path, help=f"YAML preset (configs/shapes/enhance-{name}.yaml)")
-        s.add_argument("--resume", help="'latest' or a checkpoint folder")
-        s.add_argument("--help-config", action="store_true", help="list every config key with its documentation")
-        s.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+        add_stage_arguments(sub.add_parser(name, help=help_), f"configs/shapes/enhance-{name}.yaml")
     d = sub.add_parser("data", help="write the Shapes pairs file (train scenes only): prompt, target, reward_prompt")
     d.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     d.add_argument("--n", type=int, default=2000, help="training scenes")
@@ -685,22 +669,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"wrote {len(rows)} pairs to {write_pairs(rows, args.out)}", file=sys.stderr)
         return 0
-    cls, train = STAGES[args.stage]
-    if args.help_config:
-        for k, v in field_docs(cls).items():
-            print(f"{k:32s} {v}")
-        return 0
-    try:
-        cfg = load_config(cls, args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"done: {result['steps']} steps; rewriter in {result['final']}", file=sys.stderr)
-    return 0
+    code, result = run_stage(*STAGES[args.stage], args)
+    if result is not None:
+        print(f"done: {result['steps']} steps; rewriter in {result['final']}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

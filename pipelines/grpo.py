@@ -38,6 +38,7 @@ LoRA or a full model folder) work as in `vidpost sft`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -52,19 +53,22 @@ from tqdm.auto import tqdm
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import read_vidpost_config
-from vidpost.pipelines.config import config_hash, field_docs, load_config, to_dict
+from vidpost.pipelines.config import config_hash, to_dict
 from vidpost.pipelines.sft import (
     EMA,
     LogConfig,
     LoraConfig,
+    NoDataPosition,
     NonFiniteLoss,
     OptimConfig,
     add_lora,
+    add_stage_arguments,
+    export,
     latest_checkpoint,
     load_checkpoint,
-    lora_state_dict,
     lr_lambda,
     make_optimizer,
+    run_stage,
     save_checkpoint,
 )
 from vidpost.rl.advantages import group_advantages, mix_advantages, zero_std_fraction
@@ -244,16 +248,6 @@ def compute_advantages(
     return group_advantages(total, groups, **kw)
 
 
-class _NoSampler:
-    """GRPO draws its prompts from (seed, iteration): there is no data position to save."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
 @torch.no_grad()
 def guard_eval(
     adapter: VideoModelAdapter, cfg: GRPOConfig, metric, extra, size: tuple[int, int, int], out: Path | None
@@ -297,19 +291,6 @@ def guard_eval(
         contact_sheet(list(v[:16]), out / "contact_sheet.png", labels=prompts[:16])
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def export(adapter: VideoModelAdapter, cfg: GRPOConfig, path: Path) -> Path:
-    import shutil
-
-    if path.exists():
-        shutil.rmtree(path)
-    if cfg.lora.enabled:
-        adapter.save_lora(path, lora_state_dict(adapter.transformer))
-        (path / "base_model.txt").write_text(str(resolve_model_path(cfg.model.path).resolve()) + "\n")
-    else:
-        adapter.save_pretrained(path)
-    return path
 
 
 def _load_lora_init(adapter: VideoModelAdapter, folder: str) -> None:
@@ -417,7 +398,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
             print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
         else:
             unwrapped = accelerator.unwrap_model(model)
-            step = load_checkpoint(path, unwrapped, optimizer, scheduler, _NoSampler(), ema)
+            step = load_checkpoint(path, unwrapped, optimizer, scheduler, NoDataPosition(), ema)
             saved = json.loads((path / "state.json").read_text())
             state_extra = {"best": saved.get("best"), "guard_history": saved.get("guard_history", [])}
             print(f"resumed from {path} at iteration {step}", file=sys.stderr)
@@ -430,13 +411,6 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
     n_local = cfg.rollout.prompts_per_step
     stopped = None
     last_good = latest_checkpoint(ckpt_root)
-
-    def policy_kwargs() -> dict[str, Any]:
-        return {
-            "guidance_scale": cfg.rollout.guidance_scale,
-            "kind": cfg.rollout.sde,
-            "noise_level": cfg.rollout.noise_level,
-        }
 
     if cfg.guard.every and step == 0 and accelerator.is_main_process:
         g0 = guard_eval(adapter, cfg, metric, extra, size, out_dir / "guard" / "step_0000000")
@@ -467,7 +441,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
                 ],
                 model=model,
                 chunk_size=cfg.train.micro_batch,
-                **policy_kwargs(),
+                **policy_kwargs(cfg),
             )
         t_sample = time.perf_counter()
         rout = rewards(ro.videos.cpu(), ro.prompts)
@@ -505,9 +479,9 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
                 a = adv[idx].to(accelerator.device)
                 for k, i in enumerate(trained):
                     last = j == len(chunk) - 1 and k == len(trained) - 1
-                    ctx = accelerator.no_sync(model) if (world > 1 and not last) else _null()
+                    ctx = accelerator.no_sync(model) if (world > 1 and not last) else contextlib.nullcontext()
                     with ctx, accelerator.autocast():
-                        logp, mean, std = step_log_prob(adapter, mb, i, model=model, **policy_kwargs())
+                        logp, mean, std = step_log_prob(adapter, mb, i, model=model, **policy_kwargs(cfg))
                         old = mb.log_probs[:, i].to(logp.device)
                         loss, ratio = clipped_policy_loss(logp, old, a, cfg.train.clip_range)
                         if cfg.train.kl_beta > 0:
@@ -583,7 +557,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
                 accelerator.unwrap_model(model),
                 optimizer,
                 scheduler,
-                _NoSampler(),
+                NoDataPosition(),
                 ema,
                 cfg.checkpoint.keep_last,
                 {"config_hash": config_hash(cfg), **state_extra},
@@ -615,18 +589,17 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
     return result
 
 
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _reference_kl(adapter, mb, i, mean, std, model, reference, cfg) -> torch.Tensor:
-    kw = {
+def policy_kwargs(cfg: GRPOConfig) -> dict[str, Any]:
+    """How the policy steps: CFG scale, SDE kind and noise level (the same in the rollout and every recomputation)."""
+    return {
         "guidance_scale": cfg.rollout.guidance_scale,
         "kind": cfg.rollout.sde,
         "noise_level": cfg.rollout.noise_level,
     }
+
+
+def _reference_kl(adapter, mb, i, mean, std, model, reference, cfg) -> torch.Tensor:
+    kw = policy_kwargs(cfg)
     with torch.no_grad():
         if reference is not None:
             _, mean_ref, _ = step_log_prob(adapter, mb, i, model=reference, **kw)
@@ -677,28 +650,14 @@ def _plot(history: list[dict[str, float]], guard: list[dict[str, float]], path: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vidpost grpo", description="GRPO for video flow models (LoRA or full).")
-    p.add_argument("--config", type=Path, help="YAML preset (configs/<model>/grpo.yaml)")
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
-    p.add_argument("--help-config", action="store_true", help="list every config key with its documentation")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    add_stage_arguments(p, "configs/<model>/grpo.yaml")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.help_config:
-        for k, v in field_docs(GRPOConfig).items():
-            print(f"{k:32s} {v}")
-        return 0
-    try:
-        cfg = load_config(GRPOConfig, args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    code, result = run_stage(GRPOConfig, train, build_parser().parse_args(argv))
+    if result is None:
+        return code
     if "stopped" in result:
         print(f"stopped: {result['stopped']}", file=sys.stderr)
         return 4

@@ -267,6 +267,17 @@ class EMA:
 # ---- checkpoints --------------------------------------------------------------------------------------------------
 
 
+class NoDataPosition:
+    """For stages whose data order is a function of (seed, step) (GRPO, the rewriter's trainers): the checkpoint
+    has no sampler position to save or restore."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
     done = [p for p in done if (p / "state.json").exists()]
@@ -587,8 +598,9 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
     return result
 
 
-def export(adapter: VideoModelAdapter, cfg: SFTConfig, path: Path) -> Path:
-    """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base)."""
+def export(adapter: VideoModelAdapter, cfg: Any, path: Path) -> Path:
+    """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base).
+    `cfg` is any stage config with `lora.enabled` and `model.path` (SFT, GRPO)."""
     if path.exists():
         shutil.rmtree(path)
     if cfg.lora.enabled:
@@ -602,33 +614,43 @@ def export(adapter: VideoModelAdapter, cfg: SFTConfig, path: Path) -> Path:
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost sft", description="Flow-matching SFT (LoRA or full).")
-    p.add_argument("--config", type=Path, help="YAML preset (configs/<model>/sft.yaml)")
+def add_stage_arguments(p: argparse.ArgumentParser, preset: str) -> None:
+    """The arguments every training stage takes: a YAML preset, resume, config help and dotted overrides."""
+    p.add_argument("--config", type=Path, help=f"YAML preset ({preset})")
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--help-config", action="store_true", help="list every config key with its documentation")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+
+
+def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+    """`--help-config`, or load the config and train; → (exit code, result). Exit 3: a non-finite loss; 2: a bad
+    config or input (the message is printed)."""
+    if args.help_config:
+        for k, v in field_docs(cls).items():
+            print(f"{k:32s} {v}")
+        return 0, None
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+        return 0, train_fn(cfg, resume=args.resume)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3, None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidpost sft", description="Flow-matching SFT (LoRA or full).")
+    add_stage_arguments(p, "configs/<model>/sft.yaml")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.help_config:
-        for k, v in field_docs(SFTConfig).items():
-            print(f"{k:32s} {v}")
-        return 0
-    try:
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if "final" in result:
+    code, result = run_stage(SFTConfig, train, build_parser().parse_args(argv))
+    if result is not None and "final" in result:
         print(f"done: {result['steps']} steps; weights in {result['final']}", file=sys.stderr)
-    return 0
+    return code
 
 
 if __name__ == "__main__":
