@@ -99,6 +99,8 @@ class VideoModelAdapter(abc.ABC):
     vae: torch.nn.Module
     default_shift: float = 1.0
     default_guidance_scale: float = 5.0
+    generation: dict[str, Any] | None = None
+    """Generation defaults from the folder's vidpost.json (num_frames, height, width, steps, fps); kept on save."""
 
     # ---- geometry ----------------------------------------------------------------------------------------
     @property
@@ -202,9 +204,13 @@ class VideoModelAdapter(abc.ABC):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(latents.shape[0])
-        v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
+        from .inference import branch_context
+
+        with branch_context(self, "cond"):
+            v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
         if uncond is not None and self.uses_cfg(guidance_scale):
-            v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
+            with branch_context(self, "uncond"):
+                v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
             v = v_u + self.cfg_scale(guidance_scale) * (v - v_u)
         return v
 
@@ -244,11 +250,14 @@ class VideoModelAdapter(abc.ABC):
         return path
 
     def vidpost_config(self) -> dict[str, Any]:
-        return {
+        cfg = {
             "family": self.family,
             "default_shift": self.default_shift,
             "default_guidance_scale": self.default_guidance_scale,
         }
+        if self.generation:
+            cfg["generation"] = dict(self.generation)
+        return cfg
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoModelAdapter:
         """Move every module; `dtype` applies to the transformer (the VAE and text encoders keep theirs)."""

@@ -178,6 +178,7 @@ class HunyuanVideoAdapter(VideoModelAdapter):
             default_guidance_scale=float(extra.get("default_guidance_scale", 6.0)),
             true_cfg_scale=float(extra.get("true_cfg_scale", 1.0)),
         )
+        adapter.generation = extra.get("generation")
         return adapter.to(device).eval().requires_grad_(False)
 
     def vidpost_config(self) -> dict[str, Any]:

@@ -94,6 +94,9 @@ def denoise(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run the ODE from sigmas[0] to sigmas[-1] with Euler steps; returns float32 latents."""
+    from .inference import reset_step_caches
+
+    reset_step_caches(adapter)
     x = latents.float()
     steps = range(len(sigmas) - 1)
     for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):

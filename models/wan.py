@@ -184,6 +184,7 @@ class WanAdapter(VideoModelAdapter):
             default_shift=float(shift),
             default_guidance_scale=float(extra.get("default_guidance_scale", 5.0)),
         )
+        adapter.generation = extra.get("generation")
         return adapter.to(device).eval().requires_grad_(False)
 
     def vidpost_config(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from vidpost.enhance import Rewriter, RewriterConfig
 
         prompts = read_prompts(args)
-        config = RewriterConfig.from_yaml(args.config) if args.config else RewriterConfig()
+        config = RewriterConfig.from_yaml(args.config) if args.config else None  # None: the folder's rewriter.yaml
         rewriter = Rewriter.from_pretrained(
             args.enhancer,
             config=config,

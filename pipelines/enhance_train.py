@@ -69,6 +69,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.enhance.miniature import resolve_miniature
 from vidpost.pipelines.config import config_hash, to_dict
 from vidpost.pipelines.sft import (
     CheckpointConfig,
@@ -90,7 +91,8 @@ from vidpost.pipelines.sft import (
 @dataclass
 class LMConfig:
     path: str = ""
-    """causal LM folder (with a chat template) or .gguf file to train; empty: the default SmolLM2-135M-Instruct"""
+    """causal LM folder (with a chat template) or .gguf file to train; empty: the default SmolLM2-135M-Instruct;
+    "miniature:shapes": a small Llama built from random weights in `output_dir/init` (`vidpost.enhance.miniature`)"""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """storage dtype of the frozen weights (LoRA weights stay float32)"""
     device: str = ""
@@ -327,6 +329,7 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> dict[str, Any
     out_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.train.seed)
     rows = load_rows(cfg.data, ("prompt", "target"))
+    cfg.model.path = resolve_miniature(cfg.model.path, out_dir)
     model, rewriter, params = setup_model(cfg.model, cfg.lora, cfg.rewriter)
     encoded = [encode_pair(rewriter, r["prompt"], r["target"]) for r in rows]
     kept = [e for e in encoded if len(e.input_ids) <= cfg.data.max_length]

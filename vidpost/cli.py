@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
     "enhance": ("vidpost.pipelines.enhance", "rewrite prompts with a local LLM (zero-shot or a trained rewriter)"),
     "enhance-train": ("vidpost.pipelines.enhance_train", "train a specialised prompt rewriter: sft | grpo"),
+    "enhance-eval": ("vidpost.pipelines.enhance_eval", "held-out Shapes table: raw prompts vs rewriters vs captions"),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 

@@ -1,0 +1,679 @@
+"""`vidpost run`: the four post-training stages as one resumable pipeline with one report.
+
+    vidpost run configs/shapes/pipeline.yaml [--from STAGE] [--to STAGE] [--dry-run] [dotted.overrides=...]
+
+Stages, in order (each one optional, `enabled: false` passes its input through):
+
+    base      the starting model, evaluated as the first row of the report (nothing is trained)
+    data      Shapes clips exported as mp4 + manifest (`data.shapes_clips`), or a user manifest passed through
+    sft       `vidpost sft` (LoRA or full) on the data; a LoRA is merged so the next stage starts from full weights
+    grpo      `vidpost grpo` (LoRA) from the SFT model; its guard's `best/` weights are kept when there are any
+    enhance   a prompt rewriter: `vidpost enhance-train sft` (+ optional `grpo` against the current video model), or
+              an existing/zero-shot enhancer (`enhance.enhancer`)
+    optimize  inference settings (attention implementation, Enhance-A-Video, step caching, torch.compile) applied
+              to the final model at generation time; nothing is trained
+
+What flows from stage to stage is a small state: {model folder, LoRA folder, enhancer folder, inference settings}.
+Each stage writes `<run_dir>/<stage>/stage.json` with that state, the seconds it took, and a hash of everything
+that determines its output: the stage's settings in the pipeline file, the content of the stage YAML it names,
+its overrides, and the upstream stage's hash. A stage whose record exists with the same hash is skipped (its state
+reused); a stage folder without a record is an interrupted run and resumes from its latest checkpoint. `--from S`
+reruns S and every later stage; `--to S` stops after S. `<run_dir>/manifest.json` lists what produced what.
+
+After each stage the held-out prompts are generated with the stage's state (same initial noise per prompt for
+every stage) and scored: the reward(s) of `eval.rewards`, the guard metric `eval.guard` (rewards that trained
+nothing), the Shapes verifier's success and graded score where the prompts carry scene specs, and seconds per
+video. Shapes prompts are scored twice: from the canonical captions (model quality) and from the user-style
+prompts, rewritten by the stage's enhancer when there is one (what a user gets). Rewards always judge the video
+against the canonical caption when there is one, else against the user's prompt — never against a rewrite.
+`<run_dir>/report.md` and `report.html` hold one row per stage and a video grid (stages side by side).
+
+Multi-GPU: with `launch.processes` > 1 the sft and grpo stages run under `accelerate launch` (with
+`launch.accelerate_config`, e.g. configs/accelerate/fsdp.yaml); everything else runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidpost.pipelines.config import field_docs, load_config, to_dict
+
+STAGES = ("base", "data", "sft", "grpo", "enhance", "optimize")
+
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataStage:
+    enabled: bool = True
+    shapes_clips: int = 0
+    """export this many Shapes train-split clips (mp4 + manifest) into the run; 0: use `manifest`"""
+    manifest: str = ""
+    """an existing JSONL/CSV manifest of {video, caption} (real data); used when shapes_clips is 0"""
+
+
+@dataclass
+class TrainStage:
+    enabled: bool = True
+    config: str = ""
+    """the stage's YAML (e.g. configs/shapes/sft-lora.yaml); model/data/output paths are set by the pipeline"""
+    overrides: list[str] = field(default_factory=list)
+    """dotted overrides applied to that YAML (e.g. train.max_steps=200)"""
+
+
+@dataclass
+class EnhanceStage:
+    enabled: bool = True
+    enhancer: str = ""
+    """use this enhancer without training: a causal LM folder, a .gguf file, or "zero-shot" (default SmolLM2)"""
+    sft: str = ""
+    """`vidpost enhance-train sft` YAML (trains a rewriter; ignored when `enhancer` is set)"""
+    sft_overrides: list[str] = field(default_factory=list)
+    grpo: str = ""
+    """optional `vidpost enhance-train grpo` YAML run after sft, against the current video model"""
+    grpo_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptimizeStage:
+    enabled: bool = True
+    inference: dict[str, Any] = field(default_factory=dict)
+    """inference settings applied when generating: attention (implementation, layers, options,
+    enhance_a_video), cache, compile — see `vidpost.models.inference`"""
+
+
+@dataclass
+class EvalConfig:
+    prompts: str = "shapes-heldout"
+    """"shapes-heldout" or a prompts file (txt / JSON / JSONL of {id, prompt, caption?, seed?})"""
+    limit: int | None = 32
+    """evaluate the first N prompts (null: all)"""
+    rewards: dict[str, Any] = field(default_factory=lambda: {"verifier": 1.0})
+    """reward spec (name → weight or options, as `vidpost eval`), scored against the caption / user prompt"""
+    guard: dict[str, Any] = field(default_factory=dict)
+    """the guard metric: a reward spec that no stage trains on (empty: none)"""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    shift: float | None = None
+    """generation settings (null: the model's defaults)"""
+    batch_size: int = 8
+    grid_videos: int = 6
+    """videos per stage kept for the report's side-by-side grid"""
+
+
+@dataclass
+class LaunchConfig:
+    processes: int = 1
+    """processes for the sft and grpo stages (>1: `accelerate launch`)"""
+    accelerate_config: str = ""
+    """accelerate config file for those stages (e.g. configs/accelerate/fsdp.yaml)"""
+    extra_args: list[str] = field(default_factory=list)
+    """more `accelerate launch` arguments (e.g. --cpu, --main_process_port 29511)"""
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "pipeline"
+    run_dir: str = "runs/pipeline"
+    model: str = "shapes-base"
+    """the starting model: a diffusers-format folder or preset"""
+    device: str = ""
+    """cuda or cpu for evaluation and in-process stages; empty: cuda when available"""
+    data: DataStage = field(default_factory=DataStage)
+    sft: TrainStage = field(default_factory=TrainStage)
+    grpo: TrainStage = field(default_factory=TrainStage)
+    enhance: EnhanceStage = field(default_factory=EnhanceStage)
+    optimize: OptimizeStage = field(default_factory=OptimizeStage)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+@dataclass
+class State:
+    """What one stage hands to the next."""
+
+    model: str
+    lora: str | None = None
+    enhancer: str | None = None
+    inference: dict[str, Any] = field(default_factory=dict)
+    manifest: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---- hashing and records --------------------------------------------------------------------------------------
+
+
+def _file_text(path: str, base: Path) -> str:
+    if not path:
+        return ""
+    p = resolve_path(path, base)
+    if not p.is_file():
+        raise ValueError(f"stage config {path} does not exist (looked at {p})")
+    text = p.read_text()
+    # a `base:` include is part of the config
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    if isinstance(data, dict) and data.get("base"):
+        text += _file_text(str(p.parent / data["base"]), base)
+    return text
+
+
+def resolve_path(path: str, base: Path) -> Path:
+    """A path from the pipeline file: absolute, relative to the working directory, or relative to the file."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return base / p
+
+
+def stage_hash(name: str, cfg: PipelineConfig, upstream: str, base: Path) -> str:
+    section = to_dict(getattr(cfg, name)) if name not in ("base",) else {"model": cfg.model}
+    files = ""
+    if name in ("sft", "grpo"):
+        files = _file_text(section["config"], base) if section["enabled"] else ""
+    elif name == "enhance" and section["enabled"] and not section["enhancer"]:
+        files = _file_text(section["sft"], base) + _file_text(section["grpo"], base)
+    blob = json.dumps({"stage": name, "section": section, "files": files, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def eval_hash(stage: str, cfg: PipelineConfig) -> str:
+    return hashlib.sha256(json.dumps({"h": stage, "eval": to_dict(cfg.eval)}, sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- stages ------------------------------------------------------------------------------------------------------
+
+
+def _launch_stage(module: str, config: Path, overrides: list[str], cfg: PipelineConfig, resume: bool) -> None:
+    """Run `vidpost sft|grpo` under `accelerate launch` (multi-process)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.launch.processes)]
+    if cfg.launch.accelerate_config:
+        cmd += ["--config_file", cfg.launch.accelerate_config]
+    cmd += [*cfg.launch.extra_args, "-m", module, "--config", str(config), *overrides]
+    if resume:
+        cmd += ["--resume", "latest"]
+    print("launch: " + " ".join(cmd), file=sys.stderr)
+    rc = subprocess.call(cmd)
+    if rc not in (0, 4):  # 4: the GRPO guard stopped the run (best weights kept)
+        raise RuntimeError(f"{module} exited with code {rc}")
+
+
+def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.pipelines import sft
+
+    overrides = [*cfg.sft.overrides, f"output_dir={out}", f"model.path={state.model}"]
+    if state.manifest:
+        overrides += [f"data.manifest={state.manifest}", f"data.cache_dir={out / 'cache'}"]
+    config = resolve_path(cfg.sft.config, base)
+    if cfg.launch.processes > 1:
+        _launch_stage("vidpost.pipelines.sft", config, overrides, cfg, resume)
+        final = out / "final"
+        is_lora = (final / "pytorch_lora_weights.safetensors").exists()
+    else:
+        scfg = load_config(sft.SFTConfig, config, overrides)
+        final = Path(sft.train(scfg, resume="latest" if resume else None)["final"])
+        is_lora = scfg.lora.enabled
+    if not is_lora:
+        return State(model=str(final), manifest=state.manifest)
+    from vidpost.pipelines.merge_lora import merge_lora
+
+    merged = out / "merged"
+    if merged.exists():
+        shutil.rmtree(merged)
+    merge_lora(state.model, final, merged)
+    return State(model=str(merged), manifest=state.manifest)
+
+
+def run_grpo(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.pipelines import grpo
+
+    if state.lora:
+        raise ValueError("the grpo stage needs full weights as input (the sft stage merges its LoRA)")
+    overrides = [*cfg.grpo.overrides, f"output_dir={out}", f"model.path={state.model}"]
+    config = resolve_path(cfg.grpo.config, base)
+    if cfg.launch.processes > 1:
+        _launch_stage("vidpost.pipelines.grpo", config, overrides, cfg, resume)
+    else:
+        gcfg = load_config(grpo.GRPOConfig, config, overrides)
+        result = grpo.train(gcfg, resume="latest" if resume else None)
+        if "stopped" in result:
+            print(f"grpo: {result['stopped']}", file=sys.stderr)
+    best = out / "best"
+    weights = best if best.exists() else out / "final"
+    if not (weights / "pytorch_lora_weights.safetensors").exists():
+        return State(model=str(weights), manifest=state.manifest)  # full fine-tuning
+    return State(model=state.model, lora=str(weights), manifest=state.manifest)
+
+
+def run_enhance(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.pipelines import enhance_train
+
+    e = cfg.enhance
+    new = State(**{**state.to_dict()})
+    if e.enhancer:
+        new.enhancer = e.enhancer
+        return new
+    if not e.sft:
+        raise ValueError("the enhance stage needs `enhancer` (an existing one) or `sft` (a training YAML)")
+    sft_out = out / "sft"
+    scfg = load_config(
+        enhance_train.EnhanceSFTConfig, resolve_path(e.sft, base), [*e.sft_overrides, f"output_dir={sft_out}"]
+    )
+    final = Path(enhance_train.train_sft(scfg, resume="latest" if resume else None)["final"])
+    if e.grpo:
+        overrides = [*e.grpo_overrides, f"output_dir={out / 'grpo'}", f"model.path={final}"]
+        overrides += [f"video.path={state.model}", f"video.lora={state.lora or ''}"]
+        gcfg = load_config(enhance_train.EnhanceGRPOConfig, resolve_path(e.grpo, base), overrides)
+        final = Path(enhance_train.train_grpo(gcfg, resume="latest" if resume else None)["final"])
+    new.enhancer = str(final)
+    return new
+
+
+def run_data(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    if cfg.data.shapes_clips > 0:
+        from vidpost.pipelines.shapes_models import export_data
+
+        return State(**{**state.to_dict(), "manifest": str(export_data(out, cfg.data.shapes_clips))})
+    if not cfg.data.manifest:
+        raise ValueError("the data stage needs shapes_clips > 0 or a manifest")
+    manifest = resolve_path(cfg.data.manifest, base)
+    if not manifest.is_file():
+        raise ValueError(f"data manifest {manifest} does not exist")
+    return State(**{**state.to_dict(), "manifest": str(manifest)})
+
+
+def run_optimize(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.models.inference import InferenceConfig
+
+    InferenceConfig.from_dict(cfg.optimize.inference)  # validate now, not at generation time
+    return State(**{**state.to_dict(), "inference": dict(cfg.optimize.inference)})
+
+
+RUNNERS = {"data": run_data, "sft": run_sft, "grpo": run_grpo, "enhance": run_enhance, "optimize": run_optimize}
+
+
+def validate(cfg: PipelineConfig, base: Path) -> list[str]:
+    """Load every stage's own config (with the pipeline's overrides) → problems found (empty: valid)."""
+    from vidpost.pipelines import enhance_train, grpo, sft
+
+    problems = []
+    checks = [("sft", sft.SFTConfig, cfg.sft.config, cfg.sft.overrides, cfg.sft.enabled)]
+    checks += [("grpo", grpo.GRPOConfig, cfg.grpo.config, cfg.grpo.overrides, cfg.grpo.enabled)]
+    use_lm = cfg.enhance.enabled and not cfg.enhance.enhancer
+    checks += [("enhance.sft", enhance_train.EnhanceSFTConfig, cfg.enhance.sft, cfg.enhance.sft_overrides, use_lm)]
+    checks += [("enhance.grpo", enhance_train.EnhanceGRPOConfig, cfg.enhance.grpo, cfg.enhance.grpo_overrides, use_lm)]
+    for name, cls, path, overrides, enabled in checks:
+        if not enabled or (name == "enhance.grpo" and not path):
+            continue
+        if not path:
+            problems.append(f"{name}: no config file given")
+            continue
+        try:
+            load_config(cls, resolve_path(path, base), overrides)
+        except ValueError as e:
+            problems.append(f"{name} ({path}): {e}")
+    if cfg.optimize.enabled:
+        from vidpost.models.inference import InferenceConfig
+
+        try:
+            InferenceConfig.from_dict(cfg.optimize.inference)
+        except ValueError as e:
+            problems.append(f"optimize.inference: {e}")
+    if cfg.data.enabled and cfg.data.shapes_clips <= 0 and not cfg.data.manifest:
+        problems.append("data: needs shapes_clips > 0 or a manifest")
+    if cfg.enhance.enabled and not cfg.enhance.enhancer and not cfg.enhance.sft:
+        problems.append("enhance: needs `enhancer` or `sft`")
+    try:
+        from vidpost.rewards.base import known_rewards
+
+        known = set(known_rewards())
+        for section in ("rewards", "guard"):
+            for key, value in getattr(cfg.eval, section).items():
+                kind = value.get("type", key) if isinstance(value, dict) else key
+                if kind not in known:
+                    problems.append(f"eval.{section}: unknown reward {kind!r} (known: {', '.join(sorted(known))})")
+    except ImportError as e:  # pragma: no cover - rewards are part of the package
+        problems.append(str(e))
+    return problems
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+
+
+def eval_items(ecfg: EvalConfig) -> list[dict[str, Any]]:
+    """Held-out items: {id, prompt (what a user types), caption (canonical text, or None), spec (or None), seed}."""
+    if ecfg.prompts == "shapes-heldout":
+        from vidpost.shapes.splits import heldout_prompts
+
+        raw = heldout_prompts()
+        items = [
+            {"id": it["id"], "prompt": it["prompt_user"], "caption": it["caption"], "spec": it["spec"], "seed": i}
+            for i, it in enumerate(raw)
+        ]
+    else:
+        from vidpost.pipelines.eval import load_prompts
+
+        items = [
+            {"id": it["id"], "prompt": it["prompt"], "caption": None, "spec": None, "seed": it["seed"] or i}
+            for i, it in enumerate(load_prompts(ecfg.prompts))
+        ]
+    return items[: ecfg.limit] if ecfg.limit else items
+
+
+@torch.no_grad()
+def evaluate(state: State, ecfg: EvalConfig, out: Path, device: str) -> dict[str, Any]:
+    """Generate and score the held-out prompts with `state` → the stage's report row (also `out/eval.json`)."""
+    from safetensors.torch import save_file
+
+    from vidpost.models import load, resolve_model_path
+    from vidpost.models.inference import apply_inference
+    from vidpost.models.sampling import initial_noise, sample
+    from vidpost.pipelines.generate import resolve_settings
+    from vidpost.pipelines.shapes_eval import verify_rows
+    from vidpost.pipelines.video_io import contact_sheet
+    from vidpost.rewards.base import build_rewards
+
+    items = eval_items(ecfg)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    adapter = load(state.model, lora=state.lora, device=device, dtype=dtype)
+    handle = apply_inference(adapter, state.inference)
+    ns = argparse.Namespace(
+        num_frames=ecfg.num_frames,
+        height=ecfg.height,
+        width=ecfg.width,
+        steps=ecfg.steps,
+        guidance=ecfg.guidance,
+        shift=ecfg.shift,
+        fps=None,
+    )
+    settings = resolve_settings(ns, adapter, resolve_model_path(state.model))
+    settings.pop("fps")
+    shape = adapter.latent_shape(1, settings["num_frames"], settings["height"], settings["width"])
+    rewards = build_rewards(ecfg.rewards) if ecfg.rewards else None
+    guard = build_rewards(ecfg.guard) if ecfg.guard else None
+
+    user = [it["prompt"] for it in items]
+    rewrites = None
+    if state.enhancer:
+        from vidpost.enhance import Rewriter
+
+        rewriter = Rewriter.from_pretrained(None if state.enhancer in ("zero-shot", "default") else state.enhancer)
+        rewrites = [r.text for r in rewriter.rewrite(user, progress=True)]
+        del rewriter
+    sets = {"user": rewrites or user}
+    if all(it["caption"] for it in items):
+        sets = {"caption": [it["caption"] for it in items], **sets}
+    judge = [it["caption"] or it["prompt"] for it in items]
+    row: dict[str, Any] = {"n": len(items), "settings": settings}
+    grid = None
+    for name, texts in sets.items():
+        videos, seconds = [], 0.0
+        for start in range(0, len(items), ecfg.batch_size):
+            chunk = items[start : start + ecfg.batch_size]
+            noise = torch.cat([initial_noise(shape, seed=it["seed"], device=adapter.device) for it in chunk])
+            t0 = time.perf_counter()
+            v = sample(adapter, texts[start : start + len(chunk)], **settings, seed=0, latents=noise)
+            seconds += time.perf_counter() - t0
+            videos.append(v.float().cpu())
+        videos_t = torch.cat(videos)
+        metrics: dict[str, Any] = {"seconds_per_video": seconds / len(items)}
+        if rewards is not None:
+            r = rewards(videos_t, judge)
+            metrics["reward"] = float(r.score.mean())
+            metrics |= {f"reward.{k}": float(v.float().mean()) for k, v in r.components.items()}
+        if guard is not None:
+            metrics["guard"] = float(guard(videos_t, judge).score.mean())
+        if all(it["spec"] for it in items):
+            ver = verify_rows(videos_t, [it["spec"] for it in items])
+            metrics["success"] = sum(r["success"] for r in ver) / len(ver)
+            metrics["graded"] = sum(r["score"] for r in ver) / len(ver)
+        row[name] = metrics
+        labels = [t[:40] for t in texts[:8]]
+        contact_sheet(list(videos_t[:8]), out / f"sheet-{name}.png", labels=labels)
+        if grid is None or name == "user":
+            grid = videos_t[: ecfg.grid_videos]
+    if rewrites is not None:
+        row["rewrites"] = rewrites
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"videos": (grid * 255).round().to(torch.uint8).contiguous()}, str(out / "grid.safetensors"))
+    handle.remove()
+    return row
+
+
+# ---- the report ----------------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "—"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def report_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    has_caption = any("caption" in r["eval"] for r in rows)
+    reward_keys = sorted(
+        {k for r in rows for s in ("caption", "user") for k in r["eval"].get(s, {}) if k.startswith("reward.")}
+    )
+    reward_keys = [k for k in reward_keys if "/" not in k]  # named rewards, not their sub-components
+    head = ["stage", "what changed"]
+    sets = (["caption"] if has_caption else []) + ["user"]
+    for s in sets:
+        tag = "captions" if s == "caption" else "user prompts"
+        if any("success" in r["eval"].get(s, {}) for r in rows):
+            head += [f"success ({tag})", f"graded ({tag})"]
+        head += [f"{k} ({tag})" for k in reward_keys]
+        if any("guard" in r["eval"].get(s, {}) for r in rows):
+            head += [f"guard ({tag})"]
+    head += ["s / video", "stage time"]
+    body = []
+    for r in rows:
+        line = [r["stage"], r["what"]]
+        for s in sets:
+            m = r["eval"].get(s, {})
+            if any("success" in x["eval"].get(s, {}) for x in rows):
+                line += [_fmt(m.get("success"), True), _fmt(m.get("graded"))]
+            line += [_fmt(m.get(k)) for k in reward_keys]
+            if any("guard" in x["eval"].get(s, {}) for x in rows):
+                line += [_fmt(m.get("guard"))]
+        secs = r["eval"].get("user", {}).get("seconds_per_video")
+        line += [f"{secs:.2f}" if secs is not None else "—", f"{r['seconds']:.0f} s" if r.get("seconds") else "—"]
+        body.append(line)
+    return head, body
+
+
+def describe(stage: str, state: dict[str, Any]) -> str:
+    if stage == "base":
+        return f"`{state['model']}`"
+    if stage == "sft":
+        return f"SFT → `{Path(state['model']).parent.name}/{Path(state['model']).name}`"
+    if stage == "grpo":
+        return f"GRPO LoRA `{Path(state['lora']).name}`" if state.get("lora") else "GRPO (full)"
+    if stage == "enhance":
+        e = Path(state["enhancer"])
+        return f"rewriter `{e.parent.name}/{e.name}`" if e.parent.name else f"rewriter `{e}`"
+    if stage == "optimize":
+        return ", ".join(f"{k}: {v}" for k, v in state.get("inference", {}).items()) or "no settings"
+    return stage
+
+
+def write_report(run_dir: Path, cfg: PipelineConfig, rows: list[dict[str, Any]]) -> Path:
+    from safetensors.torch import load_file
+
+    from vidpost.pipelines.eval import make_gif
+
+    head, body = report_rows(rows)
+    md = [f"# {cfg.name}: staged run", "", f"Held-out prompts: `{cfg.eval.prompts}` (first {cfg.eval.limit}).", ""]
+    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(line) + " |" for line in body]
+    md += [
+        "",
+        "Captions: the canonical prompts (model quality); user prompts: what users type, rewritten by the",
+        "enhancer from the enhance stage on. Rewards and the verifier judge against the caption, never the rewrite.",
+    ]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+
+    grids = [load_file(str(run_dir / r["stage"] / "eval" / "grid.safetensors"))["videos"] for r in rows]
+    k = min(g.shape[0] for g in grids)
+    # one animation: prompts as rows, stages as columns
+    cols = [torch.cat(list(g[:k].float() / 255), dim=2) for g in grids]  # each [3, T, k·H, W]
+    t = min(c.shape[1] for c in cols)
+    mosaic = torch.cat([c[:, :t] for c in cols], dim=3)
+    gif = make_gif(mosaic, size=min(96 * len(rows), 1024), frames=t)
+    (run_dir / "grid.gif").write_bytes(gif)
+    html = [
+        "<!doctype html><meta charset='utf-8'><title>vidpost staged run</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}</style>",
+        f"<h1>{cfg.name}: staged run</h1><p>Held-out prompts: <code>{cfg.eval.prompts}</code> "
+        f"(first {cfg.eval.limit}). Run folder: <code>{run_dir}</code>.</p>",
+        "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
+    ]
+    html += ["<tr>" + "".join(f"<td>{c}</td>" for c in line) + "</tr>" for line in body]
+    html += ["</table>", "<h2>Videos, stages side by side</h2>"]
+    html += ["<p>" + " | ".join(r["stage"] for r in rows) + " (left to right); one held-out prompt per row.</p>"]
+    html += ["<img src='grid.gif' style='image-rendering:pixelated'>"]
+    html += ["<h2>Per stage</h2>"]
+    for r in rows:
+        sheets = sorted((run_dir / r["stage"] / "eval").glob("sheet-*.png"))
+        html += [f"<h3>{r['stage']}</h3>"] + [f"<img src='{p.relative_to(run_dir)}' width='720'>" for p in sheets]
+    (run_dir / "report.html").write_text("\n".join(html) + "\n")
+    return run_dir / "report.md"
+
+
+# ---- the runner ----------------------------------------------------------------------------------------------------
+
+
+def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str | None = None, dry: bool = False):
+    run_dir = Path(cfg.run_dir)
+    problems = validate(cfg, base)
+    if problems:
+        raise ValueError("invalid pipeline config:\n  " + "\n  ".join(problems))
+    for s in (start, stop):
+        if s is not None and s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = State(model=cfg.model)
+    upstream = ""
+    plan, rows, manifest = [], [], {"name": cfg.name, "stages": []}
+    for i, name in enumerate(STAGES[: last + 1]):
+        h = stage_hash(name, cfg, upstream, base)
+        upstream = h
+        enabled = name == "base" or getattr(cfg, name).enabled
+        out = run_dir / name
+        rec = read_record(out / "stage.json")
+        done = rec is not None and rec.get("hash") == h
+        if i < first and not done and enabled:
+            raise ValueError(f"--from {start}: stage {name} has no finished record with the current config; run it")
+        if not enabled:
+            action = "disabled"
+        elif done and not (start and i >= first):
+            action = "skip (done)"
+        else:
+            action = "run"
+        plan.append((name, h, action))
+        if dry:
+            continue
+        if not enabled:
+            continue
+        t0 = time.time()
+        if action == "run":
+            resume = out.exists() and rec is None
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            print(f"== stage {name} ({'resuming' if resume else 'running'})", file=sys.stderr)
+            if name != "base":
+                state = RUNNERS[name](cfg, state, out, base, resume)
+            rec = {"stage": name, "hash": h, "state": state.to_dict(), "seconds": round(time.time() - t0, 1)}
+            write_json(out / "stage.json", rec)
+        else:
+            print(f"== stage {name}: unchanged, skipped", file=sys.stderr)
+            state = State(**rec["state"])
+        manifest["stages"].append({"stage": name, "hash": h, "state": rec["state"], "seconds": rec["seconds"]})
+        if name == "data":  # the model is unchanged: no report row
+            continue
+        eh = eval_hash(h, cfg)
+        ev = read_record(out / "eval" / "eval.json")
+        if ev is None or ev.get("hash") != eh or action == "run":
+            print(f"== evaluating {name}", file=sys.stderr)
+            (out / "eval").mkdir(parents=True, exist_ok=True)
+            ev = {"hash": eh, "row": evaluate(state, cfg.eval, out / "eval", device)}
+            write_json(out / "eval" / "eval.json", ev)
+        rows.append(
+            {"stage": name, "what": describe(name, rec["state"]), "seconds": rec["seconds"], "eval": ev["row"]}
+        )
+    if dry:
+        return {"plan": plan}
+    write_json(run_dir / "manifest.json", manifest)
+    report = write_report(run_dir, cfg, rows)
+    return {"plan": plan, "rows": rows, "report": str(report), "state": state.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vidpost run", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", nargs="?", type=Path, help="pipeline YAML (configs/<world>/pipeline.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run_dir=/tmp/run grpo.enabled=false")
+    p.add_argument("--from", dest="start", choices=STAGES, help="rerun this stage and every later one")
+    p.add_argument("--to", dest="stop", choices=STAGES, help="stop after this stage")
+    p.add_argument("--dry-run", action="store_true", help="validate every stage config and print the plan")
+    p.add_argument("--help-config", action="store_true", help="list the pipeline settings")
+    args = p.parse_intermixed_args(argv)
+    if args.help_config:
+        for k, v in field_docs(PipelineConfig).items():
+            print(f"{k:32s} {v}")
+        return 0
+    if args.config is None:
+        p.error("a pipeline config is required")
+    try:
+        if not args.config.is_file():
+            raise ValueError(f"pipeline config {args.config} does not exist")
+        cfg = load_config(PipelineConfig, args.config, args.overrides)
+        result = run(cfg, args.config.parent, start=args.start, stop=args.stop, dry=args.dry_run)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, h, action in result["plan"]:
+        print(f"{name:9s} {h}  {action}")
+    if "report" in result:
+        print(Path(result["report"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""`vidpost run`: the stage graph on the Shapes world at toy budgets — every stage runs, a second run skips all,
+a changed stage config reruns that stage and the later ones only, an interrupted stage resumes, `--from` reruns;
+every pipeline config in configs/ validates and dry-runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vidpost.pipelines import run as pipeline
+from vidpost.pipelines.config import load_config
+
+CONFIGS = sorted(Path("configs").glob("*/pipeline.yaml"))
+
+TINY = [
+    "data.shapes_clips=8",
+    "sft.overrides=[train.max_steps=2,train.batch_size=2,validation.every=0,checkpoint.every=0]",
+    "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
+    "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
+    "enhance.sft_overrides=[train.max_steps=2,data.shapes_n=8,checkpoint.every=0]",
+    "eval.limit=2",
+    "eval.steps=2",
+    "eval.grid_videos=2",
+    "eval.batch_size=2",
+]
+
+
+def tiny_cfg(run_dir: Path, *extra: str) -> pipeline.PipelineConfig:
+    return load_config(pipeline.PipelineConfig, "configs/shapes/pipeline.yaml", [f"run_dir={run_dir}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("VIDPOST_CACHE", str(tmp_path_factory.mktemp("cache")))
+    run_dir = tmp_path_factory.mktemp("pipeline")
+    result = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"))
+    return run_dir, result
+
+
+def test_every_pipeline_config_validates_and_dry_runs(capsys):
+    assert {p.parent.name for p in CONFIGS} >= {"shapes", "wan2.1-t2v-1.3b", "hunyuanvideo"}
+    for path in CONFIGS:
+        cfg = load_config(pipeline.PipelineConfig, path)
+        assert pipeline.validate(cfg, path.parent) == [], path
+        plan = pipeline.run(cfg, path.parent, dry=True)["plan"]
+        assert [p[0] for p in plan] == list(pipeline.STAGES)
+        assert pipeline.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sft" in out and "optimize" in out
+
+
+def test_bad_configs_are_refused_with_the_key(tmp_path, capsys):
+    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "sft.bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "sft.overrides=[train.nope=3]"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "eval.rewards={nosuch: 1}"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert pipeline.main([str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_all_stages_run_and_report(tiny_run):
+    run_dir, result = tiny_run
+    assert [a for _, _, a in result["plan"]] == ["run"] * len(pipeline.STAGES)
+    assert [r["stage"] for r in result["rows"]] == ["base", "sft", "grpo", "enhance", "optimize"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    states = {s["stage"]: s["state"] for s in manifest["stages"]}
+    assert states["data"]["manifest"].endswith("manifest.jsonl")
+    assert states["sft"]["model"].endswith("sft/merged")  # the LoRA was merged for the next stage
+    assert Path(states["grpo"]["lora"], "pytorch_lora_weights.safetensors").exists()
+    assert Path(states["enhance"]["enhancer"], "rewriter.yaml").exists()
+    assert states["optimize"]["inference"]["cache"]["method"] == "first_block"
+    # what flows on: the later stages keep the earlier outputs
+    assert states["optimize"]["lora"] == states["grpo"]["lora"]
+    assert states["optimize"]["enhancer"] == states["enhance"]["enhancer"]
+    for row in result["rows"]:
+        for key in ("caption", "user"):
+            m = row["eval"][key]
+            assert 0 <= m["graded"] <= 1 and 0 <= m["success"] <= 1 and m["seconds_per_video"] > 0
+            assert "reward.verifier" in m and "guard" in m
+    assert len(result["rows"][3]["eval"]["rewrites"]) == 2
+    md = (run_dir / "report.md").read_text()
+    assert md.count("\n| ") >= 6 and "success (user prompts)" in md
+    html = (run_dir / "report.html").read_text()
+    assert "grid.gif" in html and (run_dir / "grid.gif").stat().st_size > 1000
+    # the merged SFT model keeps the Shapes generation defaults
+    assert json.loads(Path(states["sft"]["model"], "vidpost.json").read_text())["generation"]["num_frames"] == 17
+
+
+def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypatch):
+    run_dir, first = tiny_run
+    calls = []
+
+    def spy(name, fn):
+        def wrapped(*a, **k):
+            calls.append(name)
+            return fn(*a, **k)
+
+        monkeypatch.setitem(pipeline.RUNNERS, name, wrapped)
+
+    for name, fn in list(pipeline.RUNNERS.items()):
+        spy(name, fn)
+    again = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"))
+    assert calls == [] and all(a == "skip (done)" for _, _, a in again["plan"])
+    assert again["rows"][2]["eval"] == first["rows"][2]["eval"]  # evaluations reused too
+
+    # a changed GRPO setting: grpo, enhance and optimize rerun; base, data, sft are reused
+    changed = tiny_cfg(
+        run_dir,
+        "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,"
+        "rollout.prompts_per_step=1,rollout.steps=2,train.micro_batch=2,checkpoint.every=0,optim.lr=1e-5]",
+    )
+    plan = pipeline.run(changed, Path("configs/shapes"), dry=True)["plan"]
+    assert [a for _, _, a in plan] == ["skip (done)"] * 3 + ["run"] * 3
+
+    # --from reruns that stage and the later ones; an interrupted stage (no record) resumes
+    (run_dir / "optimize" / "stage.json").unlink()
+    seen = {}
+
+    def record_resume(cfg, state, out, base, resume):
+        seen["resume"] = resume
+        return state
+
+    monkeypatch.setitem(pipeline.RUNNERS, "optimize", record_resume)
+    res = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), stop="optimize")
+    assert seen["resume"] is True
+    assert [a for _, _, a in res["plan"]] == ["skip (done)"] * 5 + ["run"]
+    calls.clear()
+    plan = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), start="enhance", dry=True)["plan"]
+    assert [a for _, _, a in plan] == ["skip (done)"] * 4 + ["run"] * 2
+
+
+def test_from_needs_finished_earlier_stages(tmp_path):
+    with pytest.raises(ValueError, match="no finished record"):
+        pipeline.run(tiny_cfg(tmp_path / "fresh"), Path("configs/shapes"), start="grpo")
+
+
+def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
+    cmds = []
+    monkeypatch.setattr(pipeline.subprocess, "call", lambda cmd: cmds.append(cmd) or 0)
+    cfg = tiny_cfg(tmp_path, "launch.processes=2", "launch.accelerate_config=configs/accelerate/fsdp.yaml")
+    out = tmp_path / "sft"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "model_index.json").write_text("{}")
+    state = pipeline.run_sft(cfg, pipeline.State(model="shapes-base"), out, Path("configs/shapes"), resume=True)
+    (cmd,) = cmds
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes" in cmd
+    assert cmd[cmd.index("--config_file") + 1] == "configs/accelerate/fsdp.yaml"
+    assert cmd[cmd.index("-m", 3) + 1] == "vidpost.pipelines.sft" and cmd[-2:] == ["--resume", "latest"]
+    assert f"output_dir={out}" in cmd and "model.path=shapes-base" in cmd
+    assert state.model == str(out / "final")  # full fine-tuning output passed on as the model
