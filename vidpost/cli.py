@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enhance": ("vidpost.pipelines.enhance", "rewrite prompts with a local LLM (zero-shot or a trained rewriter)"),
     "enhance-train": ("vidpost.pipelines.enhance_train", "train a specialised prompt rewriter: sft | grpo"),
     "enhance-eval": ("vidpost.pipelines.enhance_eval", "held-out Shapes table: raw prompts vs rewriters vs captions"),
+    "run": ("vidpost.pipelines.run", "the staged pipeline: sft → grpo → enhance → optimize, one report"),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
