@@ -1,0 +1,207 @@
+"""Triton forward kernel of block-sparse FP8 / bf16 attention over tile-major blocks.
+
+One program computes one query block (``BLOCK`` rows) of one (batch, head). It walks the key blocks listed in
+``kv_index[b, h, m, :kv_count[b, h, m]]`` (query blocks ``m >= dense_from`` and ``DENSE`` calls: all blocks) with a flash-attention online
+softmax in base 2 (``sm_scale · log2 e`` folded into the Q scale):
+
+    s = (q · kᵀ) · q_scale[m] · k_scale[n]              fp32 accumulation (tl.dot)
+    s[:, slot >= kv_len[n]] = -inf                      padded keys
+    m_new = max(m, rowmax s); α = 2^(m - m_new); p = 2^(s - m_new)
+    l = α·l + rowsum p;  acc = α·acc + P·V              P·V: fp8(p·448) · v8 (FP8) or p.to(v.dtype) · v
+    out = acc / l  (· v_scale / 448 for FP8)
+
+The FP8 operands and scales come from :func:`~vidpost.kernels.sparse_attention_reference.quantize_qkv`, so
+they are the reference's bit for bit. On sm90 the FP8 products are ``tl.dot`` on ``float8e4nv`` with fp32
+accumulation; V is stored transposed ([D, S], K-major for the P·V product, as SageAttention does). Under
+``TRITON_INTERPRET=1`` the interpreter's low-precision ``tl.dot`` is unreliable, so ``UPCAST`` converts the
+operands to fp32 first (fp8 and bf16 values are exact in fp32, so nothing is lost) and a single small config
+is used instead of the autotune list.
+
+Only the forward pass is a Triton kernel; the backward pass of the unquantised path uses the PyTorch
+reference (see ``sparse_fp8_attention``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
+
+
+@triton.autotune(configs=_configs(), key=["HEAD_DIM", "BLOCK", "FP8", "DENSE"])
+@triton.jit
+def _block_sparse_attn_fwd(
+    Q,
+    K,
+    V,
+    Out,
+    QScale,
+    KScale,
+    VScale,
+    KvIndex,
+    KvCount,
+    KvLen,
+    seq_len,
+    num_blocks,
+    dense_from,
+    list_len,
+    stride_vs,
+    stride_vd,
+    sm_scale_log2,
+    HEAD_DIM: tl.constexpr,
+    BLOCK: tl.constexpr,
+    FP8: tl.constexpr,
+    DENSE: tl.constexpr,
+    UPCAST: tl.constexpr,
+    P_SCALE: tl.constexpr,
+):
+    m_blk = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_r = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    base = bh * seq_len * HEAD_DIM
+    offs_m = m_blk * BLOCK + offs_r
+
+    q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :])
+    if UPCAST:
+        q = q.to(tl.float32)
+    if FP8:
+        q_scale = tl.load(QScale + bh * num_blocks + m_blk) * sm_scale_log2
+    else:
+        q_scale = sm_scale_log2
+
+    m_i = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK, HEAD_DIM], dtype=tl.float32)
+
+    # Query blocks from `dense_from` on (text) attend to every block; the others walk their key list.
+    row_dense = m_blk >= dense_from
+    list_row = bh * dense_from + tl.minimum(m_blk, dense_from - 1)
+    if DENSE:
+        count = num_blocks
+    else:
+        count = tl.where(row_dense, num_blocks, tl.load(KvCount + list_row))
+    for j in range(0, count):
+        if DENSE:
+            n_blk = j
+        else:
+            listed = tl.load(KvIndex + list_row * list_len + tl.minimum(j, list_len - 1))
+            n_blk = tl.where(row_dense, j, listed)
+        offs_n = n_blk * BLOCK + offs_r
+        kt = tl.load(K + base + offs_n[None, :] * HEAD_DIM + offs_d[:, None])  # [D, BLOCK]
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt)
+        if FP8:
+            s = s * (q_scale * tl.load(KScale + bh * num_blocks + n_blk))
+        else:
+            s = s * q_scale
+        valid = tl.load(KvLen + n_blk)
+        s = tl.where(offs_r[None, :] < valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        v = tl.load(V + base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd)  # [BLOCK, D]
+        if FP8:
+            p_op = (p * P_SCALE).to(tl.float8e4nv, fp_downcast_rounding="rtne")
+        else:
+            p_op = p.to(v.dtype)
+        if UPCAST:
+            p_op = p_op.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = tl.dot(p_op, v, acc)
+        m_i = m_new
+
+    l_i = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_i[:, None]
+    if FP8:
+        out = out * (tl.load(VScale + bh * HEAD_DIM + offs_d)[None, :] / P_SCALE)
+    tl.store(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty))
+
+
+def triton_block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_index: torch.Tensor,
+    kv_count: torch.Tensor,
+    kv_len: torch.Tensor,
+    block: int,
+    dense_from: int,
+    out_dtype: torch.dtype,
+    q_scale: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    sm_scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch the kernel on prepared operands (FP8 when scales are given). [B, H, S, D] -> [B, H, S, D].
+
+    ``kv_index`` [B|1, H|1, dense_from, L] / ``kv_count`` [B|1, H|1, dense_from]: key lists of the query blocks
+    before ``dense_from``; later blocks are dense. ``D`` must be a power of two >= 16 (the caller pads).
+    """
+    B, H, S, D = q.shape
+    num_blocks = S // block
+    assert num_blocks * block == S and D >= 16 and D & (D - 1) == 0 and block >= 16 and block & (block - 1) == 0
+    fp8 = q_scale is not None
+    dense = dense_from == 0
+    scale = (1.0 / math.sqrt(D) if sm_scale is None else sm_scale) * _LOG2E
+    q, k = q.contiguous(), k.contiguous()
+    if fp8:
+        v = v.transpose(-1, -2).contiguous()  # [B, H, D, S]
+        stride_vs, stride_vd = 1, S
+    else:
+        v = v.contiguous()
+        stride_vs, stride_vd = D, 1
+    if out is None:
+        out = torch.empty(B, H, S, D, device=q.device, dtype=out_dtype)
+    assert out.shape == (B, H, S, D) and out.dtype == out_dtype and out.is_contiguous()
+    dummy = torch.zeros(1, device=q.device, dtype=torch.int32)
+    fdummy = torch.zeros(1, device=q.device, dtype=torch.float32)
+    list_len = 1 if dense else kv_index.shape[-1]
+    rows = dense_from
+    grid = (num_blocks, B * H)
+    _block_sparse_attn_fwd[grid](
+        q,
+        k,
+        v,
+        out,
+        q_scale.contiguous() if fp8 else fdummy,
+        k_scale.contiguous() if fp8 else fdummy,
+        v_scale.contiguous() if fp8 else fdummy,
+        dummy if dense else kv_index.expand(B, H, rows, list_len).contiguous(),
+        dummy if dense else kv_count.expand(B, H, rows).contiguous(),
+        kv_len.to(torch.int32).contiguous(),
+        S,
+        num_blocks,
+        dense_from,
+        list_len,
+        stride_vs,
+        stride_vd,
+        scale,
+        HEAD_DIM=D,
+        BLOCK=block,
+        FP8=fp8,
+        DENSE=dense,
+        UPCAST=interpreting() or (fp8 and torch.cuda.get_device_capability(q.device) < (8, 9)),
+        P_SCALE=448.0,
+    )
+    return out
