@@ -47,7 +47,10 @@ def window_block_mask(layout: TileLayout, window: tuple[int, int, int]) -> torch
 
 def window_tile_count(layout: TileLayout, window: tuple[int, int, int]) -> int:
     """Key tiles each query tile keeps under the window (the same for every tile)."""
-    return math.prod(min(2 * int(w) + 1, n) for w, n in zip(window, layout.tiles_per_dim))
+    count = 1
+    for w, n in zip(window, layout.tiles_per_dim):
+        count *= min(2 * int(w) + 1, n)
+    return count
 
 
 def pool_tiles(x_BHSD: torch.Tensor, layout: TileLayout) -> torch.Tensor:

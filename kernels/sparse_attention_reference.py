@@ -14,13 +14,16 @@ Quantisation (``quant="fp8"``, shared verbatim by the Triton path through :func:
    tokens and channels, ``x8 = fp8(x / scale)`` (round to nearest even, as ``Tensor.to(torch.float8_e4m3fn)``).
    ``granularity="head"`` uses one scale per (batch, head) instead.
 3. V to e4m3 with one scale per (batch, head, channel) over the tokens.
-4. Scores ``s = (q8 · k8ᵀ) · q_scale · k_scale / sqrt(D)`` in fp32; masked entries are ``-inf``.
-5. ``p = exp(s - rowmax)``; the row sum ``l`` is taken on the fp32 ``p``; ``P`` goes into the P·V product as
-   ``fp8(p · 448)`` (fixed scale: ``p <= 1``), accumulated in fp32; ``out = (P8 · V8) · v_scale / (448 · l)``.
+4. Per query block, the listed key blocks in list order (ascending), with an online softmax in base 2:
+   ``s = (q8 · k8ᵀ) · (q_scale · log2(e) / sqrt(D) · k_scale)`` in fp32, padded keys ``-inf``;
+   ``m' = max(m, rowmax s)``, ``α = 2^(m - m')``, ``p = 2^(s - m')``, ``l = α·l + rowsum p`` (fp32 ``p``),
+   ``acc = α·acc + fp8(p · 448) · v8`` (fixed P scale: ``p <= 1``; fp32 accumulation).
+5. ``out = acc / l · v_scale / 448``.
 
-Departure of the Triton kernel from this reference: the kernel runs an online softmax, so ``p`` is quantised
-relative to the running row maximum, not the final one (SageAttention has the same property). Everything else
-(the quantised Q, K, V and their scales) is bit-identical; the measured gap is bounded in the tests.
+This is the Triton kernel's exact order of operations, so ``P`` is quantised against the *running* row maximum
+as in the kernel (and in SageAttention), and kernel and reference agree to fp32 rounding (an fp32 rounding
+difference can flip one FP8 code of ``P`` now and then; the tests bound the gap). The reference is the
+algorithm's definition; it is slow (a Python loop over list positions) and meant for tests and CPU fallback.
 
 ``quant="bf16"`` (no quantisation): fp32 scores and softmax, ``P`` cast to V's dtype before P·V (what a
 flash kernel does), fp32 accumulation. On fp32 inputs with a full mask this is exact attention and matches
@@ -34,11 +37,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .block_mask import lists_to_mask
 
 FP8_MAX = 448.0
 """Largest finite float8 e4m3fn value."""
+LOG2E = 1.4426950408889634
 P_SCALE = 448.0
 """Fixed scale of the softmax probabilities before their FP8 cast (``p`` is in [0, 1])."""
 _EPS = 1e-12
@@ -99,6 +104,66 @@ def _row_chunk(batch_heads: int, seq: int, block: int) -> int:
     return rows // block * block
 
 
+def _key_lists(
+    kv_index: torch.Tensor, kv_count: torch.Tensor, dense_from: int, num_blocks: int, B: int, H: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of every query block ([B, H, M, L'] and [B, H, M]); dense rows list all blocks in order."""
+    L = kv_index.shape[-1] if dense_from > 0 else 0
+    if dense_from < num_blocks:
+        L = max(L, num_blocks)
+    listed = F.pad(kv_index[:, :, :dense_from].long(), (0, L - kv_index.shape[-1] if dense_from > 0 else 0))
+    listed = listed[..., :L].expand(B, H, dense_from, L)
+    dense = torch.arange(L, device=kv_index.device).clamp_max(num_blocks - 1)
+    dense = dense.expand(B, H, num_blocks - dense_from, L)
+    count = torch.cat(
+        [
+            kv_count[:, :, :dense_from].long().expand(B, H, dense_from),
+            torch.full((B, H, num_blocks - dense_from), num_blocks, device=kv_index.device),
+        ],
+        dim=2,
+    )
+    return torch.cat([listed, dense], dim=2), count
+
+
+def _fp8_online(
+    qq: QuantizedQKV,
+    kv_index: torch.Tensor,
+    kv_count: torch.Tensor,
+    kv_len: torch.Tensor,
+    block: int,
+    dense_from: int,
+    scale: float,
+) -> torch.Tensor:
+    """Step 4-5 in the kernel's order: walk each query block's key list with a base-2 online softmax."""
+    B, H, S, D = qq.q8.shape
+    M = S // block
+    index, count = _key_lists(kv_index, kv_count, dense_from, M, B, H)
+    q = qq.q8.float().reshape(B, H, M, block, D)
+    k = qq.k8.float().reshape(B, H, M, block, D)
+    v = qq.v8.float().reshape(B, H, M, block, D)
+    q_scale = qq.q_scale_BHM * (scale * LOG2E)  # [B, H, M]
+    slot = torch.arange(block, device=q.device)
+    m_i = torch.full((B, H, M, block), float("-inf"), device=q.device)
+    l_i = torch.zeros(B, H, M, block, device=q.device)
+    acc = torch.zeros(B, H, M, block, D, device=q.device)
+    for j in range(index.shape[-1]):
+        active = (j < count)[..., None]  # [B, H, M, 1]
+        n = index[..., j]  # [B, H, M]
+        k_n = torch.gather(k, 2, n[..., None, None].expand(B, H, M, block, D))
+        v_n = torch.gather(v, 2, n[..., None, None].expand(B, H, M, block, D))
+        s = (q @ k_n.transpose(-1, -2)) * (q_scale * torch.gather(qq.k_scale_BHM, 2, n))[..., None, None]
+        s = s.masked_fill(slot >= kv_len[n][..., None, None], float("-inf"))
+        m_new = torch.maximum(m_i, s.amax(dim=-1))
+        alpha = torch.exp2(m_i - m_new)
+        p = torch.exp2(s - m_new[..., None])
+        p8 = (p * P_SCALE).to(torch.float8_e4m3fn).float()
+        l_i = torch.where(active, l_i * alpha + p.sum(dim=-1), l_i)
+        acc = torch.where(active[..., None], acc * alpha[..., None] + p8 @ v_n, acc)
+        m_i = torch.where(active, m_new, m_i)
+    out = acc / l_i[..., None] * (qq.v_scale_BHD[:, :, None, None, :] / P_SCALE)
+    return out.reshape(B, H, S, D)
+
+
 def reference_block_sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -114,43 +179,30 @@ def reference_block_sparse_attention(
 ) -> torch.Tensor:
     """Block-sparse attention [B, H, S, D] -> [B, H, S, D] (the module docstring's exact algorithm).
 
-    Processed in chunks of query blocks so memory stays bounded at real video lengths.
+    The unquantised path is processed in chunks of query blocks so memory stays bounded at real video lengths;
+    the FP8 path holds one [B, H, S, block] score tile per step of the key lists.
     """
     if quant not in ("fp8", "bf16"):
         raise ValueError(f"quant must be 'fp8' or 'bf16', got {quant!r}")
     B, H, S, D = q.shape
     num_blocks = S // block
-    assert num_blocks * block == S and kv_len.shape == (num_blocks,)
+    assert num_blocks * block == S and kv_len.shape == (num_blocks,) and 0 <= dense_from <= num_blocks
     scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    if quant == "fp8":
+        qq = quantize_qkv(q, k, v, kv_len, block, granularity)
+        return _fp8_online(qq, kv_index, kv_count, kv_len, block, dense_from, scale).to(q.dtype)
+
     listed = lists_to_mask(kv_index[:, :, :dense_from], kv_count[:, :, :dense_from], num_blocks)
     dense_rows = torch.ones(1, 1, num_blocks - dense_from, num_blocks, dtype=torch.bool, device=q.device)
     block_mask = torch.cat([listed.expand(B, H, -1, -1), dense_rows.expand(B, H, -1, -1)], dim=2)
     key_valid = slot_valid(kv_len, block)
-    if quant == "fp8":
-        qq = quantize_qkv(q, k, v, kv_len, block, granularity)
-        q_op, k_op, v_op = qq.q8.float(), qq.k8.float(), qq.v8.float()
-        q_tok = qq.q_scale_BHM.repeat_interleave(block, dim=-1)  # [B, H, S]
-        k_tok = qq.k_scale_BHM.repeat_interleave(block, dim=-1)
-    else:
-        q_op, k_op, v_op = q.float(), k.float(), v
-
     outs = []
     rows = _row_chunk(B * H, S, block)
     for r0 in range(0, S, rows):
         r1 = min(S, r0 + rows)
         bm = block_mask[:, :, r0 // block : r1 // block]
         mask = bm.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3) & key_valid
-        s = q_op[:, :, r0:r1] @ k_op.transpose(-1, -2)
-        if quant == "fp8":
-            s = s * q_tok[:, :, r0:r1, None] * k_tok[:, :, None, :] * scale
-            s = s.masked_fill(~mask, float("-inf"))
-            p = torch.exp(s - s.amax(dim=-1, keepdim=True))
-            row_sum = p.sum(dim=-1, keepdim=True)
-            p8 = (p * P_SCALE).to(torch.float8_e4m3fn).float()
-            o = (p8 @ v_op) * qq.v_scale_BHD[:, :, None, :] / (P_SCALE * row_sum)
-        else:
-            s = (s * scale).masked_fill(~mask, float("-inf"))
-            p = torch.softmax(s, dim=-1)
-            o = p.to(v.dtype).float() @ v_op.float()
-        outs.append(o)
+        s = (q[:, :, r0:r1].float() @ k.float().transpose(-1, -2)) * scale
+        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+        outs.append(p.to(v.dtype).float() @ v.float())
     return torch.cat(outs, dim=2).to(q.dtype)

@@ -14,8 +14,10 @@ The FP8 operands and scales come from :func:`~vidpost.kernels.sparse_attention_r
 they are the reference's bit for bit. On sm90 the FP8 products are ``tl.dot`` on ``float8e4nv`` with fp32
 accumulation; V is stored transposed ([D, S], K-major for the P·V product, as SageAttention does). Under
 ``TRITON_INTERPRET=1`` the interpreter's low-precision ``tl.dot`` is unreliable, so ``UPCAST`` converts the
-operands to fp32 first (fp8 and bf16 values are exact in fp32, so nothing is lost) and a single small config
-is used instead of the autotune list.
+operands to fp32 first (fp8 and bf16 values are exact in fp32, so nothing is lost), the fp32 -> e4m3 cast of
+``P`` is emulated exactly in fp32 arithmetic (the interpreter's own cast rounds wrongly just below powers of
+two), and a single small config is used instead of the autotune list. The same ``UPCAST`` path runs FP8 plans
+on GPUs without FP8 tensor cores (before sm89).
 
 Only the forward pass is a Triton kernel; the backward pass of the unquantised path uses the PyTorch
 reference (see ``sparse_fp8_attention``).
@@ -36,6 +38,20 @@ _LOG2E = 1.4426950408889634
 def interpreting() -> bool:
     """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _round_to_e4m3(x):
+    """Round non-negative fp32 ``x <= 448`` to the nearest float8 e4m3fn value (ties to even), in fp32 arithmetic.
+
+    Used on the ``UPCAST`` path: Triton's interpreter converts fp32 -> fp8 wrongly just below a power of two
+    (e.g. 31.5 -> 16 instead of 32), so the cast is emulated exactly: quantum ``2^(max(e, -6) - 3)`` from the fp32
+    exponent ``e`` (3 mantissa bits; subnormals below ``2^-6``), then round-half-even of ``x / quantum`` by the
+    ``+ 2^23 - 2^23`` trick (exact for values below ``2^23``).
+    """
+    exponent = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    quantum = ((tl.maximum(exponent, -6) - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    return ((x / quantum + 8388608.0) - 8388608.0) * quantum
 
 
 def _configs() -> list[triton.Config]:
@@ -120,13 +136,13 @@ def _block_sparse_attn_fwd(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
         v = tl.load(V + base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd)  # [BLOCK, D]
-        if FP8:
+        if UPCAST:
+            p_op = _round_to_e4m3(p * P_SCALE) if FP8 else p.to(v.dtype).to(tl.float32)
+            v = v.to(tl.float32)
+        elif FP8:
             p_op = (p * P_SCALE).to(tl.float8e4nv, fp_downcast_rounding="rtne")
         else:
             p_op = p.to(v.dtype)
-        if UPCAST:
-            p_op = p_op.to(tl.float32)
-            v = v.to(tl.float32)
         acc = tl.dot(p_op, v, acc)
         m_i = m_new
 

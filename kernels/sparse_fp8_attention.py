@@ -190,8 +190,10 @@ def block_sparse_attention_BSHD(
     if backend not in ("triton", "reference"):
         raise ValueError(f"backend must be 'triton' or 'reference', got {backend!r}")
     B, S, H, D = query_BSHD.shape
-    grid = tuple(int(g) for g in grid)
-    if len(grid) != 3 or grid[0] * grid[1] * grid[2] != num_video_tokens or not 0 < num_video_tokens <= S:
+    if len(grid) != 3:
+        raise ValueError(f"grid must be (T, H, W), got {grid!r}")
+    grid = (int(grid[0]), int(grid[1]), int(grid[2]))
+    if grid[0] * grid[1] * grid[2] != num_video_tokens or not 0 < num_video_tokens <= S:
         raise ValueError(
             f"grid {grid} must hold num_video_tokens={num_video_tokens} tokens, at most the sequence length {S}"
         )
