@@ -108,11 +108,14 @@ def _key_lists(
     kv_index: torch.Tensor, kv_count: torch.Tensor, dense_from: int, num_blocks: int, B: int, H: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of every query block ([B, H, M, L'] and [B, H, M]); dense rows list all blocks in order."""
-    L = kv_index.shape[-1] if dense_from > 0 else 0
+    width = kv_index.shape[-1]
+    L = width if dense_from > 0 else 0
     if dense_from < num_blocks:
         L = max(L, num_blocks)
-    listed = F.pad(kv_index[:, :, :dense_from].long(), (0, L - kv_index.shape[-1] if dense_from > 0 else 0))
-    listed = listed[..., :L].expand(B, H, dense_from, L)
+    listed = kv_index[:, :, :dense_from].long()
+    if width < L:
+        listed = F.pad(listed, (0, L - width))  # entries past kv_count are never used
+    listed = listed.expand(B, H, dense_from, L)
     dense = torch.arange(L, device=kv_index.device).clamp_max(num_blocks - 1)
     dense = dense.expand(B, H, num_blocks - dense_from, L)
     count = torch.cat(
