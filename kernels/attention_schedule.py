@@ -26,6 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 QUANTS = ("fp8", "bf16")
+
+STEP_AWARE_SCHEDULE: dict[str, Any] = {
+    "rules": [
+        {"steps": [0.0, 0.1], "dense": True},
+        {"steps": [0.1, 0.5], "window": [1, 1, 1], "topk": 8},
+        {"steps": [0.5, 0.9], "window": [1, 2, 2], "topk": 16},
+        {"steps": [0.9, 1.0], "dense": True},
+    ]
+}
+"""A starting point, not tuned on a model: dense while the layout forms (first 10%), sparsest in the early-middle
+steps, a wider window later, dense for the last 10%. Window half-widths and top-k are in tiles."""
 GRANULARITIES = ("tile", "head")
 _RULE_KEYS = {"steps", "layers", "dense", "window", "topk", "quant", "granularity"}
 _PLAN_KEYS = _RULE_KEYS - {"steps", "layers"}

@@ -80,38 +80,19 @@ def _triton_forward(
     from .sparse_attention_triton import triton_block_sparse_attention
 
     D = q.shape[-1]
-    d_pad = max(16, 1 << (D - 1).bit_length())  # zero channels change no dot product
+    d_pad = max(16, 1 << (D - 1).bit_length())
     scale = D**-0.5
+    # Zero channels change no dot product, no per-block amax and no code of the real channels.
+    q, k, v = (_pad_head_dim(x, d_pad) for x in (q, k, v))
     if quant == "fp8":
         qq = quantize_qkv(q, k, v, kv_len, block, granularity)
-        out = triton_block_sparse_attention(
-            _pad_head_dim(qq.q8, d_pad),
-            _pad_head_dim(qq.k8, d_pad),
-            _pad_head_dim(qq.v8, d_pad),
-            kv_index,
-            kv_count,
-            kv_len,
-            block,
-            dense_from,
-            q.dtype,
-            qq.q_scale_BHM,
-            qq.k_scale_BHM,
-            _pad_head_dim(qq.v_scale_BHD, d_pad),
-            sm_scale=scale,
-        )
+        operands = (qq.q8, qq.k8, qq.v8)
+        scales = {"q_scale": qq.q_scale_BHM, "k_scale": qq.k_scale_BHM, "v_scale": qq.v_scale_BHD}
     else:
-        out = triton_block_sparse_attention(
-            _pad_head_dim(q, d_pad),
-            _pad_head_dim(k, d_pad),
-            _pad_head_dim(v, d_pad),
-            kv_index,
-            kv_count,
-            kv_len,
-            block,
-            dense_from,
-            q.dtype,
-            sm_scale=scale,
-        )
+        operands, scales = (q, k, v), {}
+    out = triton_block_sparse_attention(
+        *operands, kv_index, kv_count, kv_len, block, dense_from, q.dtype, sm_scale=scale, **scales
+    )
     return out[..., :D]
 
 
@@ -219,7 +200,10 @@ def block_sparse_attention_BSHD(
 
     q, k, v = blocked(query_BSHD), blocked(key_BSHD), blocked(value_BSHD)
     text_len = [min(block, num_text - i * block) for i in range(num_text_blocks)]
-    kv_len = torch.cat([layout.valid_len_M, torch.tensor(text_len, dtype=torch.int32)]).to(device)
+    kv_len = layout.cached(
+        ("kv_len", num_text, str(device)),
+        lambda: torch.cat([layout.valid_len_M, torch.tensor(text_len, dtype=torch.int32)]).to(device),
+    )
 
     if plan.dense:
         dense_from = 0
@@ -229,7 +213,10 @@ def block_sparse_attention_BSHD(
         dense_from = M
         video_mask = torch.zeros(1, 1, M, M, dtype=torch.bool, device=device)
         if plan.window is not None:
-            video_mask = video_mask | window_block_mask(layout, plan.window).to(device)
+            window = layout.cached(
+                ("window", plan.window, str(device)), lambda: window_block_mask(layout, plan.window).to(device)
+            )
+            video_mask = video_mask | window
         if plan.topk is not None:
             video_mask = video_mask | topk_block_mask(q, k, layout, plan.topk)
         mask = video_rows_mask(video_mask, num_text_blocks)

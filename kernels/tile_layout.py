@@ -21,7 +21,8 @@ Padded query rows are computed and dropped.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -39,7 +40,7 @@ def block_size_for_tile(tile: tuple[int, int, int]) -> int:
     return 1 << max(4, math.ceil(math.log2(math.prod(tile))))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TileLayout:
     """The permutation between frame-major video tokens and tile-major slots (index tensors on the CPU)."""
 
@@ -59,6 +60,17 @@ class TileLayout:
     """int32 [num_tiles]: number of real tokens in each tile (they occupy the tile's first slots)."""
     tile_coords_M3: torch.Tensor
     """int64 [num_tiles, 3]: (ti, hi, wi) of each tile."""
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def cached(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Memoise a tensor derived from this layout (e.g. an index on a device), so a forward pays no copy."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def on(self, name: str, device: torch.device) -> torch.Tensor:
+        """One of the index tensors on ``device`` (copied once)."""
+        return self.cached((name, str(device)), lambda: getattr(self, name).to(device))
 
     @property
     def num_tokens(self) -> int:
@@ -77,13 +89,13 @@ class TileLayout:
         if x_BNHD.shape[1] != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} video tokens for grid {self.grid}, got {x_BNHD.shape[1]}")
         padded = torch.cat([x_BNHD, x_BNHD.new_zeros(x_BNHD.shape[0], 1, *x_BNHD.shape[2:])], dim=1)
-        return padded.index_select(1, self.slot_source_S.to(x_BNHD.device))
+        return padded.index_select(1, self.on("slot_source_S", x_BNHD.device))
 
     def from_tiles(self, y_BSHD: torch.Tensor) -> torch.Tensor:
         """Tile-major slots [B, num_slots, H, D] -> frame-major video tokens [B, N, H, D] (padding dropped)."""
         if y_BSHD.shape[1] != self.num_slots:
             raise ValueError(f"expected {self.num_slots} tile slots, got {y_BSHD.shape[1]}")
-        return y_BSHD.index_select(1, self.token_slot_N.to(y_BSHD.device))
+        return y_BSHD.index_select(1, self.on("token_slot_N", y_BSHD.device))
 
     def slot_valid_S(self) -> torch.Tensor:
         """bool [num_slots]: True on real slots."""

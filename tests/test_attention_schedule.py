@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vidpost.kernels.attention_schedule import AttentionPlan, AttentionSchedule
+from vidpost.kernels.attention_schedule import STEP_AWARE_SCHEDULE, AttentionPlan, AttentionSchedule
 from vidpost.kernels.sparse_fp8_attention import SparseAttentionOptions
 
 CONFIG = {
@@ -76,3 +76,11 @@ def test_bad_step_and_options():
         SparseAttentionOptions.from_dict({"backend": "cuda"})
     opts = SparseAttentionOptions.from_dict({"tile": [1, 2, 2], "quant": "bf16", "schedule": CONFIG})
     assert opts.tile == (1, 2, 2) and opts.schedule.plan(0, 10, 0).quant == "bf16"
+
+
+def test_step_aware_preset_is_sparsest_early_middle():
+    schedule = AttentionSchedule.from_dict(STEP_AWARE_SCHEDULE)
+    plans = [schedule.plan(i, 50, 0) for i in range(50)]
+    assert plans[0].dense and plans[4].dense and plans[49].dense and plans[45].dense
+    assert plans[5] == AttentionPlan(dense=False, window=(1, 1, 1), topk=8)
+    assert plans[25] == AttentionPlan(dense=False, window=(1, 2, 2), topk=16)

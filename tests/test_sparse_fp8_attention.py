@@ -289,16 +289,34 @@ def test_bad_shapes_raise():
         fn(q, k[:, :10], v[:, :10], _ctx())
 
 
+_GPU_SCRIPT = """
+import torch
+from vidpost.kernels.attention_schedule import AttentionPlan
+from vidpost.kernels.sparse_fp8_attention import block_sparse_attention_BSHD
+grid, text, quant = (5, 12, 20), 40, {quant!r}
+g = torch.Generator().manual_seed(0)
+S = 5 * 12 * 20 + text
+q, k, v = (torch.randn(2, S, 4, 128, generator=g).to("cuda", torch.bfloat16) for _ in range(3))
+plan = AttentionPlan(dense=False, window=(1, 1, 1), topk=4, quant=quant)
+out = block_sparse_attention_BSHD(q, k, v, grid, S - text, (2, 4, 4), plan, "triton").double()
+ref = block_sparse_attention_BSHD(q, k, v, grid, S - text, (2, 4, 4), plan, "reference").double()
+rel_l1 = float((out - ref).abs().sum() / ref.abs().sum())
+cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+assert rel_l1 < 0.02 and cos > 0.999, (rel_l1, cos)
+print(quant, rel_l1, cos)
+"""
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("quant", ["bf16", "fp8"])
 def test_triton_matches_reference_on_gpu(quant):
-    grid, text = (5, 12, 20), 40
-    g = torch.Generator().manual_seed(0)
-    S = 5 * 12 * 20 + text
-    q, k, v = (torch.randn(2, S, 4, 128, generator=g).to("cuda", torch.bfloat16) for _ in range(3))
-    plan = AttentionPlan(dense=False, window=(1, 1, 1), topk=4, quant=quant)
-    out = block_sparse_attention_BSHD(q, k, v, grid, S - text, (2, 4, 4), plan, "triton")
-    ref = block_sparse_attention_BSHD(q, k, v, grid, S - text, (2, 4, 4), plan, "reference")
-    rel_l1, cos = _errors(out, ref)
-    assert rel_l1 < 0.02 and cos > 0.999, (rel_l1, cos)
+    # A fresh process: this module compiled the kernel for the CPU interpreter.
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _GPU_SCRIPT.format(quant=quant)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
