@@ -77,8 +77,6 @@ def _block_sparse_attn_fwd(
     num_blocks,
     dense_from,
     list_len,
-    stride_vs,
-    stride_vd,
     sm_scale_log2,
     HEAD_DIM: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -86,6 +84,7 @@ def _block_sparse_attn_fwd(
     DENSE: tl.constexpr,
     UPCAST: tl.constexpr,
     P_SCALE: tl.constexpr,
+    V_TRANSPOSED: tl.constexpr,
 ):
     m_blk = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -120,10 +119,10 @@ def _block_sparse_attn_fwd(
             listed = tl.load(KvIndex + list_row * list_len + tl.minimum(j, list_len - 1))
             n_blk = tl.where(row_dense, j, listed)
         offs_n = n_blk * BLOCK + offs_r
-        kt = tl.load(K + base + offs_n[None, :] * HEAD_DIM + offs_d[:, None])  # [D, BLOCK]
+        k = tl.load(K + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK, D]
         if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt)
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k))
         if FP8:
             s = s * (q_scale * tl.load(KScale + bh * num_blocks + n_blk))
         else:
@@ -135,7 +134,10 @@ def _block_sparse_attn_fwd(
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        v = tl.load(V + base + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd)  # [BLOCK, D]
+        if V_TRANSPOSED:  # stored [D, S]: the reduction dim (tokens) contiguous
+            v = tl.load(V + base + offs_d[None, :] * seq_len + offs_n[:, None])  # [BLOCK, D]
+        else:
+            v = tl.load(V + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :])
         if UPCAST:
             p_op = _round_to_e4m3(p * P_SCALE) if FP8 else p.to(v.dtype).to(tl.float32)
             v = v.to(tl.float32)
@@ -181,12 +183,7 @@ def triton_block_sparse_attention(
     dense = dense_from == 0
     scale = (1.0 / math.sqrt(D) if sm_scale is None else sm_scale) * _LOG2E
     q, k = q.contiguous(), k.contiguous()
-    if fp8:
-        v = v.transpose(-1, -2).contiguous()  # [B, H, D, S]
-        stride_vs, stride_vd = 1, S
-    else:
-        v = v.contiguous()
-        stride_vs, stride_vd = D, 1
+    v = v.transpose(-1, -2).contiguous() if fp8 else v.contiguous()  # FP8: [B, H, D, S]
     if out is None:
         out = torch.empty(B, H, S, D, device=q.device, dtype=out_dtype)
     assert out.shape == (B, H, S, D) and out.dtype == out_dtype and out.is_contiguous()
@@ -210,8 +207,6 @@ def triton_block_sparse_attention(
         num_blocks,
         dense_from,
         list_len,
-        stride_vs,
-        stride_vd,
         scale,
         HEAD_DIM=D,
         BLOCK=block,
@@ -219,5 +214,6 @@ def triton_block_sparse_attention(
         DENSE=dense,
         UPCAST=interpreting() or (fp8 and torch.cuda.get_device_capability(q.device) < (8, 9)),
         P_SCALE=448.0,
+        V_TRANSPOSED=fp8,
     )
     return out
