@@ -21,8 +21,11 @@ reference; the environment variable ``VIDPOST_ATTENTION_BACKEND`` (``triton`` | 
 overrides the option (tests force the Triton path on the CPU with ``TRITON_INTERPRET=1``). On a GPU older
 than sm89 the FP8 plans run the same kernel with the FP8 operands upcast to fp32 before ``tl.dot``.
 
-Backward: only the unquantised (``quant="bf16"``) path is differentiable. Its backward recomputes the PyTorch
-reference under autograd (no Triton backward kernel yet); FP8 plans are inference-only and raise on backward.
+Backward: only the unquantised (``quant="bf16"``) path is differentiable; FP8 plans are inference-only and
+raise on backward. On the Triton backend the backward is two Triton kernels (FlashAttention-2 style: dQ per
+query block over its key list; dK, dV per key block over the transposed list, so no atomics); the forward's
+row log-sum-exp is not kept by the op, so the backward recomputes the forward once to get it. On the reference
+backend the backward is PyTorch autograd through the reference.
 
 Measured error of the FP8 path (CPU, ``TRITON_INTERPRET=1``; errors against fp32 attention with the same block
 mask, relative L1 = sum|out - ref| / sum|ref|):
@@ -49,7 +52,14 @@ import torch
 import torch.nn.functional as F
 
 from .attention_schedule import QUANTS, AttentionPlan, AttentionSchedule
-from .block_mask import mask_to_lists, topk_block_mask, video_rows_mask, window_block_mask, window_tile_count
+from .block_mask import (
+    lists_to_mask,
+    mask_to_lists,
+    topk_block_mask,
+    video_rows_mask,
+    window_block_mask,
+    window_tile_count,
+)
 from .sparse_attention_reference import quantize_qkv, reference_block_sparse_attention
 from .tile_layout import make_tile_layout
 
@@ -129,17 +139,45 @@ def _(q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity
 def _setup_context(ctx, inputs, output):
     q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity, backend = inputs
     ctx.save_for_backward(q, k, v, kv_index, kv_count, kv_len)
-    ctx.block, ctx.dense_from, ctx.quant = block, dense_from, quant
+    ctx.block, ctx.dense_from, ctx.quant, ctx.backend = block, dense_from, quant, backend
+
+
+def _triton_backward(q, k, v, grad_out, kv_index, kv_count, kv_len, block, dense_from):
+    from .sparse_attention_triton import triton_block_sparse_attention, triton_block_sparse_attention_backward
+
+    B, H, S, D = q.shape
+    d_pad = max(16, 1 << (D - 1).bit_length())
+    scale = D**-0.5
+    q, k, v, grad_out = (_pad_head_dim(x, d_pad) for x in (q, k, v, grad_out))
+    # The forward op does not return the row log-sum-exp, so it is recomputed once here.
+    lse = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
+    out = triton_block_sparse_attention(
+        q, k, v, kv_index, kv_count, kv_len, block, dense_from, q.dtype, sm_scale=scale, lse=lse
+    )
+    q_index = q_count = None
+    if dense_from > 0:
+        num_blocks = S // block
+        listed = lists_to_mask(kv_index[:, :, :dense_from], kv_count[:, :, :dense_from], num_blocks)
+        dense_rows = torch.ones(*listed.shape[:2], num_blocks - dense_from, num_blocks, dtype=torch.bool)
+        full = torch.cat([listed, dense_rows.to(listed.device)], dim=2)
+        q_index, q_count = mask_to_lists(full.transpose(-1, -2))
+    grads = triton_block_sparse_attention_backward(
+        q, k, v, out, lse, grad_out, kv_index, kv_count, q_index, q_count, kv_len, block, dense_from, scale
+    )
+    return tuple(g[..., :D] for g in grads)
 
 
 def _backward(ctx, grad_out):
     if ctx.quant == "fp8":
         raise RuntimeError("FP8 block-sparse attention is inference-only; use quant='bf16' to train through it")
     q, k, v, kv_index, kv_count, kv_len = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
-        out = reference_block_sparse_attention(*leaves, kv_index, kv_count, kv_len, ctx.block, ctx.dense_from)
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
+    if ctx.backend == "triton":
+        dq, dk, dv = _triton_backward(q, k, v, grad_out, kv_index, kv_count, kv_len, ctx.block, ctx.dense_from)
+    else:
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+            out = reference_block_sparse_attention(*leaves, kv_index, kv_count, kv_len, ctx.block, ctx.dense_from)
+            dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 

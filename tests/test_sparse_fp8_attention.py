@@ -223,18 +223,40 @@ def test_custom_op_compiles_fullgraph():
     torch.testing.assert_close(compiled(q, k, v), fn(q, k, v, ctx), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_backward_unquantised_matches_autograd(backend):
-    q, k, v = _inputs(dim=16, seed=2)
-    plan = AttentionPlan(dense=False, window=(0, 1, 0), topk=2, quant="bf16")
-    mask = _token_mask(plan, q, k)
+@pytest.mark.parametrize(
+    "backend,sparse,dim,grid",
+    [("reference", True, 16, GRID), ("triton", True, 16, GRID), ("triton", False, 24, (2, 3, 4))],
+)
+def test_backward_unquantised_matches_autograd(backend, sparse, dim, grid):
+    q, k, v = _inputs(grid=grid, dim=dim, seed=2)
+    plan = AttentionPlan(quant="bf16")
+    if sparse:
+        plan = AttentionPlan(dense=False, window=(0, 1, 0), topk=2, quant="bf16")
+    mask = _token_mask(plan, q, k, grid=grid)
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(3))
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    (block_sparse_attention_BSHD(*leaves, GRID, 90, TILE, plan, backend) * grad).sum().backward()
+    n = grid[0] * grid[1] * grid[2]
+    (block_sparse_attention_BSHD(*leaves, grid, n, TILE, plan, backend) * grad).sum().backward()
     expected = [x.clone().requires_grad_(True) for x in (q, k, v)]
     (_masked_sdpa(*expected, mask) * grad).sum().backward()
     for got, want in zip(leaves, expected):
         torch.testing.assert_close(got.grad, want.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_triton_backward_bf16_inputs_two_row_slices():
+    q, k, v = _inputs(dim=16, dtype=torch.bfloat16, seed=4)
+    plan = AttentionPlan(dense=False, window=(1, 0, 0), topk=1, quant="bf16")
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    grads = {}
+    for backend in ("triton", "reference"):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+        out = block_sparse_attention_BSHD(*leaves, GRID, 90, (2, 4, 4), plan, backend)  # 32-slot blocks
+        (out.float() * grad.float()).sum().backward()
+        grads[backend] = [x.grad for x in leaves]
+    for got, want in zip(grads["triton"], grads["reference"]):
+        assert got.dtype == torch.bfloat16
+        rel_l1, cos = _errors(got, want)
+        assert rel_l1 < 0.02 and cos > 0.9995, (rel_l1, cos)
 
 
 def test_fp8_backward_raises():
