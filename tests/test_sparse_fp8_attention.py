@@ -213,6 +213,7 @@ def test_triton_writes_every_element_and_masks_padding():
 # ------------------------------------------------------------------------------------------ op, autograd, wiring
 
 
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 def test_custom_op_compiles_fullgraph():
     q, k, v = _inputs()
     fn = make_fp8_sparse_attention(
