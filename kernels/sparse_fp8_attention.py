@@ -208,7 +208,10 @@ def block_sparse_attention_BSHD(
     plan: AttentionPlan,
     backend: str,
 ) -> torch.Tensor:
-    """Joint self-attention [B, S, H, D] with ``num_video_tokens`` video tokens on ``grid`` then text tokens."""
+    """Joint self-attention [B, S, H, D] with ``num_video_tokens`` video tokens on ``grid`` then text tokens.
+
+    ``backend="triton"`` falls back to the reference for CPU tensors unless ``TRITON_INTERPRET=1``.
+    """
     if not (query_BSHD.shape == key_BSHD.shape == value_BSHD.shape) or query_BSHD.dim() != 4:
         raise ValueError(
             "query, key and value must have one shape [B, S, H, D] (joint self-attention), got "
@@ -216,6 +219,8 @@ def block_sparse_attention_BSHD(
         )
     if backend not in ("triton", "reference"):
         raise ValueError(f"backend must be 'triton' or 'reference', got {backend!r}")
+    if backend == "triton" and not query_BSHD.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        backend = "reference"  # CPU tensors and no interpreter: the kernel cannot run, the reference can
     B, S, H, D = query_BSHD.shape
     if len(grid) != 3:
         raise ValueError(f"grid must be (T, H, W), got {grid!r}")

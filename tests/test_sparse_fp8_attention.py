@@ -297,10 +297,18 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(ValueError, match=BACKEND_ENV):
         resolve_backend()
     monkeypatch.delenv(BACKEND_ENV)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     if not torch.cuda.is_available():
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="CUDA"):
             resolve_backend("triton")
+    # CPU tensors without the interpreter: the Triton backend falls back to the reference.
+    import vidpost.kernels.sparse_fp8_attention as module
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("the Triton kernel must not run on CPU tensors without TRITON_INTERPRET=1")
+
+    monkeypatch.setattr(module, "_triton_forward", no_kernel)
+    torch.testing.assert_close(forced(q, k, v, ctx), reference(q, k, v, ctx), atol=0, rtol=0)
 
 
 def test_bad_shapes_raise():
