@@ -25,8 +25,12 @@ as in the kernel (and in SageAttention), and kernel and reference agree to fp32 
 difference can flip one FP8 code of ``P`` now and then; the tests bound the gap). The reference is the
 algorithm's definition; it is slow (a Python loop over list positions) and meant for tests and CPU fallback.
 
-``quant="bf16"`` (no quantisation): fp32 scores and softmax, ``P`` cast to V's dtype before P·V (what a
-flash kernel does), fp32 accumulation. On fp32 inputs with a full mask this is exact attention and matches
+Departures from SageAttention(2): Q and K are FP8 e4m3 with per-tile scales (SageAttention2 uses INT8/INT4 with
+per-warp/per-thread scales); V is not smoothed; the fp32 accumulator is not emulated at reduced precision.
+
+``quant="bf16"`` (no quantisation): fp32 scores and softmax, ``P`` cast to V's dtype before P·V, fp32
+accumulation. (Here ``P`` is normalised before the cast; the kernel casts the unnormalised running ``P``, so on
+bf16 inputs the two differ by bf16 rounding.) On fp32 inputs with a full mask this is exact attention and matches
 ``F.scaled_dot_product_attention`` to fp32 rounding; it is differentiable (the autograd reference for the
 backward pass).
 """
