@@ -36,10 +36,10 @@ GRID, TILE, TEXT = (3, 5, 6), (2, 2, 2), 5  # 90 video tokens in 2x3x3 tiles of 
 WINDOW_TOPK = AttentionPlan(dense=False, window=(0, 1, 0), topk=2)
 
 
-def _inputs(grid=GRID, text=TEXT, heads=2, dim=24, dtype=torch.float32, seed=0):
+def _inputs(grid=GRID, text=TEXT, heads=2, dim=24, dtype=torch.float32, seed=0, batch=1):
     g = torch.Generator().manual_seed(seed)
     S = grid[0] * grid[1] * grid[2] + text
-    q, k, v = (torch.randn(1, S, heads, dim, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(batch, S, heads, dim, generator=g) for _ in range(3))
     k = k + 2.0 * torch.randn(dim, generator=g)  # a per-channel key bias, as real DiT keys have
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
@@ -145,7 +145,7 @@ def _run(backend, plan, q, k, v):
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("quant", ["bf16", "fp8"])
 def test_triton_matches_reference_fp32_inputs(quant, sparse):
-    q, k, v = _inputs()
+    q, k, v = _inputs(batch=2 if sparse else 1)  # batch 2: per-(batch, head) top-k lists
     plan = AttentionPlan(
         dense=not sparse, window=(0, 1, 0) if sparse else None, topk=2 if sparse else None, quant=quant
     )
