@@ -168,7 +168,7 @@ def _fp8_online(
         acc = torch.where(active[..., None], acc * alpha[..., None] + p8 @ v_n, acc)
         m_i = torch.where(active, m_new, m_i)
     out = acc / l_i[..., None] * (qq.v_scale_BHD[:, :, None, None, :] / P_SCALE)
-    return out.reshape(B, H, S, D)
+    return out.reshape(B, H, S, D), (m_i + torch.log2(l_i)).reshape(B, H, S)
 
 
 def reference_block_sparse_attention(
@@ -183,8 +183,12 @@ def reference_block_sparse_attention(
     quant: str = "bf16",
     granularity: str = "tile",
     sm_scale: float | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention [B, H, S, D] -> [B, H, S, D] (the module docstring's exact algorithm).
+
+    ``return_lse``: also return the fp32 [B, H, S] base-2 log-sum-exp of each row's scaled scores
+    (``log2 sum_j 2^(s_j · log2 e)``), as the Triton kernel stores it for the backward pass.
 
     The unquantised path is processed in chunks of query blocks so memory stays bounded at real video lengths;
     the FP8 path holds one [B, H, S, block] score tile per step of the key lists.
@@ -197,19 +201,23 @@ def reference_block_sparse_attention(
     scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
     if quant == "fp8":
         qq = quantize_qkv(q, k, v, kv_len, block, granularity)
-        return _fp8_online(qq, kv_index, kv_count, kv_len, block, dense_from, scale).to(q.dtype)
+        out, lse = _fp8_online(qq, kv_index, kv_count, kv_len, block, dense_from, scale)
+        return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
 
     listed = lists_to_mask(kv_index[:, :, :dense_from], kv_count[:, :, :dense_from], num_blocks)
     dense_rows = torch.ones(1, 1, num_blocks - dense_from, num_blocks, dtype=torch.bool, device=q.device)
     block_mask = torch.cat([listed.expand(B, H, -1, -1), dense_rows.expand(B, H, -1, -1)], dim=2)
     key_valid = slot_valid(kv_len, block)
-    outs = []
+    outs, lses = [], []
     rows = _row_chunk(B * H, S, block)
     for r0 in range(0, S, rows):
         r1 = min(S, r0 + rows)
         bm = block_mask[:, :, r0 // block : r1 // block]
         mask = bm.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3) & key_valid
-        s = (q[:, :, r0:r1].float() @ k.float().transpose(-1, -2)) * scale
-        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+        s = ((q[:, :, r0:r1].float() @ k.float().transpose(-1, -2)) * scale).masked_fill(~mask, float("-inf"))
+        p = torch.softmax(s, dim=-1)
         outs.append(p.to(v.dtype).float() @ v.float())
-    return torch.cat(outs, dim=2).to(q.dtype)
+        if return_lse:
+            lses.append(torch.logsumexp(s, dim=-1) * LOG2E)
+    out = torch.cat(outs, dim=2).to(q.dtype)
+    return (out, torch.cat(lses, dim=2)) if return_lse else out

@@ -23,9 +23,9 @@ than sm89 the FP8 plans run the same kernel with the FP8 operands upcast to fp32
 
 Backward: only the unquantised (``quant="bf16"``) path is differentiable; FP8 plans are inference-only and
 raise on backward. On the Triton backend the backward is two Triton kernels (FlashAttention-2 style: dQ per
-query block over its key list; dK, dV per key block over the transposed list, so no atomics); the forward's
-row log-sum-exp is not kept by the op, so the backward recomputes the forward once to get it. On the reference
-backend the backward is PyTorch autograd through the reference.
+query block over its key list; dK, dV per key block over the transposed list, so no atomics), fed by the
+output and the base-2 row log-sum-exp the op returns next to it. On the reference backend the backward is
+PyTorch autograd through the reference.
 
 Measured error of the FP8 path (CPU, ``TRITON_INTERPRET=1``; errors against fp32 attention with the same block
 mask, relative L1 = sum|out - ref| / sum|ref|):
@@ -86,10 +86,10 @@ def _triton_forward(
     dense_from: int,
     quant: str,
     granularity: str,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     from .sparse_attention_triton import triton_block_sparse_attention
 
-    D = q.shape[-1]
+    B, H, S, D = q.shape
     d_pad = max(16, 1 << (D - 1).bit_length())
     scale = D**-0.5
     # Zero channels change no dot product, no per-block amax and no code of the real channels.
@@ -100,10 +100,11 @@ def _triton_forward(
         scales = {"q_scale": qq.q_scale_BHM, "k_scale": qq.k_scale_BHM, "v_scale": qq.v_scale_BHD}
     else:
         operands, scales = (q, k, v), {}
+    lse = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
     out = triton_block_sparse_attention(
-        *operands, kv_index, kv_count, kv_len, block, dense_from, q.dtype, sm_scale=scale, **scales
+        *operands, kv_index, kv_count, kv_len, block, dense_from, q.dtype, sm_scale=scale, lse=lse, **scales
     )
-    return out[..., :D]
+    return out[..., :D], lse
 
 
 @torch.library.custom_op("vidpost::block_sparse_attention", mutates_args=())
@@ -119,8 +120,11 @@ def block_sparse_attention(
     quant: str,
     granularity: str,
     backend: str,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention on blocked operands [B, H, S, D] (``S = len(kv_len) * block``).
+
+    Returns the output [B, H, S, D] and the fp32 base-2 row log-sum-exp [B, H, S] (kept for the backward pass;
+    not differentiable).
 
     ``kv_index`` int32 [B|1, H|1, dense_from, L] / ``kv_count`` int32 [B|1, H|1, dense_from]: the key blocks of
     the query blocks before ``dense_from``; the later query blocks attend to every block (``dense_from = 0``:
@@ -128,32 +132,31 @@ def block_sparse_attention(
     """
     if backend == "triton":
         return _triton_forward(q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity)
-    return reference_block_sparse_attention(q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity)
+    return reference_block_sparse_attention(
+        q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity, return_lse=True
+    )
 
 
 @block_sparse_attention.register_fake
 def _(q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity, backend):
-    return torch.empty_like(q)
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, kv_index, kv_count, kv_len, block, dense_from, quant, granularity, backend = inputs
-    ctx.save_for_backward(q, k, v, kv_index, kv_count, kv_len)
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, kv_index, kv_count, kv_len, out, lse)
     ctx.block, ctx.dense_from, ctx.quant, ctx.backend = block, dense_from, quant, backend
 
 
-def _triton_backward(q, k, v, grad_out, kv_index, kv_count, kv_len, block, dense_from):
-    from .sparse_attention_triton import triton_block_sparse_attention, triton_block_sparse_attention_backward
+def _triton_backward(q, k, v, out, lse, grad_out, kv_index, kv_count, kv_len, block, dense_from):
+    from .sparse_attention_triton import triton_block_sparse_attention_backward
 
     B, H, S, D = q.shape
     d_pad = max(16, 1 << (D - 1).bit_length())
     scale = D**-0.5
-    q, k, v, grad_out = (_pad_head_dim(x, d_pad) for x in (q, k, v, grad_out))
-    # The forward op does not return the row log-sum-exp, so it is recomputed once here.
-    lse = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
-    out = triton_block_sparse_attention(
-        q, k, v, kv_index, kv_count, kv_len, block, dense_from, q.dtype, sm_scale=scale, lse=lse
-    )
+    q, k, v, out, grad_out = (_pad_head_dim(x, d_pad) for x in (q, k, v, out, grad_out))
     q_index = q_count = None
     if dense_from > 0:
         num_blocks = S // block
@@ -167,12 +170,14 @@ def _triton_backward(q, k, v, grad_out, kv_index, kv_count, kv_len, block, dense
     return tuple(g[..., :D] for g in grads)
 
 
-def _backward(ctx, grad_out):
+def _backward(ctx, grad_out, grad_lse):
     if ctx.quant == "fp8":
         raise RuntimeError("FP8 block-sparse attention is inference-only; use quant='bf16' to train through it")
-    q, k, v, kv_index, kv_count, kv_len = ctx.saved_tensors
+    q, k, v, kv_index, kv_count, kv_len, out, lse = ctx.saved_tensors
     if ctx.backend == "triton":
-        dq, dk, dv = _triton_backward(q, k, v, grad_out, kv_index, kv_count, kv_len, ctx.block, ctx.dense_from)
+        dq, dk, dv = _triton_backward(
+            q, k, v, out, lse, grad_out, kv_index, kv_count, kv_len, ctx.block, ctx.dense_from
+        )
     else:
         with torch.enable_grad():
             leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
@@ -265,7 +270,7 @@ def block_sparse_attention_BSHD(
         mask = video_rows_mask(video_mask, num_text_blocks)
         kv_index, kv_count = mask_to_lists(mask, _static_list_len(plan, layout, num_text_blocks))
 
-    out = torch.ops.vidpost.block_sparse_attention(
+    out, _ = torch.ops.vidpost.block_sparse_attention(
         q, k, v, kv_index, kv_count, kv_len, block, dense_from, plan.quant, plan.granularity, backend
     )
     out = out.transpose(1, 2)  # [B, S_pad, H, D]

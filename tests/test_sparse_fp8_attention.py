@@ -203,11 +203,14 @@ def test_triton_writes_every_element_and_masks_padding():
     k_dirty[:, :, pad], v_dirty[:, :, pad] = 1e4, -1e4  # padded keys get -inf scores, so P = 0 on them
     mask = video_rows_mask(window_block_mask(layout, (0, 0, 1))[None, None], 1)
     kv_index, kv_count = mask_to_lists(mask)
-    out = torch.full((1, 2, S, 16), float("nan"))
-    triton_block_sparse_attention(q, k_dirty, v_dirty, kv_index, kv_count, kv_len, block, M, torch.float32, out=out)
-    assert torch.isfinite(out).all()
-    ref = reference_block_sparse_attention(q, k, v, kv_index, kv_count, kv_len, block, M)
+    out, lse = torch.full((1, 2, S, 16), float("nan")), torch.full((1, 2, S), float("nan"))
+    triton_block_sparse_attention(
+        q, k_dirty, v_dirty, kv_index, kv_count, kv_len, block, M, torch.float32, out=out, lse=lse
+    )
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    ref, ref_lse = reference_block_sparse_attention(q, k, v, kv_index, kv_count, kv_len, block, M, return_lse=True)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ op, autograd, wiring
