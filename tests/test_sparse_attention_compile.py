@@ -31,7 +31,7 @@ for fp8 in (True, False):
            "KvIndex": "*i32", "KvCount": "*i32", "KvLen": "*i32", "seq_len": "i32", "num_blocks": "i32",
            "dense_from": "i32", "list_len": "i32", "sm_scale_log2": "fp32"}
     consts = {"HEAD_DIM": 128, "BLOCK": 128, "FP8": fp8, "DENSE": False, "UPCAST": False, "P_SCALE": 448.0,
-              "V_TRANSPOSED": fp8, "STORE_LSE": not fp8}
+              "V_TRANSPOSED": fp8, "STORE_LSE": True}
     sig.update({name: "constexpr" for name in consts})
     names = list(sig)
     aligned = ("Q", "K", "V", "Out", "QScale", "KScale", "VScale", "KvIndex", "KvCount", "KvLen", "seq_len")
