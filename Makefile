@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards style lint wheel clean shapes-models shapes-eval eval grpo-shapes
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -22,6 +22,8 @@ help:
 	@echo "make style      ruff format + ruff check --fix"
 	@echo "make shapes-models  retrain the shipped Shapes world models from scratch (CPU, ~1 h)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
+	@echo "make pipeline   the whole Shapes pipeline (SFT → GRPO → enhance → optimize) with its report (~30 min CPU)"
+	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +50,13 @@ eval: venv
 
 grpo-shapes: venv
 	$(BIN)/python -m vidpost.pipelines.grpo --config configs/shapes/grpo.yaml
+
+pipeline: venv
+	$(BIN)/python -m vidpost.pipelines.run configs/shapes/pipeline.yaml
+
+enhance-eval: venv
+	test -d runs/shapes-enhance-mini/final || $(BIN)/python -m vidpost.pipelines.enhance_train sft --config configs/shapes/enhance-sft-mini.yaml
+	$(BIN)/python -m vidpost.pipelines.enhance_eval --enhancers zero-shot runs/shapes-enhance-mini/final --limit 32 --seeds 2 --out results/shapes-enhance
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
