@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .attention import AttentionState
+
 
 @dataclass
 class PromptEmbeds:
@@ -99,6 +101,14 @@ class VideoModelAdapter(abc.ABC):
     vae: torch.nn.Module
     default_shift: float = 1.0
     default_guidance_scale: float = 5.0
+
+    @property
+    def attention_state(self) -> AttentionState:
+        """Video context (grid, step, sigma, CFG branch) shared with the installed attention processors."""
+        state = self.__dict__.get("_attention_state")
+        if state is None:
+            state = self.__dict__["_attention_state"] = AttentionState()
+        return state
 
     # ---- geometry ----------------------------------------------------------------------------------------
     @property
@@ -202,9 +212,12 @@ class VideoModelAdapter(abc.ABC):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(latents.shape[0])
-        v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
+        state = self.attention_state
+        with state.branch("cond"):
+            v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
         if uncond is not None and self.uses_cfg(guidance_scale):
-            v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
+            with state.branch("uncond"):
+                v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
             v = v_u + self.cfg_scale(guidance_scale) * (v - v_u)
         return v
 

@@ -48,6 +48,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message names the offending nested key
+            raise ValueError(errors[0])
         raise ValueError(f"config key '{key}': {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
