@@ -140,6 +140,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return data
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a plain dict (its `base:` chain merged in)."""
+    return _read_yaml(Path(path))
+
+
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
