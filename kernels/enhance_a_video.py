@@ -21,7 +21,8 @@ Departures from the paper's code:
 Three layers, as every op in `kernels/`:
 - `cross_frame_intensity_reference`: permutes Q and K to [B, P, H, F, D], forms A and averages its masked
   off-diagonal; simple and memory-hungry (full-size float32 copies of low-precision Q and K, B·P·H·F² scores).
-- `_cfi_chunked`: the same maths over chunks of `chunk` spatial positions, reading strided views of Q and K;
+- `_cfi_chunked`: the same maths, with A_ii = 1 / Σ_j exp((s_ij − s_ii)/√D) (cheaper than a softmax over
+  rows of length F), over chunks of `chunk` spatial positions, reading strided views of Q and K;
   the largest temporary is a float32 copy of one chunk (B·F·chunk·H·D), never a full-size permuted copy.
 - `_cfi_triton`: one program per (b·h, block of BLOCK_P spatial positions) reads Q and K in place through their
   strides, runs an online softmax over each row's F scores (elementwise products, no `tl.dot`, float32
@@ -84,15 +85,19 @@ def _cfi_chunked(query: torch.Tensor, key: torch.Tensor, num_frames: int, chunk:
         return torch.zeros(b, dtype=torch.float32, device=query.device)
     qv = query.unflatten(1, (f, p))  # views: [B, F, P, H, D]
     kv = key.unflatten(1, (f, p))
-    total = torch.zeros(b, dtype=torch.float32, device=query.device)
+    diag_sum = None
     scale = 1.0 / math.sqrt(d)
     for p0 in range(0, p, chunk):
-        qc = qv[:, :, p0 : p0 + chunk].float()
-        kc = kv[:, :, p0 : p0 + chunk].float()
-        scores = torch.einsum("bfphd,bgphd->bphfg", qc, kc).mul_(scale)
-        diag = torch.softmax(scores, dim=-1).diagonal(dim1=-2, dim2=-1)  # [B, c, H, F]
-        total += (1.0 - diag).sum(dim=(1, 2, 3))
-    return total / (p * h * f * (f - 1))
+        # [B, c, H, F, D] strided views (float32 inputs) or chunk-sized float32 copies (low-precision inputs)
+        qc = qv[:, :, p0 : p0 + chunk].permute(0, 2, 3, 1, 4).float()
+        kc = kv[:, :, p0 : p0 + chunk].permute(0, 2, 3, 1, 4).float()
+        scores = torch.matmul(qc, kc.transpose(-1, -2))  # [B, c, H, F, F], unscaled
+        # A_ii = 1 / Σ_j exp((s_ij − s_ii)/√D) (an overflow to inf gives the right limit, A_ii = 0)
+        rel = (scores - scores.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)).mul_(scale).exp_()
+        part = rel.sum(dim=-1).reciprocal_().sum(dim=(1, 2, 3))  # Σ A_ii per sample
+        diag_sum = part if diag_sum is None else diag_sum + part
+    rows = p * h * f
+    return (rows - diag_sum) / (rows * (f - 1))
 
 
 if HAS_TRITON:

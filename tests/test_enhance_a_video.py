@@ -139,3 +139,11 @@ def test_chunked_path_never_materialises_full_size_copies():
         probes[name] = probe.largest
     assert probes["reference"] >= full  # the probe sees the reference's full-size float32 copies
     assert probes["chunked"] <= full * 8 // p  # one chunk of 8 of the 64 positions at most
+
+
+def test_extreme_scores_saturate_like_the_reference():
+    q, k = _qk(2, 4, 6, 2, 8, torch.float32, seed=5, scale=40.0)  # scores ~1e4: one-hot rows, exp overflows
+    ref = E.cross_frame_intensity_reference(q, k, 4)
+    torch.testing.assert_close(E._cfi_chunked(q, k, 4, chunk=4), ref, atol=1e-6, rtol=0)
+    if E.HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1":
+        torch.testing.assert_close(E._cfi_triton(q, k, 4), ref, atol=1e-6, rtol=0)
