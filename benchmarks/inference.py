@@ -136,7 +136,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> str:
     from vidpost.pipelines.shapes_eval import verify_rows
-    from vidpost.rewards import build_reward
+    from vidpost.rewards.base import build_reward
     from vidpost.shapes.splits import heldout_prompts
 
     items = heldout_prompts()
@@ -167,7 +167,7 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
                 res = verify_rows(videos, [items[i]["spec"] for i in idx])
                 succ += [float(r["success"]) for r in res]
                 score += [r["score"] for r in res]
-                temp += temporal(videos, [items[i]["caption"] for i in idx]).reward.tolist()
+                temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
                 for j, i in enumerate(idx):
                     if m.attention is None:
                         baseline[(k, i)] = videos[j]

@@ -480,31 +480,40 @@ def install_attention(adapter: VideoModelAdapter, cfg: AttentionConfig | None = 
     eav_impl = "reference" if prefer_reference() else "auto"
     state = adapter.attention_state
     transformers = [t for t in (adapter.transformer, getattr(adapter, "transformer_2", None)) if t is not None]
+    all_sites = [attention_sites(t) for t in transformers]
+    n = len(all_sites[0])
+    eav = cfg.enhance_a_video
+    checks = [("layers", cfg.layers or [])]
+    if eav is not None:
+        checks += [
+            ("enhance_a_video.layers", eav.layers or []),
+            ("enhance_a_video.layer_weights", list(eav.layer_weights)),
+        ]
+    for label, layers in checks:
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"attention {label}: layer {bad[0]} out of range (the model has {n} layers)")
     originals: list[tuple[torch.nn.Module, Any]] = []
     processors: list[_VideoAttnProcessor] = []
-    for transformer in transformers:
-        sites = attention_sites(transformer)
-        n = len(sites)
-        for label, layers in (
-            ("layers", cfg.layers),
-            ("enhance_a_video.layers", getattr(cfg.enhance_a_video, "layers", None)),
-        ):
-            bad = [i for i in layers or [] if not 0 <= i < n]
-            if bad:
-                raise ValueError(f"attention {label}: layer {bad[0]} out of range (the model has {n} layers)")
-        for layer, attn, proc_cls in sites:
-            if cfg.layers is None or layer in cfg.layers:
-                impl = entry.factory(attn, layer, options)
-            else:
-                impl = sdpa_attention
-            proc = proc_cls(impl, layer, state, cfg.enhance_a_video, eav_impl)
-            dev_param = next(attn.parameters(), None)
-            if isinstance(impl, torch.nn.Module) and dev_param is not None:
-                proc.to(dev_param.device)
-            originals.append((attn, attn.processor))
-            attn.set_processor(proc)
-            processors.append(proc)
-    return AttentionHandle(originals, processors)
+    handle = AttentionHandle(originals, processors)
+    try:
+        for sites in all_sites:
+            for layer, attn, proc_cls in sites:
+                if cfg.layers is None or layer in cfg.layers:
+                    impl = entry.factory(attn, layer, options)
+                else:
+                    impl = sdpa_attention
+                proc = proc_cls(impl, layer, state, eav, eav_impl)
+                dev_param = next(attn.parameters(), None)
+                if isinstance(impl, torch.nn.Module) and dev_param is not None:
+                    proc.to(dev_param.device)
+                originals.append((attn, attn.processor))
+                attn.set_processor(proc)
+                processors.append(proc)
+    except BaseException:
+        handle.remove()  # a factory failed part-way: leave the model as it was
+        raise
+    return handle
 
 
 __all__ = [

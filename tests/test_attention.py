@@ -143,6 +143,11 @@ def test_config_errors():
         A.install_attention(adapter, A.AttentionConfig("nope"))
     with pytest.raises(ValueError, match="layer 5 out of range"):
         A.install_attention(adapter, A.AttentionConfig(layers=[5]))
+    with pytest.raises(ValueError, match="layer_weights: layer 7 out of range"):
+        A.install_attention(adapter, A.AttentionConfig(enhance_a_video=A.EnhanceAVideoConfig(layer_weights={7: 1.0})))
+    assert all(
+        isinstance(b.attn1.processor, WanAttnProcessor) for b in adapter.transformer.blocks
+    )  # nothing installed
     with pytest.raises(ValueError, match="unknown key 'window'"):
         A.install_attention(adapter, A.AttentionConfig(options={"window": 3}))
     with pytest.raises(ValueError, match="enhance_a_video.weigth"):
@@ -264,3 +269,20 @@ def test_enhance_a_video_needs_grid():
         adapter.attention_state.grid = (1, 1, 1)  # stale grid from other latents
         with pytest.raises(ValueError, match="needs the video token grid"):
             adapter.transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=cond.embeds)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flash_and_triton_cfi_on_cuda():
+    from vidpost.kernels import enhance_a_video as E
+
+    q, k = (torch.randn(2, 9 * 130, 12, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ref = E.cross_frame_intensity_reference(q, k, 9)
+    assert E.resolve_impl(None, q) == "triton"
+    torch.testing.assert_close(E.cross_frame_intensity_per_sample(q, k, 9), ref, atol=1e-4, rtol=1e-4)
+    adapter = WanAdapter.tiny(seed=0).to("cuda", torch.bfloat16)
+    x, cond, _ = _inputs(adapter)
+    x, cond = x.cuda(), cond.to("cuda")
+    v0 = adapter.predict_velocity(x, 0.5, cond)
+    with A.install_attention(adapter, A.AttentionConfig("flash")):
+        torch.testing.assert_close(adapter.predict_velocity(x, 0.5, cond), v0, atol=3e-2, rtol=3e-2)
