@@ -44,11 +44,21 @@ class Method:
     """None = the stock diffusers processors (the baseline)."""
 
 
-def methods(weights: list[float]) -> list[Method]:
+def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> list[Method]:
+    """The table rows: the baseline first, then one row per configuration to compare."""
     rows = [Method("stock diffusers processors", None), Method("vidpost processor, sdpa", AttentionConfig())]
     rows += [
         Method(f"Enhance-A-Video w={w:g}", AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w))) for w in weights
     ]
+    if eav_steps is not None:
+        a, b = eav_steps
+        rows += [
+            Method(
+                f"Enhance-A-Video w={w:g}, steps [{a}, {b})",
+                AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w, step_start=a, step_end=b)),
+            )
+            for w in weights
+        ]
     return rows
 
 
@@ -194,6 +204,7 @@ def main() -> None:
     p.add_argument("what", choices=["speed", "quality"])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--weights", type=float, nargs="+", default=[2.0, 4.0])
+    p.add_argument("--eav-steps", help="START:END — also a row per weight enhancing only those steps")
     p.add_argument("--limit", type=int, help="first N held-out prompts (quality)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
@@ -202,7 +213,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = methods(args.weights)
+    steps = tuple(int(x) for x in args.eav_steps.split(":")) if args.eav_steps else None
+    rows = methods(args.weights, steps)
     env = (
         f"- machine: {platform.platform()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`"
