@@ -27,8 +27,8 @@ Three layers, as every op in `kernels/`:
 - `_cfi_triton`: one program per (b·h, block of BLOCK_P spatial positions) reads Q and K in place through their
   strides, runs an online softmax over each row's F scores (elementwise products, no `tl.dot`, float32
   accumulation) and writes one partial sum of (1 − A_ii) per program; the host sums the partials.
-`cross_frame_intensity_per_sample` picks Triton for CUDA tensors when Triton imports (or on CPU under
-`TRITON_INTERPRET=1`), else the chunked path. `VIDPOST_EAV_IMPL=reference|chunked|triton` (or the `impl`
+`cross_frame_intensity_per_sample` picks Triton for CUDA tensors when Triton imports (or on CPU when this module
+was imported under `TRITON_INTERPRET=1`, which builds the kernel for Triton's interpreter), else the chunked path. `VIDPOST_EAV_IMPL=reference|chunked|triton` (or the `impl`
 argument) forces one side.
 """
 
@@ -181,8 +181,17 @@ def _cfi_triton(query: torch.Tensor, key: torch.Tensor, num_frames: int, block_p
     return partial.view(b, h * n_pblocks).sum(dim=1) / (p * h * f * (f - 1))
 
 
+def triton_interpreted() -> bool:
+    """Whether the kernel was built for Triton's interpreter (TRITON_INTERPRET=1 when this module was imported)."""
+    if not HAS_TRITON:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_cfi_kernel, InterpretedFunction)
+
+
 def _triton_usable(t: torch.Tensor) -> bool:
-    return HAS_TRITON and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    return HAS_TRITON and (t.is_cuda or triton_interpreted())
 
 
 def resolve_impl(impl: str | None, like: torch.Tensor) -> str:
@@ -195,7 +204,9 @@ def resolve_impl(impl: str | None, like: torch.Tensor) -> str:
     if impl == "auto":
         return "triton" if _triton_usable(like) else "chunked"
     if impl == "triton" and not _triton_usable(like):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU) and the triton package")
+        raise ValueError(
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import, on CPU) and the triton package"
+        )
     return impl
 
 
