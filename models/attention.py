@@ -52,8 +52,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from vidpost.kernels.enhance_a_video import cross_frame_intensity_per_sample, enhance_gain
-
 if TYPE_CHECKING:
     from .base import VideoModelAdapter
 
@@ -316,6 +314,8 @@ class _VideoAttnProcessor(torch.nn.Module):
                 "Enhance-A-Video needs the video token grid: call the transformer through the adapter "
                 "(predict_velocity / forward_transformer / sample), which records it"
             )
+        from vidpost.kernels.enhance_a_video import cross_frame_intensity_per_sample, enhance_gain  # imports triton
+
         f = ctx.grid[0]
         cfi = cross_frame_intensity_per_sample(q_video, k_video, f, impl=self.eav_impl)
         return enhance_gain(cfi, f, w)
