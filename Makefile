@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -19,6 +19,7 @@ help:
 	@echo "make test-gpu   GPU-only tests"
 	@echo "make bench      benchmarks: every benchmarks/bench_*.py (results printed; notes in benchmarks/RESULTS.md)"
 	@echo "make bench-rewards  reward throughput only (CPU miniatures; BENCH_REWARDS_ARGS for real weights / GPU)"
+	@echo "make bench-inference  attention processors / Enhance-A-Video: per-step cost and Shapes held-out quality"
 	@echo "make style      ruff format + ruff check --fix"
 	@echo "make shapes-models  retrain the shipped Shapes world models from scratch (CPU, ~1 h)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
@@ -73,6 +74,10 @@ bench: venv
 
 bench-rewards: venv
 	$(BIN)/python benchmarks/bench_rewards.py $(BENCH_REWARDS_ARGS)
+
+bench-inference: venv
+	$(BIN)/python benchmarks/inference.py speed --threads 1
+	$(BIN)/python benchmarks/inference.py quality --limit 32
 
 style: venv
 	$(BIN)/ruff format .

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .attention import AttentionState
+
 
 @dataclass
 class PromptEmbeds:
@@ -101,6 +103,14 @@ class VideoModelAdapter(abc.ABC):
     default_guidance_scale: float = 5.0
     generation: dict[str, Any] | None = None
     """Generation defaults from the folder's vidpost.json (num_frames, height, width, steps, fps); kept on save."""
+
+    @property
+    def attention_state(self) -> AttentionState:
+        """Video context (grid, step, sigma, CFG branch) shared with the installed attention processors."""
+        state = self.__dict__.get("_attention_state")
+        if state is None:
+            state = self.__dict__["_attention_state"] = AttentionState()
+        return state
 
     # ---- geometry ----------------------------------------------------------------------------------------
     @property
@@ -206,10 +216,11 @@ class VideoModelAdapter(abc.ABC):
             sigma = sigma.expand(latents.shape[0])
         from .inference import branch_context
 
-        with branch_context(self, "cond"):
+        state = self.attention_state
+        with state.branch("cond"), branch_context(self, "cond"):
             v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
         if uncond is not None and self.uses_cfg(guidance_scale):
-            with branch_context(self, "uncond"):
+            with state.branch("uncond"), branch_context(self, "uncond"):
                 v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
             v = v_u + self.cfg_scale(guidance_scale) * (v - v_u)
         return v

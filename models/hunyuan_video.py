@@ -137,6 +137,7 @@ class HunyuanVideoAdapter(VideoModelAdapter):
         guidance_scale: float,
         model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
+        self.attention_state.grid = self.latent_grid(latents.shape)
         dtype = self.dtype
         b = latents.shape[0]
         guidance = None

@@ -72,21 +72,47 @@ class InferenceConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> InferenceConfig:
-        from vidpost.pipelines.config import from_dict
-
-        cfg = from_dict(cls, dict(data or {}))
+        data = dict(data or {})
+        _check_keys(cls, data, "inference")
+        cache = data.get("cache") or {}
+        if not isinstance(cache, dict):
+            raise ValueError(f"inference.cache must be a mapping, got {cache!r}")
+        _check_keys(CacheConfig, cache, "inference.cache")
+        cfg = cls(attention=dict(data.get("attention") or {}), cache=CacheConfig(**cache))
+        cfg.compile = data.get("compile", False)
+        if not isinstance(cfg.compile, (bool, str)):
+            raise ValueError(f"inference.compile must be true/false or a torch.compile mode, got {cfg.compile!r}")
         if cfg.attention:
             attention_config(cfg.attention)  # validate
         cfg.cache.diffusers_config()  # validate the options
         return cfg
 
 
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(known))})")
+
+
 def attention_config(data: dict[str, Any]):
-    from vidpost.models.attention import AttentionConfig
+    """An `AttentionConfig` from its YAML mapping (unknown keys are errors that name them)."""
+    from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig
 
     if isinstance(data, AttentionConfig):
         return data
-    return AttentionConfig.from_dict(data)
+    data = dict(data)
+    _check_keys(AttentionConfig, data, "attention")
+    eav = data.get("enhance_a_video")
+    if eav is not None:
+        if not isinstance(eav, dict):
+            raise ValueError(f"attention.enhance_a_video must be a mapping, got {eav!r}")
+        _check_keys(EnhanceAVideoConfig, eav, "attention.enhance_a_video")
+        eav = dict(eav)
+        if "layer_weights" in eav:
+            eav["layer_weights"] = {int(k): float(v) for k, v in (eav["layer_weights"] or {}).items()}
+        data["enhance_a_video"] = EnhanceAVideoConfig(**eav)
+    return AttentionConfig(**data)
 
 
 class InferenceHandle:

@@ -93,18 +93,27 @@ def denoise(
     progress: bool = False,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run the ODE from sigmas[0] to sigmas[-1] with Euler steps; returns float32 latents."""
+    """Run the ODE from sigmas[0] to sigmas[-1] with Euler steps; returns float32 latents.
+
+    The adapter's `attention_state` carries (step, number of steps, σ) to the attention processors meanwhile, and
+    step caches (`models.inference`) start fresh."""
     from .inference import reset_step_caches
 
     reset_step_caches(adapter)
     x = latents.float()
-    steps = range(len(sigmas) - 1)
-    for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        v = adapter.predict_velocity(x, s.expand(x.shape[0]), cond, uncond, guidance_scale)
-        x = ode_step(x, v, s, s_next).to(v.dtype).float()
-        if callback is not None:
-            callback(i, s, x)
+    n = len(sigmas) - 1
+    sigma_values = sigmas.tolist()
+    state = adapter.attention_state
+    try:
+        for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            state.set_step(i, n, sigma_values[i])
+            v = adapter.predict_velocity(x, s.expand(x.shape[0]), cond, uncond, guidance_scale)
+            x = ode_step(x, v, s, s_next).to(v.dtype).float()
+            if callback is not None:
+                callback(i, s, x)
+    finally:
+        state.clear_step()
     return x
 
 

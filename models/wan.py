@@ -137,6 +137,7 @@ class WanAdapter(VideoModelAdapter):
         guidance_scale: float,
         model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
+        self.attention_state.grid = self.latent_grid(latents.shape)
         base = self._model_for(sigma)
         dtype = base.dtype
         model = base if model is None or base is not self.transformer else model

@@ -48,6 +48,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ValueError as e:
                 errors.append(str(e))
+        if len(errors) == 1:  # Optional[X]: X's own message names the offending nested key
+            raise ValueError(errors[0])
         raise ValueError(f"config key '{key}': {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -136,6 +138,11 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         parent = _read_yaml((path.parent / base).resolve(), (*seen, path))
         data = deep_merge(parent, data)
     return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a plain dict (its `base:` chain merged in)."""
+    return _read_yaml(Path(path))
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,14 @@ model's `vidpost.json` when it has them (the Shapes world models do), else from 
 
 `--enhance` (or `--enhancer PATH`) first rewrites the prompts with the prompt enhancer (`vidpost enhance`); the
 video is generated from the rewrite, its JSON records both prompts, and file names and labels use the original.
+
+Inference optimisation (`vidpost.models.attention`): `--attention NAME` picks the attention implementation of the
+video self-attention layers (`sdpa` default, `flash`, or any registered one), `--attention-layers 0,2` limits it to
+those layers (the others keep SDPA), `--enhance-a-video W` turns on Enhance-A-Video with weight W (`--eav-steps`,
+`--eav-layers`, `--eav-branches` restrict it). `--attention-config FILE` reads the same settings from the
+`attention:` section of a YAML file (an `AttentionConfig`); the flags override it.
+
+    python generate.py --prompt "a red circle moves to the right" --enhance-a-video 4 --eav-steps 0:10
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from pathlib import Path
 import torch
 
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
+from vidpost.models.attention import AttentionConfig, install_attention
 from vidpost.models.base import VideoModelAdapter, read_vidpost_config
 from vidpost.models.sampling import initial_noise, sample
+from vidpost.pipelines.config import from_dict, read_yaml, to_dict
 from vidpost.pipelines.video_io import contact_sheet, write_video
 
 FALLBACK_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "steps": 50, "fps": 16}
@@ -58,7 +68,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--enhancer", help="enhancer LLM folder or .gguf (implies --enhance; default: SmolLM2-135M-Instruct)"
     )
+    add_attention_arguments(p)
     return p
+
+
+def add_attention_arguments(p: argparse.ArgumentParser) -> None:
+    """The inference-optimisation flags (shared by the commands that sample)."""
+    g = p.add_argument_group("inference optimisation (attention processors, Enhance-A-Video)")
+    g.add_argument("--attention", help="attention implementation of the video self-attention layers (default sdpa)")
+    g.add_argument("--attention-layers", help="comma-separated layers that use --attention (default: all)")
+    g.add_argument(
+        "--attention-option", action="append", default=[], help="KEY=VALUE option for the implementation (repeat)"
+    )
+    g.add_argument("--attention-config", type=Path, help="YAML file whose `attention:` section is an AttentionConfig")
+    g.add_argument("--enhance-a-video", type=float, metavar="WEIGHT", help="Enhance-A-Video with this weight (e.g. 4)")
+    g.add_argument("--eav-layers", help="comma-separated layers Enhance-A-Video applies to (default: all)")
+    g.add_argument("--eav-steps", help="START:END — enhance denoising steps in [START, END) (END may be empty)")
+    g.add_argument("--eav-branches", help="CFG branches to enhance: cond, uncond or cond,uncond (default both)")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+def attention_config(args: argparse.Namespace) -> AttentionConfig | None:
+    """The AttentionConfig from --attention-config and the flags (flags win); None when nothing was asked for."""
+    import yaml
+
+    data: dict = {}
+    if args.attention_config is not None:
+        raw = read_yaml(args.attention_config)
+        unknown = [k for k in raw if k != "attention"]
+        if unknown:
+            raise ValueError(f"{args.attention_config}: unknown top-level key '{unknown[0]}' (expected 'attention')")
+        data = dict(raw.get("attention") or {})
+    if args.attention:
+        data["implementation"] = args.attention
+    if args.attention_layers:
+        data["layers"] = _int_list(args.attention_layers, "--attention-layers")
+    for opt in args.attention_option:
+        if "=" not in opt:
+            raise ValueError(f"--attention-option {opt!r} must look like KEY=VALUE")
+        key, value = opt.split("=", 1)
+        data.setdefault("options", {})[key.strip()] = yaml.safe_load(value)
+    eav_flags = (args.eav_layers, args.eav_steps, args.eav_branches)
+    if args.enhance_a_video is not None or any(f is not None for f in eav_flags):
+        eav = dict(data.get("enhance_a_video") or {})
+        if args.enhance_a_video is not None:
+            eav["weight"] = args.enhance_a_video
+        if args.eav_layers:
+            eav["layers"] = _int_list(args.eav_layers, "--eav-layers")
+        if args.eav_steps:
+            start, sep, end = args.eav_steps.partition(":")
+            if not sep:
+                raise ValueError(f"--eav-steps expects START:END, got {args.eav_steps!r}")
+            eav["step_start"] = int(start or 0)
+            eav["step_end"] = int(end) if end.strip() else None
+        if args.eav_branches:
+            eav["branches"] = [b.strip() for b in args.eav_branches.split(",") if b.strip()]
+        data["enhance_a_video"] = eav
+    if not data:
+        return None
+    return from_dict(AttentionConfig, data, prefix="attention.")
 
 
 def enhance_prompts(prompts: list[str], enhancer: str | None, device: str) -> list[dict]:
@@ -127,7 +201,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
         prompts = [e["text"] for e in enhanced]
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     t0 = time.time()
+    attention = attention_config(args)
     adapter = load(model_dir, dtype=dtype, device=args.device, lora=args.lora)
+    if attention is not None:
+        install_attention(adapter, attention)
     settings = resolve_settings(args, adapter, model_dir)
     fps = settings.pop("fps")
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
@@ -159,6 +236,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             if enhanced is not None:
                 meta |= {"original_prompt": originals[i], "enhance": enhanced[i]}
             meta |= {**settings, "fps": fps}
+            if attention is not None:
+                meta["attention"] = to_dict(attention)
             meta["seconds_per_video"] = round(dt, 3)
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
             videos.append(video)

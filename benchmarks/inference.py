@@ -1,0 +1,234 @@
+"""Inference optimisations, measured side by side: per-step cost and quality on the Shapes held-out prompts.
+
+    python benchmarks/inference.py speed   [--repeats 15] [--out results.md]
+    python benchmarks/inference.py quality [--limit 32] [--seeds 1] [--weights 2 4] [--out results.md]
+
+Methods are rows of one table (`METHODS`: a name and the `AttentionConfig` it installs, None = the stock diffusers
+processors); add a row to compare a new implementation. Models are columns of the speed table (`speed_models`):
+the shipped Shapes model (`assets/shapes/sft`, its default size and guidance) and a mid-size random miniature Wan
+(8 layers, width 256, 33 frames → 9 latent frames).
+
+`speed`: one denoising step = `predict_velocity` with classifier-free guidance (two transformer passes) on fixed
+latents. For every repeat every method runs once in turn (interleaved, so machine load drifts hit all rows
+alike); reported: the median and the minimum seconds per step, each with its ratio to the stock processors (on a
+shared CPU the minimum is the steadier of the two).
+
+`quality`: every method samples the held-out prompts (prompt i, seed k → noise seed 1000·k + i, the same for all
+methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
+`temporal` reward, and the PSNR of each video against the stock processors' video of the same prompt and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vidpost.models import WanAdapter, load, resolve_model_path
+from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig, install_attention
+from vidpost.models.base import VideoModelAdapter, read_vidpost_config
+from vidpost.models.sampling import initial_noise, sample
+
+
+@dataclass
+class Method:
+    name: str
+    attention: AttentionConfig | None
+    """None = the stock diffusers processors (the baseline)."""
+
+
+def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> list[Method]:
+    """The table rows: the baseline first, then one row per configuration to compare."""
+    rows = [Method("stock diffusers processors", None), Method("vidpost processor, sdpa", AttentionConfig())]
+    rows += [
+        Method(f"Enhance-A-Video w={w:g}", AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w))) for w in weights
+    ]
+    if eav_steps is not None:
+        a, b = eav_steps
+        rows += [
+            Method(
+                f"Enhance-A-Video w={w:g}, steps [{a}, {b})",
+                AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w, step_start=a, step_end=b)),
+            )
+            for w in weights
+        ]
+    return rows
+
+
+@dataclass
+class Workload:
+    name: str
+    adapter: VideoModelAdapter
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    shift: float
+
+
+def shapes_workload() -> Workload:
+    path = resolve_model_path("shapes")
+    adapter = load(path)
+    gen = read_vidpost_config(path)["generation"]
+    return Workload(
+        "Shapes (assets/shapes/sft)",
+        adapter,
+        gen["num_frames"],
+        gen["height"],
+        gen["width"],
+        gen["steps"],
+        adapter.default_guidance_scale,
+        adapter.default_shift,
+    )
+
+
+def speed_models() -> list[Workload]:
+    mini = WanAdapter.tiny(seed=0, num_layers=8, num_heads=4, head_dim=64, ffn_dim=1024, text_dim=64)
+    return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, 33, 128, 128, 20, 5.0, 3.0)]
+
+
+def _install(adapter: VideoModelAdapter, m: Method):
+    return install_attention(adapter, m.attention) if m.attention is not None else None
+
+
+@torch.no_grad()
+def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
+    lines = []
+    header = "| method | " + " | ".join(f"{w.name}: median s / step | ratio | min s / step | ratio" for w in workloads)
+    header += " |"
+    cells: dict[str, list[str]] = {m.name: [] for m in rows}
+    shapes_txt = []
+    for w in workloads:
+        a = w.adapter
+        shape = a.latent_shape(1, w.num_frames, w.height, w.width)
+        grid = a.latent_grid(shape)
+        shapes_txt.append(f"{w.name}: latents {list(shape)}, token grid {grid} = {math.prod(grid)} tokens")
+        x = initial_noise(shape, seed=0)
+        cond, uncond = a.encode_prompt(["a red circle moves to the right"]), a.encode_prompt([""])
+        times: dict[str, list[float]] = {m.name: [] for m in rows}
+        state = a.attention_state
+        for r in range(repeats + 2):
+            for m in rows:
+                handle = _install(a, m)
+                state.set_step(r % w.steps, w.steps, 0.5)
+                t0 = time.perf_counter()
+                a.predict_velocity(x, 0.5, cond, uncond, w.guidance)
+                dt = time.perf_counter() - t0
+                state.clear_step()
+                if handle is not None:
+                    handle.remove()
+                if r >= 2:  # two warm-up rounds
+                    times[m.name].append(dt)
+        base, base_min = statistics.median(times[rows[0].name]), min(times[rows[0].name])
+        for m in rows:
+            med, low = statistics.median(times[m.name]), min(times[m.name])
+            cells[m.name] += [f"{med:.4f}", f"{med / base:.3f}", f"{low:.4f}", f"{low / base_min:.3f}"]
+    lines.append(header)
+    lines.append("|---|" + "---:|---:|---:|---:|" * len(workloads))
+    for m in rows:
+        lines.append(f"| {m.name} | " + " | ".join(cells[m.name]) + " |")
+    return "\n".join(["- " + s for s in shapes_txt] + ["", *lines])
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> str:
+    from vidpost.pipelines.shapes_eval import verify_rows
+    from vidpost.rewards.base import build_reward
+    from vidpost.shapes.splits import heldout_prompts
+
+    items = heldout_prompts()
+    items = items[:limit] if limit else items
+    w = shapes_workload()
+    a = w.adapter
+    temporal = build_reward("temporal")
+    shape = a.latent_shape(1, w.num_frames, w.height, w.width)
+    kw = dict(
+        num_frames=w.num_frames,
+        height=w.height,
+        width=w.width,
+        num_inference_steps=w.steps,
+        guidance_scale=w.guidance,
+        shift=w.shift,
+    )
+    baseline: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for m in rows:
+        handle = _install(a, m)
+        succ, score, temp, psnrs = [], [], [], []
+        t0 = time.time()
+        for k in range(seeds):
+            for s in range(0, len(items), batch):
+                idx = list(range(s, min(s + batch, len(items))))
+                noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
+                videos = sample(a, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
+                res = verify_rows(videos, [items[i]["spec"] for i in idx])
+                succ += [float(r["success"]) for r in res]
+                score += [r["score"] for r in res]
+                temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
+                for j, i in enumerate(idx):
+                    if m.attention is None:
+                        baseline[(k, i)] = videos[j]
+                    else:
+                        psnrs.append(psnr(videos[j], baseline[(k, i)]))
+        if handle is not None:
+            handle.remove()
+        n = len(succ)
+        pv = f"{statistics.mean(psnrs):.2f}" if psnrs and all(math.isfinite(p) for p in psnrs) else "∞ (identical)"
+        out.append(
+            f"| {m.name} | {n} | {100 * sum(succ) / n:.1f}% | {statistics.mean(score):.4f} | "
+            f"{statistics.mean(temp):.4f} | {pv if m.attention is not None else '—'} | {(time.time() - t0) / n:.2f} |"
+        )
+        print(out[-1], file=sys.stderr)
+    head = [
+        "| method | videos | verifier success | graded score | temporal | PSNR vs stock (dB) | s / video |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    return "\n".join(head + out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["speed", "quality"])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--weights", type=float, nargs="+", default=[2.0, 4.0])
+    p.add_argument("--eav-steps", help="START:END — also a row per weight enhancing only those steps")
+    p.add_argument("--limit", type=int, help="first N held-out prompts (quality)")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, help="also append the markdown here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = tuple(int(x) for x in args.eav_steps.split(":")) if args.eav_steps else None
+    rows = methods(args.weights, steps)
+    env = (
+        f"- machine: {platform.platform()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`"
+    )
+    if args.what == "speed":
+        md = speed(rows, speed_models(), args.repeats)
+    else:
+        md = quality(rows, args.limit, args.seeds, args.batch)
+    text = env + "\n" + md + "\n"
+    print(text)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
