@@ -58,8 +58,10 @@ def main() -> None:
     phases = {k: statistics.median(h[f"time_{k}"] for h in hist) for k in ("sampling", "reward", "update")}
     total = sum(phases.values())
     videos = args.group * args.prompts
-    print(f"model {args.model}, {videos} videos / iteration ({args.prompts} prompts × group {args.group}), "
-          f"{args.steps} SDE steps, {len(hist)} timed iterations (wall {wall:.0f} s incl. load and warm-up)\n")
+    print(
+        f"model {args.model}, {videos} videos / iteration ({args.prompts} prompts × group {args.group}), "
+        f"{args.steps} SDE steps, {len(hist)} timed iterations (wall {wall:.0f} s incl. load and warm-up)\n"
+    )
     print("| phase | median s / iteration | share |")
     print("|---|---|---|")
     for k, v in phases.items():

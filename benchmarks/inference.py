@@ -42,6 +42,57 @@ class Method:
     name: str
     attention: AttentionConfig | None
     """None = the stock diffusers processors (the baseline)."""
+    inference: dict | None = None
+    """Other inference settings (`vidpost.models.inference`: cache, compile) applied on top."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.attention is None and not self.inference
+
+
+SPARSE_TILE = [1, 2, 2]
+"""Tiles of 1×2×2 latent positions: the Shapes grid (5, 4, 4) makes 20 tiles of 4 tokens (16-slot blocks)."""
+SPARSE_SCHEDULE = {
+    "rules": [
+        {"steps": [0.0, 0.2], "dense": True},
+        {"steps": [0.2, 0.8], "window": [1, 1, 1], "topk": 4},
+        {"steps": [0.8, 1.0], "dense": True},
+    ]
+}
+"""Step-aware: dense for the first and last 20% of the steps, a 3×3×3-tile window + 4 pooled top-k tiles between."""
+
+
+def extra_methods(names: list[str]) -> list[Method]:
+    """Rows beyond Enhance-A-Video: FP8 + block-sparse attention, step caching, torch.compile, combined."""
+    fp8_dense = {"tile": SPARSE_TILE, "quant": "fp8"}
+    fp8_sparse = {"tile": SPARSE_TILE, "quant": "fp8", "schedule": SPARSE_SCHEDULE}
+    table = {
+        "fp8_dense": Method("FP8 dense (fp8_sparse, dense plan)", AttentionConfig("fp8_sparse", options=fp8_dense)),
+        "fp8_sparse": Method(
+            "FP8 block-sparse, step-aware schedule", AttentionConfig("fp8_sparse", options=fp8_sparse)
+        ),
+        "first_block": Method(
+            "first-block cache (threshold 0.1)", None, {"cache": {"method": "first_block", "threshold": 0.1}}
+        ),
+        "first_block_0.2": Method(
+            "first-block cache (threshold 0.2)", None, {"cache": {"method": "first_block", "threshold": 0.2}}
+        ),
+        "taylorseer": Method(
+            "TaylorSeer (interval 3, from step 4)",
+            None,
+            {"cache": {"method": "taylorseer", "options": {"cache_interval": 3, "disable_cache_before_step": 4}}},
+        ),
+        "compile": Method("torch.compile", None, {"compile": True}),
+        "combined": Method(
+            "EAV w=2 + FP8 sparse + first-block cache 0.1",
+            AttentionConfig("fp8_sparse", options=fp8_sparse, enhance_a_video=EnhanceAVideoConfig(2.0)),
+            {"cache": {"method": "first_block", "threshold": 0.1}},
+        ),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]!r}; known: {', '.join(table)}")
+    return [table[n] for n in names]
 
 
 def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> list[Method]:
@@ -95,8 +146,24 @@ def speed_models() -> list[Workload]:
     return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, 33, 128, 128, 20, 5.0, 3.0)]
 
 
-def _install(adapter: VideoModelAdapter, m: Method):
-    return install_attention(adapter, m.attention) if m.attention is not None else None
+class _Handles:
+    def __init__(self, handles: list) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in reversed(self.handles):
+            h.remove()
+
+
+def _install(adapter: VideoModelAdapter, m: Method, steps: int | None = None):
+    from vidpost.models.inference import apply_inference
+
+    handles = []
+    if m.attention is not None:
+        handles.append(install_attention(adapter, m.attention))
+    if m.inference:
+        handles.append(apply_inference(adapter, m.inference, num_inference_steps=steps))
+    return _Handles(handles) if handles else None
 
 
 @torch.no_grad()
@@ -166,7 +233,9 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
     baseline: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for m in rows:
-        handle = _install(a, m)
+        handle = _install(a, m, w.steps)
+        # one untimed generation first: torch.compile compiles, caches allocate (same for every row)
+        sample(a, [items[0]["caption"]], **kw, seed=0, latents=initial_noise(shape, seed=0))
         succ, score, temp, psnrs = [], [], [], []
         t0 = time.time()
         for k in range(seeds):
@@ -179,7 +248,7 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
                 score += [r["score"] for r in res]
                 temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
                 for j, i in enumerate(idx):
-                    if m.attention is None:
+                    if m.is_baseline:
                         baseline[(k, i)] = videos[j]
                     else:
                         psnrs.append(psnr(videos[j], baseline[(k, i)]))
@@ -189,7 +258,7 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
         pv = f"{statistics.mean(psnrs):.2f}" if psnrs and all(math.isfinite(p) for p in psnrs) else "∞ (identical)"
         out.append(
             f"| {m.name} | {n} | {100 * sum(succ) / n:.1f}% | {statistics.mean(score):.4f} | "
-            f"{statistics.mean(temp):.4f} | {pv if m.attention is not None else '—'} | {(time.time() - t0) / n:.2f} |"
+            f"{statistics.mean(temp):.4f} | {pv if not m.is_baseline else '—'} | {(time.time() - t0) / n:.2f} |"
         )
         print(out[-1], file=sys.stderr)
     head = [
@@ -205,6 +274,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--weights", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--eav-steps", help="START:END — also a row per weight enhancing only those steps")
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        help="more rows: fp8_dense fp8_sparse first_block first_block_0.2 taylorseer compile combined",
+    )
     p.add_argument("--limit", type=int, help="first N held-out prompts (quality)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
@@ -214,7 +289,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = tuple(int(x) for x in args.eav_steps.split(":")) if args.eav_steps else None
-    rows = methods(args.weights, steps)
+    rows = methods(args.weights, steps) + extra_methods(args.methods)
     env = (
         f"- machine: {platform.platform()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`"

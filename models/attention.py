@@ -533,3 +533,30 @@ __all__ = [
     "sdpa_attention",
     "unregister_attention",
 ]
+
+
+# ---- FP8 + block-sparse attention (kernels/sparse_fp8_attention.py) ---------------------------------------------
+def _fp8_sparse_factory(attn: torch.nn.Module, layer: int, options: dict) -> AttentionFn:
+    """ "fp8_sparse": 3D-tile block-sparse attention with FP8 Q/K/P·V and a step-aware schedule (options: tile,
+    schedule, quant, backend; see `make_fp8_sparse_attention`). The backend is chosen here, once: the Triton kernel on
+    CUDA, the PyTorch reference elsewhere or under `force_reference()`."""
+    from vidpost.kernels.sparse_fp8_attention import make_fp8_sparse_attention
+
+    opts = dict(options)
+    if prefer_reference():
+        opts["backend"] = "reference"
+    fn = make_fp8_sparse_attention(opts)
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        if ctx.grid is None:
+            raise ValueError("attention 'fp8_sparse' needs the latent grid; call the model through its adapter")
+        if ctx.attention_mask is not None and not bool(ctx.attention_mask.all()):
+            # padded text tokens (HunyuanVideo): the tiled kernel has no key mask, so this call stays exact on SDPA
+            return sdpa_attention(q, k, v, ctx)
+        return fn(q, k, v, ctx)
+
+    run.backend = getattr(fn, "backend", None)  # type: ignore[attr-defined]
+    return run
+
+
+register_attention("fp8_sparse", _fp8_sparse_factory)

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 CACHE_METHODS = ("none", "first_block", "mag", "taylorseer")
+TRANSFORMER_BLOCKS = r"(blocks|transformer_blocks|single_transformer_blocks)\.\d+"
+"""Module names of the transformer blocks of Wan (`blocks.i`) and HunyuanVideo (dual- and single-stream)."""
 
 
 @dataclass
@@ -56,6 +58,9 @@ class CacheConfig:
             if self.method == "taylorseer":
                 opts = dict(self.options)
                 opts.setdefault("taylor_factors_dtype", torch.float32)
+                # diffusers' default patterns ("^blocks.*attn", fullmatch) match no Wan module name; forecast whole
+                # transformer blocks of Wan and HunyuanVideo instead
+                opts.setdefault("cache_identifiers", [TRANSFORMER_BLOCKS])
                 return TaylorSeerCacheConfig(**opts)
         except TypeError as e:
             raise ValueError(f"cache.options for {self.method}: {e}") from None
