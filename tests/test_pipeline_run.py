@@ -5,6 +5,7 @@ every pipeline config in configs/ validates and dry-runs."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,25 @@ def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
     assert cmd[cmd.index("-m", 3) + 1] == "vidpost.pipelines.sft" and cmd[-2:] == ["--resume", "latest"]
     assert f"output_dir={out}" in cmd and "model.path=shapes-base" in cmd
     assert state.model == str(out / "final")  # full fine-tuning output passed on as the model
+
+
+def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path, monkeypatch):
+    """`launch.processes: 2` runs the sft and grpo stages with `accelerate launch` (2 CPU processes, gloo).
+    accelerate's FSDP plugin needs an accelerator, so FSDP itself (configs/accelerate/fsdp.yaml) runs only on GPUs;
+    the process-group path is the same."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = tiny_cfg(
+        tmp_path,
+        "launch.processes=2",
+        "launch.extra_args=[--cpu,--num_machines,'1',--mixed_precision,'no',--dynamo_backend,'no']",
+        "eval.limit=1",
+        "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
+        "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
+    )
+    result = pipeline.run(cfg, Path("configs/shapes"), stop="grpo")
+    assert [a for _, _, a in result["plan"]] == ["run"] * 4
+    sft_hist = json.loads((tmp_path / "sft" / "history.json").read_text())
+    assert len(sft_hist) == 2 and all(math.isfinite(h["loss"]) for h in sft_hist)
+    assert (tmp_path / "sft" / "merged" / "model_index.json").exists()
+    assert Path(result["state"]["lora"], "pytorch_lora_weights.safetensors").exists()
+    assert len(json.loads((tmp_path / "grpo" / "history.json").read_text())) == 1
