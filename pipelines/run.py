@@ -17,7 +17,8 @@ What flows from stage to stage is a small state: {model folder, LoRA folder, enh
 Each stage writes `<run_dir>/<stage>/stage.json` with that state, the seconds it took, and a hash of everything
 that determines its output: the stage's settings in the pipeline file, the content of the stage YAML it names,
 its overrides, and the upstream stage's hash. A stage whose record exists with the same hash is skipped (its state
-reused); a stage folder without a record is an interrupted run and resumes from its latest checkpoint. `--from S`
+reused); a stage folder without a record is an interrupted run: it resumes from its latest checkpoint when it was
+started with the same hash (`stage.partial.json`), else starts over. `--from S`
 reruns S and every later stage; `--to S` stops after S. `<run_dir>/manifest.json` lists what produced what.
 
 After each stage the held-out prompts are generated with the stage's state (same initial noise per prompt for
@@ -236,9 +237,15 @@ def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bo
     from vidpost.pipelines import sft
 
     overrides = [*cfg.sft.overrides, f"output_dir={out}", f"model.path={state.model}"]
-    if state.manifest:
-        overrides += [f"data.manifest={state.manifest}", f"data.cache_dir={out / 'cache'}"]
     config = resolve_path(cfg.sft.config, base)
+    if state.manifest:
+        # The latent cache depends on the model's VAE / text encoder, the clips and the data settings, not on the
+        # rest of the SFT config: keyed by those, it lives beside the data and survives reruns of this stage.
+        key = {"model": state.model, "manifest": state.manifest, "config": _file_text(str(config), base)}
+        key["data"] = [o for o in cfg.sft.overrides if o.startswith("data.")]
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        cache = Path(state.manifest).parent / f"latents-{digest}"
+        overrides += [f"data.manifest={state.manifest}", f"data.cache_dir={cache}"]
     if cfg.launch.processes > 1:
         _launch_stage("vidpost.pipelines.sft", config, overrides, cfg, resume)
         final = out / "final"
@@ -523,6 +530,8 @@ def describe(stage: str, state: dict[str, Any]) -> str:
     if stage == "grpo":
         return f"GRPO LoRA `{Path(state['lora']).name}`" if state.get("lora") else "GRPO (full)"
     if stage == "enhance":
+        if not state.get("enhancer"):
+            return "no enhancer"
         e = Path(state["enhancer"])
         return f"rewriter `{e.parent.name}/{e.name}`" if e.parent.name else f"rewriter `{e}`"
     if stage == "optimize":
@@ -613,15 +622,19 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
             continue
         t0 = time.time()
         if action == "run":
-            resume = out.exists() and rec is None
+            # a folder without a record is an interrupted run: resume it if it was started with this very config
+            started = read_record(out / "stage.partial.json")
+            resume = rec is None and started is not None and started.get("hash") == h
             if out.exists() and not resume:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "stage.partial.json", {"stage": name, "hash": h})
             print(f"== stage {name} ({'resuming' if resume else 'running'})", file=sys.stderr)
             if name != "base":
                 state = RUNNERS[name](cfg, state, out, base, resume)
             rec = {"stage": name, "hash": h, "state": state.to_dict(), "seconds": round(time.time() - t0, 1)}
             write_json(out / "stage.json", rec)
+            (out / "stage.partial.json").unlink()
         else:
             print(f"== stage {name}: unchanged, skipped", file=sys.stderr)
             state = State(**rec["state"])

@@ -120,6 +120,7 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
 
     # --from reruns that stage and the later ones; an interrupted stage (no record) resumes
     (run_dir / "optimize" / "stage.json").unlink()
+    (run_dir / "optimize" / "stage.partial.json").write_text(json.dumps({"hash": res_hash(run_dir, "optimize")}))
     seen = {}
 
     def record_resume(cfg, state, out, base, resume):
@@ -133,6 +134,33 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
     calls.clear()
     plan = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), start="enhance", dry=True)["plan"]
     assert [a for _, _, a in plan] == ["skip (done)"] * 4 + ["run"] * 2
+
+
+def res_hash(run_dir: Path, stage: str) -> str:
+    plan = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), dry=True)["plan"]
+    return next(h for name, h, _ in plan if name == stage)
+
+
+def test_interrupted_stage_with_another_config_starts_over(tmp_path, monkeypatch):
+    out = tmp_path / "optimize"
+    out.mkdir(parents=True)
+    (out / "stage.partial.json").write_text(json.dumps({"hash": "something-else"}))
+    (out / "leftover").write_text("x")
+    seen = {}
+
+    def record(cfg, state, out_dir, base, resume):
+        seen["resume"] = resume
+        seen["leftover"] = (out_dir / "leftover").exists()
+        return state
+
+    for name in pipeline.RUNNERS:
+        monkeypatch.setitem(pipeline.RUNNERS, name, lambda c, s, o, b, r: s)
+    monkeypatch.setitem(pipeline.RUNNERS, "optimize", record)
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: {"n": 0})
+    monkeypatch.setattr(pipeline, "write_report", lambda *a, **k: tmp_path / "report.md")
+    pipeline.run(tiny_cfg(tmp_path), Path("configs/shapes"))
+    assert seen == {"resume": False, "leftover": False}
+    assert not (out / "stage.partial.json").exists() and (out / "stage.json").exists()
 
 
 def test_from_needs_finished_earlier_stages(tmp_path):
