@@ -17,7 +17,8 @@ shared CPU the minimum is the steadier of the two).
 
 `models`: the `quality` table with models as rows instead of attention methods (presets or folders, e.g. a
 distilled LiT student folder, which `vidpost.models.load` reinstalls with its linear attention); the PSNR column
-is against the first model's videos.
+is against the first model's videos. `MODEL:IMPL` (e.g. `shapes:lit`) installs the attention implementation IMPL
+on the model's own weights, untrained (the zero-shot starting point of a distillation).
 
 `linear-attention`: the attention op alone (no projections), batch 1, 12 heads × 64 dims (`--heads`, `--dim`), at
 each token count on a (T, H, W) grid: SDPA (`F.scaled_dot_product_attention`, the "sdpa" implementation) against
@@ -162,8 +163,11 @@ def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -
     baseline: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for spec in specs:
-        path = resolve_model_path(spec)
+        name, _, impl = spec.partition(":")
+        path = resolve_model_path(name)
         a = load(path)
+        if impl:  # e.g. "shapes:lit": the dense weights with that attention installed, untrained
+            install_attention(a, AttentionConfig(impl))
         gen = read_vidpost_config(path)["generation"]
         kw = dict(
             num_frames=gen["num_frames"],

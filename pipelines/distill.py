@@ -400,6 +400,7 @@ def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
             tap.remove()
         bar.close()
     final = save_lit_student(student, attention_config(cfg.student), out_dir / "final")
+    carry_generation_settings(model_dir, final)
     history_file.write_text(json.dumps(history) + "\n")
     _plot(history, out_dir / "curves.png")
     accelerator.end_training()
@@ -410,6 +411,14 @@ def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
         "lit_layers": sorted(int(k.split(".")[1]) for k in lit_modules(student)),
         "student": student,
     }
+
+
+def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
+    """Copy the teacher's vidpost.json entries the student's lacks (e.g. its `generation` defaults)."""
+    from vidpost.models.base import VIDPOST_CONFIG
+
+    merged = read_vidpost_config(teacher_dir) | read_vidpost_config(student_dir)
+    (student_dir / VIDPOST_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:

@@ -118,28 +118,32 @@ def test_grid_dwconv_matches_a_hand_built_conv3d():
         grid_dwconv(tokens, (3, 5, 5), w, bias)
 
 
-def test_lit_module_conv_on_video_tokens_only_and_head_grouping():
-    n_video, n_text, h, d = 24, 5, 4, 6
+@pytest.mark.parametrize("n_text", [0, 5])
+def test_lit_module_conv_on_video_tokens_only_and_head_grouping(n_text):
+    n_video, h, d = 24, 4, 6
     grid = (2, 3, 4)
     q, k, v = _qkv(2, n_video + n_text, h, d, seed=4)
-    mask = torch.ones(2, 1, 1, n_video + n_text, dtype=torch.bool)
-    mask[0, ..., -2:] = False
+    mask = None
+    if n_text:
+        mask = torch.ones(2, 1, 1, n_video + n_text, dtype=torch.bool)
+        mask[0, ..., -2:] = False
     ctx = AttentionContext(grid, n_video, None, None, None, "cond", 0, attention_mask=mask)
     m = LiTAttention(h, h * d, heads=2)
     torch.nn.init.normal_(m.dwc_weight)
     torch.nn.init.normal_(m.dwc_bias)
     out = m(q, k, v, ctx)
-    key_mask = mask[:, 0, 0]
+    key_mask = None if mask is None else mask[:, 0, 0]
     grouped = [t.reshape(2, n_video + n_text, 2, 2 * d) for t in (q, k, v)]
     lin = linear_attention_naive(*grouped, key_mask).reshape(2, -1, h, d)
     conv = grid_dwconv(v[:, :n_video].reshape(2, n_video, h * d), grid, m.dwc_weight, m.dwc_bias)
-    torch.testing.assert_close(
-        out[:, :n_video], lin[:, :n_video] + conv.reshape(2, n_video, h, d), rtol=1e-4, atol=1e-4
-    )
+    expected_video = lin[:, :n_video] + conv.reshape(2, n_video, h, d)
+    torch.testing.assert_close(out[:, :n_video], expected_video, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[:, n_video:], lin[:, n_video:], rtol=1e-4, atol=1e-5)  # text: no conv term
     # grouping heads is not the same maths as per-head linear attention
     per_head = linear_attention_naive(q, k, v, key_mask)
-    assert not torch.allclose(per_head[:, n_video:], out[:, n_video:], atol=1e-3)
+    assert not torch.allclose(
+        per_head, out.float() - torch.cat([conv.reshape(2, n_video, h, d), lin[:, n_video:] * 0], 1), atol=1e-3
+    )
     with pytest.raises(ValueError, match="grid"):
         m(q, k, v, AttentionContext(None, n_video, None, None, None, "cond", 0, attention_mask=mask))
 
@@ -311,3 +315,15 @@ def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):
 
     assert main([f"model.teacher={tiny_wan_dir}", "student.inherits=false"]) == 2
     assert "inherits" in capsys.readouterr().err
+
+
+def test_student_folder_keeps_the_teacher_generation_settings(tmp_path):
+    from vidpost.pipelines.distill import carry_generation_settings
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "t" / "vidpost.json").write_text(json.dumps({"family": "wan", "generation": {"num_frames": 17}}))
+    (tmp_path / "s" / "vidpost.json").write_text(json.dumps({"family": "wan", "default_shift": 5.0}))
+    carry_generation_settings(tmp_path / "t", tmp_path / "s")
+    got = json.loads((tmp_path / "s" / "vidpost.json").read_text())
+    assert got == {"family": "wan", "generation": {"num_frames": 17}, "default_shift": 5.0}
