@@ -327,3 +327,12 @@ def test_student_folder_keeps_the_teacher_generation_settings(tmp_path):
     carry_generation_settings(tmp_path / "t", tmp_path / "s")
     got = json.loads((tmp_path / "s" / "vidpost.json").read_text())
     assert got == {"family": "wan", "generation": {"num_frames": 17}, "default_shift": 5.0}
+
+
+def test_distill_preset_validates_and_the_command_is_registered():
+    from vidpost.cli import COMMANDS
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(DistillConfig, root / "configs" / "shapes" / "distill.yaml")
+    assert cfg.model.teacher == "shapes" and cfg.student.inherit and cfg.student.layers is None
+    assert COMMANDS["distill"][0] == "vidpost.pipelines.distill"
