@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval distill-shapes bench-lit
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench      benchmarks: every benchmarks/bench_*.py (results printed; notes in benchmarks/RESULTS.md)"
 	@echo "make bench-rewards  reward throughput only (CPU miniatures; BENCH_REWARDS_ARGS for real weights / GPU)"
 	@echo "make bench-inference  attention processors / Enhance-A-Video: per-step cost and Shapes held-out quality"
+	@echo "make bench-lit  LiT linear attention vs SDPA at 4K/16K/32K tokens (attention alone)"
+	@echo "make distill-shapes  distil a LiT student from the Shapes model, then score both on held-out prompts"
 	@echo "make style      ruff format + ruff check --fix"
 	@echo "make shapes-models  retrain the shipped Shapes world models from scratch (CPU, ~1 h)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
@@ -56,8 +58,11 @@ pipeline: venv
 	$(BIN)/python -m vidpost.pipelines.run configs/shapes/pipeline.yaml
 
 enhance-eval: venv
-	test -d runs/shapes-enhance-mini/final || $(BIN)/python -m vidpost.pipelines.enhance_train sft --config configs/shapes/enhance-sft-mini.yaml
-	$(BIN)/python -m vidpost.pipelines.enhance_eval --enhancers zero-shot runs/shapes-enhance-mini/final --limit 32 --seeds 2 --out results/shapes-enhance
+	$(BIN)/python -m vidpost.pipelines.enhance_eval --enhancers zero-shot assets/shapes/rewriter --limit 32 --seeds 2 --out results/shapes-enhance
+
+distill-shapes: venv
+	$(BIN)/python -m vidpost.pipelines.distill --config configs/shapes/distill.yaml
+	$(BIN)/python benchmarks/inference.py models --models shapes runs/shapes-distill/final --limit 32 --seeds 1
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -78,6 +83,9 @@ bench-rewards: venv
 bench-inference: venv
 	$(BIN)/python benchmarks/inference.py speed --threads 1
 	$(BIN)/python benchmarks/inference.py quality --limit 32
+
+bench-lit: venv
+	$(BIN)/python benchmarks/inference.py linear-attention --repeats 3
 
 style: venv
 	$(BIN)/ruff format .

@@ -2,6 +2,8 @@
 
     python benchmarks/inference.py speed   [--repeats 15] [--out results.md]
     python benchmarks/inference.py quality [--limit 32] [--seeds 1] [--weights 2 4] [--out results.md]
+    python benchmarks/inference.py models  --models shapes runs/shapes-distill/final [--limit 32] [--seeds 1]
+    python benchmarks/inference.py linear-attention [--tokens 4096 16384 32768] [--repeats 3] [--device cpu]
 
 Methods are rows of one table (`METHODS`: a name and the `AttentionConfig` it installs, None = the stock diffusers
 processors); add a row to compare a new implementation. Models are columns of the speed table (`speed_models`):
@@ -12,6 +14,17 @@ the shipped Shapes model (`assets/shapes/sft`, its default size and guidance) an
 latents. For every repeat every method runs once in turn (interleaved, so machine load drifts hit all rows
 alike); reported: the median and the minimum seconds per step, each with its ratio to the stock processors (on a
 shared CPU the minimum is the steadier of the two).
+
+`models`: the `quality` table with models as rows instead of attention methods (presets or folders, e.g. a
+distilled LiT student folder, which `vidpost.models.load` reinstalls with its linear attention); the PSNR column
+is against the first model's videos. `MODEL:IMPL` (e.g. `shapes:lit`) installs the attention implementation IMPL
+on the model's own weights, untrained (the zero-shot starting point of a distillation).
+
+`linear-attention`: the attention op alone (no projections), batch 1, 12 heads × 64 dims (`--heads`, `--dim`), at
+each token count on a (T, H, W) grid: SDPA (`F.scaled_dot_product_attention`, the "sdpa" implementation) against
+"lit" (`LiTAttention`: ReLU linear attention via the KV state plus the 3×3×3 depthwise conv on V), with the
+teacher's heads and with the heads grouped into `--few-heads` wide heads; interleaved repeats after one warm-up
+round, median and minimum seconds and the SDPA/lit ratio (>1 = lit faster).
 
 `quality`: every method samples the held-out prompts (prompt i, seed k → noise seed 1000·k + i, the same for all
 methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
@@ -205,6 +218,63 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
     return "\n".join(["- " + s for s in shapes_txt] + ["", *lines])
 
 
+@torch.no_grad()
+def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -> str:
+    from vidpost.pipelines.shapes_eval import verify_rows
+    from vidpost.rewards.base import build_reward
+    from vidpost.shapes.splits import heldout_prompts
+
+    items = heldout_prompts()
+    items = items[:limit] if limit else items
+    temporal = build_reward("temporal")
+    baseline: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for spec in specs:
+        name, _, impl = spec.partition(":")
+        path = resolve_model_path(name)
+        a = load(path)
+        if impl:  # e.g. "shapes:lit": the dense weights with that attention installed, untrained
+            install_attention(a, AttentionConfig(impl))
+        gen = read_vidpost_config(path)["generation"]
+        kw = dict(
+            num_frames=gen["num_frames"],
+            height=gen["height"],
+            width=gen["width"],
+            num_inference_steps=gen["steps"],
+            guidance_scale=a.default_guidance_scale,
+            shift=a.default_shift,
+        )
+        shape = a.latent_shape(1, kw["num_frames"], kw["height"], kw["width"])
+        succ, score, temp, psnrs = [], [], [], []
+        t0 = time.time()
+        for k in range(seeds):
+            for s in range(0, len(items), batch):
+                idx = list(range(s, min(s + batch, len(items))))
+                noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
+                videos = sample(a, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
+                res = verify_rows(videos, [items[i]["spec"] for i in idx])
+                succ += [float(r["success"]) for r in res]
+                score += [r["score"] for r in res]
+                temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
+                for j, i in enumerate(idx):
+                    if spec == specs[0]:
+                        baseline[(k, i)] = videos[j]
+                    else:
+                        psnrs.append(psnr(videos[j], baseline[(k, i)]))
+        n = len(succ)
+        pv = f"{statistics.mean(psnrs):.2f}" if psnrs else "—"
+        out.append(
+            f"| {spec} | {n} | {100 * sum(succ) / n:.1f}% | {statistics.mean(score):.4f} | "
+            f"{statistics.mean(temp):.4f} | {pv} | {(time.time() - t0) / n:.2f} |"
+        )
+        print(out[-1], file=sys.stderr)
+    head = [
+        f"| model | videos | verifier success | graded score | temporal | PSNR vs {specs[0]} (dB) | s / video |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    return "\n".join(head + out)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(((a - b) ** 2).mean())
     return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
@@ -268,9 +338,66 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
     return "\n".join(head + out)
 
 
+GRIDS = {4096: (16, 16, 16), 16384: (16, 32, 32), 32768: (32, 32, 32)}
+
+
+def _grid_for(n: int) -> tuple[int, int, int]:
+    if n in GRIDS:
+        return GRIDS[n]
+    side = round((n / 4) ** 0.5)
+    if 4 * side * side != n:
+        raise ValueError(f"--tokens {n}: use 4096/16384/32768 or 4·s² (grid 4 × s × s)")
+    return (4, side, side)
+
+
+@torch.no_grad()
+def linear_attention_speed(
+    tokens: list[int], heads: int, dim: int, few_heads: int, repeats: int, device: str, dtype: torch.dtype
+) -> str:
+    from vidpost.models.attention import AttentionContext, sdpa_attention
+    from vidpost.models.lit import LiTAttention
+
+    rows = {
+        "sdpa": None,
+        f"lit ({heads} heads)": LiTAttention(heads, heads * dim),
+        f"lit ({few_heads} heads of {heads // few_heads * dim})": LiTAttention(heads, heads * dim, heads=few_heads),
+    }
+    for m in rows.values():
+        if m is not None:
+            torch.nn.init.normal_(m.dwc_weight, std=0.05)  # trained-looking weights (zeros would not change cost)
+            m.to(device)
+    lines = [
+        "| tokens (grid) | method | median s | min s | SDPA / method (median) | SDPA / method (min) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    g = torch.Generator().manual_seed(0)
+    for n in tokens:
+        grid = _grid_for(n)
+        q, k, v = (torch.randn(1, n, heads, dim, generator=g).to(device, dtype) for _ in range(3))
+        ctx = AttentionContext(grid, n, None, None, None, "cond", 0)
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        for r in range(repeats + 1):
+            for name, m in rows.items():
+                fn = sdpa_attention if m is None else m
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(q, k, v, ctx)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if r >= 1:
+                    times[name].append(time.perf_counter() - t0)
+        b_med, b_min = statistics.median(times["sdpa"]), min(times["sdpa"])
+        for name in rows:
+            med, low = statistics.median(times[name]), min(times[name])
+            lines.append(f"| {n} {grid} | {name} | {med:.4f} | {low:.4f} | {b_med / med:.2f}× | {b_min / low:.2f}× |")
+            print(lines[-1], file=sys.stderr)
+    return f"- attention alone, batch 1, {heads} heads × {dim} dims, {dtype}, device {device}\n\n" + "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "quality"])
+    p.add_argument("what", choices=["speed", "quality", "models", "linear-attention"])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--weights", type=float, nargs="+", default=[2.0, 4.0])
     p.add_argument("--eav-steps", help="START:END — also a row per weight enhancing only those steps")
@@ -284,6 +411,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 32768], help="linear-attention sizes")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--models", nargs="+", default=["shapes"], help="models: presets or folders (first = reference)")
+    p.add_argument("--few-heads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--out", type=Path, help="also append the markdown here")
     args = p.parse_args()
     if args.threads:
@@ -294,7 +428,14 @@ def main() -> None:
         f"- machine: {platform.platform()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"command: `python benchmarks/inference.py {' '.join(sys.argv[1:])}`"
     )
-    if args.what == "speed":
+    if args.what == "linear-attention":
+        dtype = getattr(torch, args.dtype)
+        md = linear_attention_speed(
+            args.tokens, args.heads, args.dim, args.few_heads, args.repeats, args.device, dtype
+        )
+    elif args.what == "models":
+        md = model_quality(args.models, args.limit, args.seeds, args.batch)
+    elif args.what == "speed":
         md = speed(rows, speed_models(), args.repeats)
     else:
         md = quality(rows, args.limit, args.seeds, args.batch)

@@ -2,6 +2,7 @@
 
 `load(path_or_preset)` takes a local diffusers-format directory (the family is read from `model_index.json`'s
 `_class_name`) or the name of a shipped preset (`shapes`, `shapes-base`: the Shapes world models in `assets/`).
+A folder with a `lit.json` (a distilled LiT student, `vidpost.models.lit`) gets its linear attention reinstalled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from .base import ModelPathError, PromptEmbeds, VideoModelAdapter
 from .hunyuan_video import HunyuanVideoAdapter
+from .lit import LIT_CONFIG, install_lit_from_folder
 from .wan import WanAdapter
 
 FAMILIES: dict[str, type[VideoModelAdapter]] = {"wan": WanAdapter, "hunyuan_video": HunyuanVideoAdapter}
@@ -75,10 +77,12 @@ def load(
     """Load a local diffusers-format directory (or a preset) as the right family's adapter, frozen, in eval mode.
 
     `lora`: a folder (or file) with a diffusers-format LoRA (`pytorch_lora_weights.safetensors`, as the stages
-    write it) applied to the transformer.
+    write it) applied to the transformer. A LiT student folder (`lit.json`) comes back with "lit" installed.
     """
     path = resolve_model_path(path_or_preset)
     adapter = family_of(path).from_pretrained(path, dtype=dtype, device=device)
+    if (path / LIT_CONFIG).exists():
+        install_lit_from_folder(adapter, path)
     if lora is not None:
         lora = Path(lora)
         if not lora.exists():

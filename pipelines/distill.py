@@ -1,0 +1,462 @@
+"""Stage 4 — LiT distillation: a linear-attention student learns the dense teacher's velocity and attention outputs.
+
+    vidpost distill --config configs/shapes/distill.yaml [dotted.overrides=...] [--resume latest]
+
+Set-up: teacher = the dense model (`model.teacher`, default the shipped Shapes SFT model), frozen. Student = a
+copy of the teacher's transformer (weight inheritance: every weight, Q/K/V/O included) with the attention
+implementation "lit" (`vidpost.models.lit`) installed on `student.layers` (null = all; a list = hybrid model,
+the other layers keep softmax attention). `student.inherit: false` is the ablation that re-initialises the Q/K/V/O
+projections of the LiT layers. `student.trainable` picks what trains: "all" (the whole student transformer),
+"attention" (the attention modules of the LiT layers, LiT parameters included) or "lit" (LiT parameters only).
+
+One optimizer step (everything random is drawn from a generator seeded by (seed, step), so a resumed run equals
+an uninterrupted one):
+  1. prompts  ← `batch_size` prompts from the pool (the Shapes train split's captions by default).
+  2. states   ← teacher ODE trajectories (Euler, CFG `data.guidance_scale`, `data.steps` steps on the model's
+                shifted schedule σ_0 = 1 > … > σ_N = 0) from fresh noise; sample b stops at a uniform step
+                i_b ∈ [0, N) and at a uniform σ_b ∈ (σ_{i_b+1}, σ_{i_b}]:
+                x_b = x_{i_b} + (σ_b − σ_{i_b})·v̂_{i_b}   (a partial Euler step with the teacher's guided velocity),
+                so the student sees the teacher's own ODE marginals at continuous noise levels.
+  3. branch   ← with probability `data.uncond_prob` a sample is conditioned on the empty prompt (the CFG
+                negative branch the sampler also evaluates), else on its prompt.
+  4. loss     ← mean((v_S(x, σ, c) − v_T(x, σ, c))²) + λ·Σ_{l ∈ LiT layers} mean((a_S^l − a_T^l)²)
+                with a^l the output of layer l's attention module (after the output projection), captured by
+                forward hooks on both models; λ = `train.attn_weight`.
+  5. clip the gradient norm, AdamW step, lr schedule (as `vidpost sft`).
+
+Departures from LiT: no progressive (layer-by-layer) schedule; the data are teacher ODE states rather than real
+clips (the student never needs the training set); one process (no data parallelism).
+
+Output: checkpoints (`checkpoints/step_N`, the trainable weights incl. LiT parameters, optimizer, scheduler,
+RNG; `--resume latest`), `history.json`, tensorboard logs, `curves.png`, and `final/`: the student folder
+(`vidpost.models.lit.save_lit_student`: a diffusers model folder + `lit.safetensors` + `lit.json`), which
+`vidpost.models.load` (and so `vidpost generate --model`, `vidpost shapes-eval --models`) reinstalls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from vidpost.models import VideoModelAdapter, load, resolve_model_path
+from vidpost.models.attention import AttentionConfig, attention_sites, install_attention
+from vidpost.models.base import PromptEmbeds, read_vidpost_config
+from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
+from vidpost.models.sampling import flow_sigmas, initial_noise
+from vidpost.pipelines.config import config_hash, to_dict
+from vidpost.pipelines.grpo import load_prompt_pool
+from vidpost.pipelines.sft import (
+    LogConfig,
+    NoDataPosition,
+    NonFiniteLoss,
+    OptimConfig,
+    add_stage_arguments,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_lambda,
+    make_optimizer,
+    run_stage,
+    save_checkpoint,
+)
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DistillModelConfig:
+    teacher: str = "shapes"
+    """the dense teacher: a diffusers-format model directory or preset"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the teacher and of the student's frozen parts (trainable weights are kept in float32)"""
+
+
+@dataclass
+class StudentConfig:
+    layers: list[int] | None = None
+    """video self-attention layers that use "lit" (null: all; a list: a hybrid model)"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """"lit" options: heads (null: the teacher's), dwc_kernel (3; 0 = no conv), eps"""
+    inherit: bool = True
+    """keep the teacher's Q/K/V/O projections in the LiT layers (false: re-initialise them, the ablation)"""
+    trainable: Literal["all", "attention", "lit"] = "all"
+    """what trains: the whole student transformer, the LiT layers' attention modules, or the LiT parameters"""
+
+
+@dataclass
+class DistillDataConfig:
+    prompts: list[str] | str = "shapes-train"
+    """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
+    pool_size: int = 2048
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    """video size (null: the teacher's generation defaults)"""
+    steps: int = 10
+    """Euler steps of the teacher trajectories the training states are taken from"""
+    shift: float | None = None
+    """schedule shift of the trajectories (null: the teacher's default)"""
+    guidance_scale: float = 5.0
+    """CFG scale of the teacher trajectories"""
+    uncond_prob: float = 0.2
+    """probability that a sample is distilled on the empty prompt (the CFG negative branch)"""
+
+
+@dataclass
+class DistillTrainConfig:
+    max_steps: int = 300
+    batch_size: int = 8
+    attn_weight: float = 1.0
+    """λ of the per-layer attention-output loss (0: velocity distillation only)"""
+    seed: int = 0
+
+
+@dataclass
+class DistillCheckpointConfig:
+    every: int = 100
+    """save a resumable checkpoint every N steps (0: none)"""
+    keep_last: int = 2
+
+
+@dataclass
+class DistillConfig:
+    output_dir: str = "runs/distill"
+    model: DistillModelConfig = field(default_factory=DistillModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DistillDataConfig = field(default_factory=DistillDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
+    train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
+    checkpoint: DistillCheckpointConfig = field(default_factory=DistillCheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.data.uncond_prob <= 1.0:
+            raise ValueError(f"data.uncond_prob must be in [0, 1], got {self.data.uncond_prob}")
+        if self.data.steps < 1 or self.train.batch_size < 1 or self.train.max_steps < 0:
+            raise ValueError("data.steps and train.batch_size must be >= 1, train.max_steps >= 0")
+        if self.train.attn_weight < 0:
+            raise ValueError(f"train.attn_weight must be >= 0, got {self.train.attn_weight}")
+
+
+# ---- pieces -------------------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def attention_config(cfg: StudentConfig) -> AttentionConfig:
+    return AttentionConfig("lit", layers=cfg.layers, options=dict(cfg.options))
+
+
+def make_student(teacher: VideoModelAdapter, cfg: StudentConfig, seed: int = 0) -> VideoModelAdapter:
+    """A second adapter sharing the teacher's VAE and text encoder, with a deep copy of its transformer(s), "lit"
+    installed on `cfg.layers`, the LiT layers' projections re-initialised when `cfg.inherit` is false, and
+    `requires_grad` set per `cfg.trainable` (other weights frozen)."""
+    student = copy.copy(teacher)
+    student.__dict__.pop("_attention_state", None)  # its own attention context
+    student.transformer = copy.deepcopy(teacher.transformer)
+    if getattr(teacher, "transformer_2", None) is not None:
+        student.transformer_2 = copy.deepcopy(teacher.transformer_2)
+    transformers = [t for t in (student.transformer, getattr(student, "transformer_2", None)) if t is not None]
+    if not cfg.inherit:
+        reinit_attention_projections(student, cfg.layers, seed)
+    install_attention(student, attention_config(cfg))
+    for t in transformers:
+        t.requires_grad_(False)
+        if cfg.trainable == "all":
+            t.requires_grad_(True)
+        else:
+            for layer, attn, _ in attention_sites(t):
+                if cfg.layers is None or layer in cfg.layers:
+                    (attn if cfg.trainable == "attention" else attn.processor.impl).requires_grad_(True)
+        for p in t.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return student
+
+
+class AttentionTap:
+    """Forward hooks that keep the outputs of the given layers' attention modules (tuples: the non-None parts)."""
+
+    def __init__(self, transformer: torch.nn.Module, layers: list[int] | None) -> None:
+        self.outputs: dict[int, list[torch.Tensor]] = {}
+        self.handles = []
+        for layer, attn, _ in attention_sites(transformer):
+            if layers is None or layer in layers:
+                self.handles.append(attn.register_forward_hook(self._hook(layer)))
+
+    def _hook(self, layer: int):
+        def hook(module, args, output):
+            parts = output if isinstance(output, tuple) else (output,)
+            self.outputs[layer] = [o for o in parts if o is not None]
+
+        return hook
+
+    def pop(self) -> dict[int, list[torch.Tensor]]:
+        out, self.outputs = self.outputs, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def teacher_states(
+    teacher: VideoModelAdapter,
+    cond: PromptEmbeds,
+    uncond: PromptEmbeds,
+    shape: tuple[int, ...],
+    sigmas: torch.Tensor,
+    guidance_scale: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [B, ...] float32, σ [B]): teacher ODE states at random continuous noise levels (see step 2 above)."""
+    b, n = shape[0], len(sigmas) - 1
+    stop = torch.randint(n, (b,), generator=generator)
+    frac = torch.rand(b, generator=generator)
+    x = initial_noise(shape, generator=generator).to(teacher.device)
+    out_x = torch.empty_like(x)
+    out_s = torch.empty(b)
+    state = teacher.attention_state
+    try:
+        for i in range(int(stop.max()) + 1):
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+            state.set_step(i, n, s)
+            v = teacher.predict_velocity(x, s, cond, uncond, guidance_scale).float()
+            here = stop == i
+            if here.any():
+                sig = s - (1.0 - frac[here]) * (s - s_next)  # in (σ_{i+1}, σ_i]
+                d = (sig - s).to(x.device).view(-1, *[1] * (x.ndim - 1))
+                out_x[here] = x[here] + d * v[here]
+                out_s[here] = sig
+            x = x + (s_next - s) * v
+    finally:
+        state.clear_step()
+    return out_x, out_s
+
+
+def distill_loss(
+    v_student: torch.Tensor,
+    v_teacher: torch.Tensor,
+    attn_student: dict[int, list[torch.Tensor]],
+    attn_teacher: dict[int, list[torch.Tensor]],
+    attn_weight: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """mean((v_S − v_T)²) + λ·Σ_layers mean((a_S − a_T)²); returns (loss, logged parts)."""
+    velocity = ((v_student.float() - v_teacher.float()) ** 2).mean()
+    attn = v_student.new_zeros((), dtype=torch.float32)
+    for layer, parts in attn_student.items():
+        for a_s, a_t in zip(parts, attn_teacher[layer], strict=True):
+            attn = attn + ((a_s.float() - a_t.float()) ** 2).mean()
+    loss = velocity + attn_weight * attn
+    return loss, {"loss_velocity": float(velocity.detach()), "loss_attention": float(attn.detach())}
+
+
+def distill_batch(
+    teacher: VideoModelAdapter,
+    pool: list[str],
+    null: PromptEmbeds,
+    cfg: DistillConfig,
+    shape: tuple[int, ...],
+    sigmas: torch.Tensor,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor, PromptEmbeds]:
+    """The step's training batch: (x, σ, conditioning), all from generators seeded by (seed, step)."""
+    g = step_generator(cfg.train.seed, step)
+    b = cfg.train.batch_size
+    idx = torch.randint(len(pool), (b,), generator=g).tolist()
+    cond = teacher.encode_prompt([pool[i] for i in idx])
+    uncond = null.repeat_interleave(b)
+    x, sig = teacher_states(teacher, cond, uncond, (b, *shape[1:]), sigmas, cfg.data.guidance_scale, g)
+    drop = torch.rand(b, generator=g) < cfg.data.uncond_prob
+    embeds = PromptEmbeds.cat([uncond.index([j]) if drop[j] else cond.index([j]) for j in range(b)])
+    return x, sig, embeds
+
+
+# ---- the loop -----------------------------------------------------------------------------------------------------
+
+
+def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    out_dir = Path(cfg.output_dir)
+    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with=log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+    )
+    if accelerator.num_processes > 1:
+        raise ValueError("vidpost distill runs in one process (launch it without accelerate's multi-process mode)")
+    torch.manual_seed(cfg.train.seed)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    model_dir = resolve_model_path(cfg.model.teacher)
+    teacher = load(model_dir, dtype=dtype, device=accelerator.device)
+    gen = read_vidpost_config(model_dir).get("generation", {})
+    size = (
+        cfg.data.num_frames or gen.get("num_frames", 81),
+        cfg.data.height or gen.get("height", 480),
+        cfg.data.width or gen.get("width", 832),
+    )
+    teacher.validate_size(*size)
+    shift = cfg.data.shift if cfg.data.shift is not None else teacher.default_shift
+    sigmas = flow_sigmas(cfg.data.steps, shift, teacher.schedule)
+    shape = teacher.latent_shape(cfg.train.batch_size, *size)
+    student = make_student(teacher, cfg.student, cfg.train.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+    transformer = student.transformer
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps))
+    pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
+    null = teacher.encode_prompt([""])
+
+    ckpt_root = out_dir / "checkpoints"
+    step = 0
+    if resume:
+        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
+        if path is None:
+            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
+        else:
+            step = load_checkpoint(path, transformer, optimizer, scheduler, NoDataPosition(), None)
+            print(f"resumed from {path} at step {step}", file=sys.stderr)
+    if log_with:
+        accelerator.init_trackers("distill", config={k: str(v) for k, v in to_dict(cfg).items()})
+    history_file = out_dir / "history.json"
+    history: list[dict[str, float]] = []
+    if step and history_file.exists():
+        history = [h for h in json.loads(history_file.read_text()) if h["step"] <= step]
+
+    taps = [AttentionTap(teacher.transformer, cfg.student.layers), AttentionTap(transformer, cfg.student.layers)]
+    teacher.transformer.eval()
+    transformer.train()
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="distill")
+    last_good = latest_checkpoint(ckpt_root)
+    try:
+        while step < cfg.train.max_steps:
+            t0 = time.perf_counter()
+            x, sig, embeds = distill_batch(teacher, pool, null, cfg, shape, sigmas, step)
+            with torch.no_grad():
+                v_t = teacher.predict_velocity(x, sig, embeds)
+            a_t = taps[0].pop()
+            v_s = student.predict_velocity(x, sig, embeds)
+            a_s = taps[1].pop()
+            loss, parts = distill_loss(v_s, v_t, a_s, a_t, cfg.train.attn_weight)
+            if not math.isfinite(float(loss.detach())):
+                where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
+                raise NonFiniteLoss(
+                    f"distillation loss became {float(loss.detach())} at step {step}; stopping ({where})"
+                )
+            loss.backward()
+            grad_norm = None
+            if cfg.optim.max_grad_norm:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            rec = {
+                "loss": float(loss.detach()),
+                **parts,
+                "lr": scheduler.get_last_lr()[0],
+                "time": time.perf_counter() - t0,
+            }
+            if grad_norm is not None:
+                rec["grad_norm"] = grad_norm
+            history.append({"step": step, **rec})
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+                accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                last_good = save_checkpoint(
+                    ckpt_root,
+                    step,
+                    transformer,
+                    optimizer,
+                    scheduler,
+                    NoDataPosition(),
+                    None,
+                    cfg.checkpoint.keep_last,
+                    {"config_hash": config_hash(cfg)},
+                )
+                history_file.write_text(json.dumps(history) + "\n")
+    finally:
+        for tap in taps:
+            tap.remove()
+        bar.close()
+    final = save_lit_student(student, attention_config(cfg.student), out_dir / "final")
+    carry_generation_settings(model_dir, final)
+    history_file.write_text(json.dumps(history) + "\n")
+    _plot(history, out_dir / "curves.png")
+    accelerator.end_training()
+    return {
+        "steps": step,
+        "history": history,
+        "final": str(final),
+        "lit_layers": sorted(int(k.split(".")[1]) for k in lit_modules(student)),
+        "student": student,
+    }
+
+
+def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
+    """Copy the teacher's vidpost.json entries the student's lacks (e.g. its `generation` defaults)."""
+    from vidpost.models.base import VIDPOST_CONFIG
+
+    merged = read_vidpost_config(teacher_dir) | read_vidpost_config(student_dir)
+    (student_dir / VIDPOST_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def _plot(history: list[dict[str, float]], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for key in ("loss", "loss_velocity", "loss_attention"):
+        ax.plot(steps, [h[key] for h in history], label=key, alpha=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("LiT distillation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vidpost distill", description="LiT linear-attention distillation.")
+    add_stage_arguments(p, "configs/<model>/distill.yaml")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    code, result = run_stage(DistillConfig, train, build_parser().parse_args(argv))
+    if result is not None:
+        print(f"done: {result['steps']} steps; student in {result['final']}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
