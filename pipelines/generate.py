@@ -85,6 +85,25 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eav-layers", help="comma-separated layers Enhance-A-Video applies to (default: all)")
     g.add_argument("--eav-steps", help="START:END — enhance denoising steps in [START, END) (END may be empty)")
     g.add_argument("--eav-branches", help="CFG branches to enhance: cond, uncond or cond,uncond (default both)")
+    g.add_argument(
+        "--cache",
+        choices=["none", "first_block", "mag", "taylorseer"],
+        help="step caching with diffusers' hooks (first_block: reuse the later blocks when the first barely changed)",
+    )
+    g.add_argument("--cache-threshold", type=float, help="first_block / mag threshold (default 0.05)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+
+
+def inference_settings(args: argparse.Namespace) -> dict:
+    """Step caching and torch.compile from the flags (`vidpost.models.inference`), {} when none was given."""
+    out: dict = {}
+    if getattr(args, "cache", None) and args.cache != "none":
+        out["cache"] = {"method": args.cache}
+        if args.cache_threshold is not None:
+            out["cache"]["threshold"] = args.cache_threshold
+    if getattr(args, "compile", False):
+        out["compile"] = True
+    return out
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -206,6 +225,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if attention is not None:
         install_attention(adapter, attention)
     settings = resolve_settings(args, adapter, model_dir)
+    extra = inference_settings(args)
+    if extra:
+        from vidpost.models.inference import apply_inference
+
+        apply_inference(adapter, extra, num_inference_steps=settings["num_inference_steps"])
     fps = settings.pop("fps")
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
     paths = output_paths(args.out, originals)
@@ -238,6 +262,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             meta |= {**settings, "fps": fps}
             if attention is not None:
                 meta["attention"] = to_dict(attention)
+            if extra:
+                meta["inference"] = extra
             meta["seconds_per_video"] = round(dt, 3)
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
             videos.append(video)

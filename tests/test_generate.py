@@ -130,3 +130,20 @@ def test_attention_flags_and_config_file(tiny_wan_dir, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["attention"]["enhance_a_video"]["weight"] == 4.0 and meta["attention"]["layers"] == [0]
     assert main([*argv, "--attention", "nope"]) == 2
+
+
+def test_cache_and_compile_flags(tiny_wan_dir, tmp_path):
+    from vidpost.pipelines.generate import build_parser, inference_settings
+
+    def settings(*argv):
+        return inference_settings(build_parser().parse_args(["--prompt", "x", *argv]))
+
+    assert settings() == {} and settings("--cache", "none") == {}
+    assert settings("--cache", "first_block", "--cache-threshold", "0.2", "--compile") == {
+        "cache": {"method": "first_block", "threshold": 0.2},
+        "compile": True,
+    }
+    out = tmp_path / "cached.mp4"
+    argv = ["--prompt", "a red circle", "--model", str(tiny_wan_dir), "--out", str(out), *SIZE]
+    assert main([*argv, "--cache", "taylorseer"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["inference"] == {"cache": {"method": "taylorseer"}}
