@@ -56,6 +56,7 @@ from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.pipelines.config import config_hash, to_dict
 from vidpost.pipelines.grpo import load_prompt_pool
 from vidpost.pipelines.sft import (
+    CheckpointConfig,
     LogConfig,
     NoDataPosition,
     NonFiniteLoss,
@@ -121,13 +122,6 @@ class DistillTrainConfig:
 
 
 @dataclass
-class DistillCheckpointConfig:
-    every: int = 100
-    """save a resumable checkpoint every N steps (0: none)"""
-    keep_last: int = 2
-
-
-@dataclass
 class DistillConfig:
     output_dir: str = "runs/distill"
     model: DistillModelConfig = field(default_factory=DistillModelConfig)
@@ -135,7 +129,7 @@ class DistillConfig:
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
     train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
-    checkpoint: DistillCheckpointConfig = field(default_factory=DistillCheckpointConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100))
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
