@@ -1,5 +1,6 @@
 """`make demo`: the main job on the embedded default — generate Shapes world prompts with the shipped model,
-write mp4s + a contact sheet, score them with the verifier, and print the stored per-stage results.
+write mp4s + a contact sheet, score them with the verifier, and print the stored per-stage table of the staged run
+(`make pipeline`, results/pipeline-shapes/report.md).
 
 When the shipped model is absent (a checkout without assets/shapes), the demo says so, renders the same
 prompts' ground-truth clips with the Shapes world renderer instead, scores those, and shows how to build the
@@ -61,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + label)
     wins = sum(bool(r["success"]) for r in results)
     print(f"\nverifier success: {wins}/{len(results)}")
-    table = RESULTS / "stages.md"
+    table = RESULTS / "pipeline-shapes" / "report.md"
     if table.exists():
-        print(f"\nstored per-stage results ({table.relative_to(ROOT)}):\n")
+        print(f"\nstored per-stage results of `make pipeline` ({table.relative_to(ROOT)}):\n")
         print(table.read_text())
+        print(f"each stage on its own, at full budgets: {(RESULTS / 'stages.md').relative_to(ROOT)}")
     return 0
 
 
