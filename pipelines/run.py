@@ -395,7 +395,13 @@ def eval_items(ecfg: EvalConfig) -> list[dict[str, Any]]:
         from vidpost.pipelines.eval import load_prompts
 
         items = [
-            {"id": it["id"], "prompt": it["prompt"], "caption": None, "spec": None, "seed": it["seed"] or i}
+            {
+                "id": it["id"],
+                "prompt": it["prompt"],
+                "caption": None,
+                "spec": None,
+                "seed": i if it["seed"] is None else it["seed"],
+            }
             for i, it in enumerate(load_prompts(ecfg.prompts))
         ]
     return items[: ecfg.limit] if ecfg.limit else items
