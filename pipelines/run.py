@@ -600,6 +600,10 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
     for s in (start, stop):
         if s is not None and s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
+    if not dry:
+        from vidpost.models import resolve_model_path
+
+        resolve_model_path(cfg.model)  # a missing model is an error before anything is written
     first = STAGES.index(start) if start else 0
     last = STAGES.index(stop) if stop else len(STAGES) - 1
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

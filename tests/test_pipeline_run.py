@@ -204,3 +204,10 @@ def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path,
     assert (tmp_path / "sft" / "merged" / "model_index.json").exists()
     assert Path(result["state"]["lora"], "pytorch_lora_weights.safetensors").exists()
     assert len(json.loads((tmp_path / "grpo" / "history.json").read_text())) == 1
+
+
+def test_missing_model_fails_before_anything_is_written(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rc = pipeline.main(["configs/wan2.1-t2v-1.3b/pipeline.yaml", f"run_dir={run_dir}"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    assert not run_dir.exists()
