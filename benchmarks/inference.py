@@ -159,24 +159,15 @@ def speed_models() -> list[Workload]:
     return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, 33, 128, 128, 20, 5.0, 3.0)]
 
 
-class _Handles:
-    def __init__(self, handles: list) -> None:
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in reversed(self.handles):
-            h.remove()
-
-
 def _install(adapter: VideoModelAdapter, m: Method, steps: int | None = None):
-    from vidpost.models.inference import apply_inference
+    """Install a row's attention and inference settings (`apply_inference`); None for the stock baseline."""
+    from vidpost.models.inference import InferenceConfig, apply_inference
 
-    handles = []
-    if m.attention is not None:
-        handles.append(install_attention(adapter, m.attention))
-    if m.inference:
-        handles.append(apply_inference(adapter, m.inference, num_inference_steps=steps))
-    return _Handles(handles) if handles else None
+    if m.is_baseline:
+        return None
+    cfg = InferenceConfig.from_dict(m.inference)
+    cfg.attention = m.attention or {}
+    return apply_inference(adapter, cfg, num_inference_steps=steps)
 
 
 @torch.no_grad()
@@ -218,9 +209,41 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
     return "\n".join(["- " + s for s in shapes_txt] + ["", *lines])
 
 
+def _score(
+    adapter: VideoModelAdapter,
+    kw: dict,
+    items: list[dict],
+    seeds: int,
+    batch: int,
+    temporal,
+    baseline: dict[tuple[int, int], torch.Tensor],
+    is_baseline: bool,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Sample and score the held-out items (prompt i, seed k → noise seed 1000·k + i): verifier success, graded
+    score, `temporal`, and PSNR against `baseline` (which the baseline row fills instead)."""
+    from vidpost.pipelines.shapes_eval import verify_rows
+
+    shape = adapter.latent_shape(1, kw["num_frames"], kw["height"], kw["width"])
+    succ, score, temp, psnrs = [], [], [], []
+    for k in range(seeds):
+        for s in range(0, len(items), batch):
+            idx = list(range(s, min(s + batch, len(items))))
+            noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
+            videos = sample(adapter, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
+            res = verify_rows(videos, [items[i]["spec"] for i in idx])
+            succ += [float(r["success"]) for r in res]
+            score += [r["score"] for r in res]
+            temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
+            for j, i in enumerate(idx):
+                if is_baseline:
+                    baseline[(k, i)] = videos[j]
+                else:
+                    psnrs.append(psnr(videos[j], baseline[(k, i)]))
+    return succ, score, temp, psnrs
+
+
 @torch.no_grad()
 def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -> str:
-    from vidpost.pipelines.shapes_eval import verify_rows
     from vidpost.rewards.base import build_reward
     from vidpost.shapes.splits import heldout_prompts
 
@@ -244,23 +267,8 @@ def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -
             guidance_scale=a.default_guidance_scale,
             shift=a.default_shift,
         )
-        shape = a.latent_shape(1, kw["num_frames"], kw["height"], kw["width"])
-        succ, score, temp, psnrs = [], [], [], []
         t0 = time.time()
-        for k in range(seeds):
-            for s in range(0, len(items), batch):
-                idx = list(range(s, min(s + batch, len(items))))
-                noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
-                videos = sample(a, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
-                res = verify_rows(videos, [items[i]["spec"] for i in idx])
-                succ += [float(r["success"]) for r in res]
-                score += [r["score"] for r in res]
-                temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
-                for j, i in enumerate(idx):
-                    if spec == specs[0]:
-                        baseline[(k, i)] = videos[j]
-                    else:
-                        psnrs.append(psnr(videos[j], baseline[(k, i)]))
+        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, spec == specs[0])
         n = len(succ)
         pv = f"{statistics.mean(psnrs):.2f}" if psnrs else "—"
         out.append(
@@ -282,7 +290,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> str:
-    from vidpost.pipelines.shapes_eval import verify_rows
     from vidpost.rewards.base import build_reward
     from vidpost.shapes.splits import heldout_prompts
 
@@ -306,22 +313,8 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
         handle = _install(a, m, w.steps)
         # one untimed generation first: torch.compile compiles, caches allocate (same for every row)
         sample(a, [items[0]["caption"]], **kw, seed=0, latents=initial_noise(shape, seed=0))
-        succ, score, temp, psnrs = [], [], [], []
         t0 = time.time()
-        for k in range(seeds):
-            for s in range(0, len(items), batch):
-                idx = list(range(s, min(s + batch, len(items))))
-                noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
-                videos = sample(a, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
-                res = verify_rows(videos, [items[i]["spec"] for i in idx])
-                succ += [float(r["success"]) for r in res]
-                score += [r["score"] for r in res]
-                temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
-                for j, i in enumerate(idx):
-                    if m.is_baseline:
-                        baseline[(k, i)] = videos[j]
-                    else:
-                        psnrs.append(psnr(videos[j], baseline[(k, i)]))
+        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, m.is_baseline)
         if handle is not None:
             handle.remove()
         n = len(succ)
