@@ -97,6 +97,23 @@ def test_vae_round_trip_shapes_and_range(cls):
     assert not torch.equal(z, z2)  # sampling the posterior differs from its mode
 
 
+def test_wan_cpu_decode_in_channels_last_matches_the_default_layout():
+    from vidpost.models.wan import channels_last
+
+    a = WanAdapter.tiny()
+    z = torch.randn(2, *a.latent_shape(1, 9, 32, 32)[1:])
+    mean, std = a._latent_norm(z)
+    with torch.no_grad():
+        reference = (a.vae.decode(z * std + mean, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+        out = a.decode(z)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
+    convs = [p for p in a.vae.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous() for p in a.vae.parameters())  # layout restored: saving still works
+    with channels_last(a.vae):
+        assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    assert all(p.is_contiguous() for p in convs)
+
+
 def test_wan_prompt_embeds_zero_padded_and_deterministic():
     a = WanAdapter.tiny()
     e = a.encode_prompt(["a red circle", "a blue square moves to the left"])
