@@ -1,8 +1,10 @@
 """Rewards that need no learned weights: temporal consistency and motion (VBench-style).
 
 `temporal` — temporal consistency: per-frame features f_t, then the mean over t ≥ 1 of
-    ½·cos(f_t, f_{t−1}) + ½·cos(f_t, f_0)
-(VBench's subject/background consistency formula). Features come from
+    (1 − w)·cos(f_t, f_{t−1}) + w·cos(f_t, f_0),   w = `first_weight` (default ½)
+(VBench's subject/background consistency formula at w = ½). The frame-to-first term falls with any motion, wanted
+or not; w = 0 keeps only frame-to-frame stability (flicker, popping), the better guard for a policy that is
+being taught to move things. Features come from
   * `backbone: "pixels"` (default, no weights): the frame at 16×16, each channel centred over the frame — it
     measures appearance stability (flicker, objects appearing/vanishing, colour drift); fast motion lowers it too;
   * `backbone: "clip"` with `path` (+ `arch` for open_clip files): the CLIP image embedding, as VBench uses for
@@ -36,13 +38,16 @@ class TemporalConsistency(Reward):
         arch: str | None = None,
         frames: int | None = 16,
         size: int = 16,
+        first_weight: float = 0.5,
         device: str = "cpu",
         dtype=None,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
         if backbone not in ("pixels", "clip"):
             raise ValueError(f"temporal reward: backbone must be 'pixels' or 'clip', got {backbone!r}")
-        self.backbone, self.frames, self.size = backbone, frames, size
+        if not 0.0 <= first_weight <= 1.0:
+            raise ValueError(f"temporal reward: first_weight must be in [0, 1], got {first_weight}")
+        self.backbone, self.frames, self.size, self.first_weight = backbone, frames, size, first_weight
         self.clip = None
         if backbone == "clip":
             from .clip_score import load_clip
@@ -70,7 +75,8 @@ class TemporalConsistency(Reward):
             return RewardOutput(ones, {"frame_to_prev": ones, "frame_to_first": ones})
         prev = (f[:, 1:] * f[:, :-1]).sum(-1).mean(1)
         first = (f[:, 1:] * f[:, :1]).sum(-1).mean(1)
-        return RewardOutput(0.5 * (prev + first), {"frame_to_prev": prev, "frame_to_first": first})
+        w = self.first_weight
+        return RewardOutput((1 - w) * prev + w * first, {"frame_to_prev": prev, "frame_to_first": first})
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,10 @@ not parse scores 0 and is counted in the `unparsed` component (a user-style prom
 canonical caption by the caller — the held-out split carries both). Components: every attribute's graded score,
 `success` (all attributes correct) and `unparsed`.
 
-`attributes` restricts the graded score to a subset (their mean), so the verifier can split into a training
-reward and an independent guard: e.g. train on what the prompt asks (colour, shape, size, direction, speed,
-background, count) and guard on `smoothness`, which no part of the training reward measures.
+`attributes` restricts the score to a subset — graded: their mean; binary: 1 when every one of them is correct —
+so the verifier can split into a training reward and an independent guard: e.g. train on what the prompt asks
+(colour, shape, size, direction, speed, background, count) and guard on `smoothness`, which no part of the
+training reward measures. `success` in the components is always the full eight-attribute success.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class VerifierReward(Reward):
     def _score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
         arrays = videos.numpy()
         rows = {k: np.zeros(len(prompts)) for k in (*ATTRIBUTES, "score", "success", "unparsed")}
+        subset_ok = np.zeros(len(prompts))
         for i, (video, prompt) in enumerate(zip(arrays, prompts)):
             try:
                 spec = parse_caption(prompt)
@@ -50,8 +52,9 @@ class VerifierReward(Reward):
             for key in (*ATTRIBUTES, "score"):
                 rows[key][i] = float(result[key])
             rows["success"][i] = float(result["success"])
+            subset_ok[i] = float(all(result[f"{a}_ok"] for a in self.attributes or ATTRIBUTES))
         if self.mode == "binary":
-            score = rows["success"]
+            score = subset_ok
         elif self.attributes is not None:
             score = np.mean([rows[a] for a in self.attributes], axis=0)
         else:

@@ -77,6 +77,11 @@ def test_temporal_consistency(clips):
     flicker = clips.clone()
     flicker[:, :, 1::2] = 1 - flicker[:, :, 1::2]
     assert (TemporalConsistency()(flicker, CAPTIONS).score < out.score).all()
+    prev_only = TemporalConsistency(first_weight=0.0)(clips, CAPTIONS)
+    torch.testing.assert_close(prev_only.score, out.components["frame_to_prev"])
+    assert prev_only.score[0] > out.score[0]  # the moving clip no longer pays for leaving its first position
+    with pytest.raises(ValueError, match="first_weight"):
+        TemporalConsistency(first_weight=1.5)
 
 
 def test_verifier_reward_graded_binary_and_unparsed(clips):
@@ -99,6 +104,14 @@ def test_verifier_attribute_subset(clips):
     assert (shape_only.score < 0.5).all() and (others.score > 0.99).all()
     with pytest.raises(ValueError, match="unknown attributes"):
         build_reward("verifier", attributes=["colour", "hue"])
+    # binary over a subset: correct when every listed attribute is, whatever the others
+    assert (
+        build_reward("verifier_binary", attributes=["colour", "size", "background"])(clips, wrong).score.tolist()
+        == [1.0] * 3
+    )
+    binary_shape = build_reward("verifier_binary", attributes=["colour", "shape"])(clips, wrong)
+    assert binary_shape.score.tolist() == [0.0] * 3
+    assert binary_shape.components["success"].tolist() == [0.0] * 3
 
 
 def test_threshold_wrapper(clips):
