@@ -24,7 +24,8 @@ Algorithm (one iteration = one optimizer step):
                  (`updates_per_iteration` > 1 splits the micro-batches into that many consecutive optimizer steps).
   6. guard     ← every `guard.every` iterations: ODE samples of the held-out prompts, scored by the gold metric
                  (`guard.metric`, not a training reward); the best weights are exported to `best/`; when the
-                 metric falls more than `guard.margin` below its best, the run stops (exit code 4).
+                 metric falls more than `guard.margin` below its best, or a watched extra metric (`guard.watch`)
+                 more than its own margin below its best, the run stops (exit code 4).
 
 Departures from the papers, on purpose: log-probs are reduced by the mean over latent elements (DESIGN.md);
 by default one optimizer step per iteration (DanceGRPO steps per micro-batch); the trained steps are drawn per iteration
@@ -165,7 +166,11 @@ class GuardConfig:
     guidance_scale: float = 5.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=lambda: {"temporal": 1.0})
-    """further rewards logged (not guarded) on the same videos"""
+    """further rewards logged on the same videos"""
+    watch: dict[str, float] = field(default_factory=dict)
+    """`extra` name → margin: also stop when that metric falls more than its margin below its best so far (e.g. the
+    training reward itself on the held-out prompts, which a noisy policy gradient can walk downhill while the gold
+    metric holds); `best/` stays the gold metric's best"""
 
 
 @dataclass
@@ -384,6 +389,9 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
     weights = rewards.weights
     metric = build_rewards(cfg.guard.metric) if cfg.guard.every else None
     extra = build_rewards(cfg.guard.extra) if cfg.guard.every and cfg.guard.extra else None
+    unwatched = sorted(set(cfg.guard.watch) - set(cfg.guard.extra or {}))
+    if unwatched:
+        raise ValueError(f"guard.watch: {unwatched} not in guard.extra (known: {sorted(cfg.guard.extra or {})})")
     overlap = set(cfg.guard.metric) & set(cfg.rewards.spec)
     if metric is not None and overlap:
         print(f"warning: guard metric {sorted(overlap)} is also a training reward", file=sys.stderr)
@@ -550,6 +558,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
                     f"guard: {g['gold']:.3f} at iteration {step} fell more than {cfg.guard.margin} below the best "
                     f"{best['gold']:.3f} (iteration {best['step']}); best weights kept in {out_dir / 'best'}"
                 )
+            stopped = stopped or watch_tripped(state_extra["guard_history"], cfg.guard.watch, out_dir / "best")
         if accelerator.is_main_process and cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or stopped):
             last_good = save_checkpoint(
                 ckpt_root,
@@ -587,6 +596,21 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
         rewards.close()
     accelerator.end_training()
     return result
+
+
+def watch_tripped(history: list[dict[str, float]], watch: dict[str, float], best_dir: Path) -> str | None:
+    """The stop message when the newest guard entry has a watched extra metric more than its margin below the best
+    value of that metric over the earlier entries; None otherwise."""
+    *before, now = history
+    for name, margin in watch.items():
+        key = f"extra/{name}"
+        top = max(before, key=lambda h: h[key], default=None)
+        if top is not None and now[key] < top[key] - margin:
+            return (
+                f"guard: {name} {now[key]:.3f} at iteration {now['step']} fell more than {margin} below its best "
+                f"{top[key]:.3f} (iteration {top['step']}); best weights (by the gold metric) kept in {best_dir}"
+            )
+    return None
 
 
 def policy_kwargs(cfg: GRPOConfig) -> dict[str, Any]:

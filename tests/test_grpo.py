@@ -157,6 +157,29 @@ def test_guard_stops_and_keeps_the_best(tmp_path, tiny_wan_dir):
     assert (tmp_path / "guard" / "curves.png").exists()
 
 
+def test_guard_watch_stops_on_a_falling_extra_metric(tmp_path, tiny_wan_dir):
+    # The gold metric cannot trip (margin 10); the watched extra metric with a negative margin trips at the first
+    # comparison, as a real drop would.
+    common = ("guard.every=2", f"guard.prompts={json.dumps(PROMPTS[:2])}", "guard.steps=2", "guard.margin=10")
+    cfg = _cfg(tmp_path, tiny_wan_dir, "watch", "train.max_steps=6", *common, "guard.watch={temporal: -1}")
+    result = train(cfg)
+    assert result["steps"] == 2 and "temporal" in result["stopped"] and "below its best" in result["stopped"]
+    assert Path(result["best"], "pytorch_lora_weights.safetensors").exists()
+    bad = _cfg(tmp_path, tiny_wan_dir, "watch-bad", "train.max_steps=1", *common, "guard.watch={graded: 0.1}")
+    with pytest.raises(ValueError, match=r"guard.watch: \['graded'\] not in guard.extra"):
+        train(bad)
+
+
+def test_watch_tripped_compares_with_the_best_earlier_entry():
+    from vidpost.pipelines.grpo import watch_tripped
+
+    h = [{"step": 0, "extra/g": 0.5}, {"step": 10, "extra/g": 0.6}, {"step": 20, "extra/g": 0.56}]
+    assert watch_tripped(h, {"g": 0.05}, Path("best")) is None
+    msg = watch_tripped(h, {"g": 0.03}, Path("best"))
+    assert msg is not None and "0.560 at iteration 20" in msg and "0.600 (iteration 10)" in msg
+    assert watch_tripped(h[:1], {"g": 0.0}, Path("best")) is None  # nothing to compare with yet
+
+
 class _NaNReward(Reward):
     name = "nan"
 
