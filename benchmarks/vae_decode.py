@@ -3,7 +3,7 @@
     python benchmarks/vae_decode.py [--model shapes] [--batch 8] [--frames 17] [--height 64] [--width 64] [--repeats 3]
 
 `WanAdapter.decode` holds the VAE's convolution weights in channels-last layout while it decodes on the CPU
-(`vidpost.models.wan.channels_last`). This script decodes the same random latents both ways, alternating the two
+(`vidpost.models.wan.vae_decode`, the function both columns call). This script decodes the same random latents both ways, alternating the two
 for `--repeats` rounds after one warm-up each, and prints the median seconds per clip, the ratio and the largest
 absolute difference between the two outputs. Decoding is most of the time of a GRPO rollout and of an evaluation
 on the Shapes world, so the ratio carries over to both.
@@ -29,20 +29,18 @@ def main() -> None:
     args = p.parse_args()
 
     from vidpost.models import load
-    from vidpost.models.wan import channels_last
+    from vidpost.models.wan import vae_decode
 
     adapter = load(args.model)
     z = torch.randn(adapter.latent_shape(args.batch, args.frames, args.height, args.width))
     mean, std = adapter._latent_norm(z)
     z = z * std + mean
-    vae = adapter.vae
 
     def default() -> torch.Tensor:
-        return vae.decode(z, return_dict=False)[0]
+        return vae_decode(adapter.vae, z, channels_last_weights=False)
 
     def layout() -> torch.Tensor:
-        with channels_last(vae):
-            return vae.decode(z.contiguous(memory_format=torch.channels_last_3d), return_dict=False)[0]
+        return vae_decode(adapter.vae, z, channels_last_weights=True)
 
     times: dict[str, list[float]] = {"contiguous": [], "channels_last": []}
     with torch.no_grad():

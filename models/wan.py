@@ -47,6 +47,15 @@ def channels_last(module: torch.nn.Module) -> Iterator[None]:
             p.data = data
 
 
+def vae_decode(vae: AutoencoderKLWan, z: torch.Tensor, *, channels_last_weights: bool) -> torch.Tensor:
+    """`vae.decode` of de-normalised latents, optionally with the weights and input in channels-last layout
+    (`channels_last`); `WanAdapter.decode` takes that path on the CPU."""
+    if not channels_last_weights:
+        return vae.decode(z, return_dict=False)[0]
+    with channels_last(vae):
+        return vae.decode(z.contiguous(memory_format=torch.channels_last_3d), return_dict=False)[0]
+
+
 class WanAdapter(VideoModelAdapter):
     family = "wan"
     pipeline_class_names = ("WanPipeline",)
@@ -141,11 +150,7 @@ class WanAdapter(VideoModelAdapter):
         mean, std = self._latent_norm(z)
         # Same arithmetic as WanPipeline: latents / (1 / std) + mean.
         z = z / (1.0 / std) + mean
-        if z.device.type == "cpu":
-            with channels_last(self.vae):
-                video = self.vae.decode(z.contiguous(memory_format=torch.channels_last_3d), return_dict=False)[0]
-        else:
-            video = self.vae.decode(z, return_dict=False)[0]
+        video = vae_decode(self.vae, z, channels_last_weights=z.device.type == "cpu")
         return (video.float() / 2 + 0.5).clamp(0, 1)
 
     def _model_for(self, sigma: torch.Tensor) -> WanTransformer3DModel:
