@@ -321,6 +321,43 @@ def _load_lora_init(adapter: VideoModelAdapter, folder: str) -> None:
     print(f"lora_init: loaded {loaded} tensors from {f}", file=sys.stderr)
 
 
+def load_policy(
+    cfg: GRPOConfig, device: torch.device | str
+) -> tuple[VideoModelAdapter, tuple[int, int, int], float, torch.nn.Module | None]:
+    """The model to align, ready to train: (adapter with its LoRA or unfrozen transformer, trainable weights in
+    float32; the rollout size (frames, height, width); the sampling shift; the frozen reference transformer for the
+    KL of a full fine-tune, else None)."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    model_dir = resolve_model_path(cfg.model.path)
+    adapter = load(model_dir, dtype=dtype, device=device)
+    gen = read_vidpost_config(model_dir).get("generation", {})
+    size = (
+        cfg.rollout.num_frames or gen.get("num_frames", 81),
+        cfg.rollout.height or gen.get("height", 480),
+        cfg.rollout.width or gen.get("width", 832),
+    )
+    adapter.validate_size(*size)
+    shift = cfg.rollout.shift if cfg.rollout.shift is not None else adapter.default_shift
+    transformer = adapter.transformer
+    reference = None
+    if cfg.lora.enabled:
+        add_lora(adapter, cfg.lora)
+        if cfg.model.lora_init:
+            _load_lora_init(adapter, cfg.model.lora_init)
+    else:
+        if cfg.train.kl_beta > 0:
+            import copy
+
+            reference = copy.deepcopy(transformer).requires_grad_(False).eval()
+        transformer.requires_grad_(True)
+    for p in transformer.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if cfg.model.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return adapter, size, shift, reference
+
+
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
 
@@ -340,38 +377,11 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.train.seed)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-    model_dir = resolve_model_path(cfg.model.path)
-    adapter = load(model_dir, dtype=dtype, device=accelerator.device)
-    gen = read_vidpost_config(model_dir).get("generation", {})
-    size = (
-        cfg.rollout.num_frames or gen.get("num_frames", 81),
-        cfg.rollout.height or gen.get("height", 480),
-        cfg.rollout.width or gen.get("width", 832),
-    )
-    adapter.validate_size(*size)
-    shift = cfg.rollout.shift if cfg.rollout.shift is not None else adapter.default_shift
+    adapter, size, shift, reference = load_policy(cfg, accelerator.device)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-
     transformer = adapter.transformer
-    reference = None
-    if cfg.lora.enabled:
-        add_lora(adapter, cfg.lora)
-        if cfg.model.lora_init:
-            _load_lora_init(adapter, cfg.model.lora_init)
-    else:
-        if cfg.train.kl_beta > 0:
-            import copy
-
-            reference = copy.deepcopy(transformer).requires_grad_(False).eval()
-        transformer.requires_grad_(True)
-    for p in transformer.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    if cfg.model.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -415,7 +425,6 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
 
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="grpo", disable=not accelerator.is_main_process)
-    window = tuple(cfg.rollout.sde_window) if cfg.rollout.sde_window else None
     n_local = cfg.rollout.prompts_per_step
     stopped = None
     last_good = latest_checkpoint(ckpt_root)
@@ -432,25 +441,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> dict[str, Any]:
         prompts = prompts_all[rank * n_local : (rank + 1) * n_local]
         model.eval()
         with accelerator.autocast():
-            ro = rollout(
-                adapter,
-                prompts,
-                group_size=cfg.rollout.group_size,
-                num_frames=size[0],
-                height=size[1],
-                width=size[2],
-                num_steps=cfg.rollout.steps,
-                shift=shift,
-                negative_prompt=cfg.rollout.negative_prompt,
-                sde_window=window,
-                shared_noise=cfg.rollout.shared_noise,
-                generators=[
-                    iteration_generator(cfg.train.seed, step, rank * n_local + j, 1) for j in range(len(prompts))
-                ],
-                model=model,
-                chunk_size=cfg.train.micro_batch,
-                **policy_kwargs(cfg),
-            )
+            ro = policy_rollout(adapter, cfg, prompts, size, shift, step, rank * n_local, model=model)
         t_sample = time.perf_counter()
         rout = rewards(ro.videos.cpu(), ro.prompts)
         t_reward = time.perf_counter()
@@ -611,6 +602,36 @@ def watch_tripped(history: list[dict[str, float]], watch: dict[str, float], best
                 f"{top[key]:.3f} (iteration {top['step']}); best weights (by the gold metric) kept in {best_dir}"
             )
     return None
+
+
+def policy_rollout(
+    adapter: VideoModelAdapter,
+    cfg: GRPOConfig,
+    prompts: list[str],
+    size: tuple[int, int, int],
+    shift: float,
+    step: int,
+    first_index: int = 0,
+    model: torch.nn.Module | None = None,
+) -> Rollout:
+    """Iteration `step`'s rollout of `prompts` (global indices from `first_index`) as the config sets it up."""
+    return rollout(
+        adapter,
+        prompts,
+        group_size=cfg.rollout.group_size,
+        num_frames=size[0],
+        height=size[1],
+        width=size[2],
+        num_steps=cfg.rollout.steps,
+        shift=shift,
+        negative_prompt=cfg.rollout.negative_prompt,
+        sde_window=tuple(cfg.rollout.sde_window) if cfg.rollout.sde_window else None,
+        shared_noise=cfg.rollout.shared_noise,
+        generators=[iteration_generator(cfg.train.seed, step, first_index + j, 1) for j in range(len(prompts))],
+        model=model,
+        chunk_size=cfg.train.micro_batch,
+        **policy_kwargs(cfg),
+    )
 
 
 def policy_kwargs(cfg: GRPOConfig) -> dict[str, Any]:

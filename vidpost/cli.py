@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
     "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
     "grpo": ("vidpost.pipelines.grpo", "stage 2: GRPO with reward models and a reward-hacking guard"),
+    "grpo-snr": ("vidpost.pipelines.grpo_snr", "does a GRPO batch carry signal? gradients of independent rollouts"),
     "distill": ("vidpost.pipelines.distill", "stage 4: distil a LiT linear-attention student from a dense model"),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
