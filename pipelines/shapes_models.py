@@ -26,8 +26,10 @@ Stages (each writes its folder and is skipped when that folder is complete, so t
 3. `data`  — exports the Shapes train split as mp4 + manifest (the same format the SFT stage reads for real data).
 4. `base`  — "pretraining": `vidpost sft` with full fine-tuning of the random transformer on the *noisy* captions
              (some wrong, vague or missing, like web alt-text) → `base/`, a complete model folder.
-5. `sft`   — `vidpost sft` on the clean canonical captions starting from `base/` → `sft/`.
-The SFT config of steps 4–5 lives in configs/shapes/{pretrain,sft}.yaml; this command only sets paths.
+5. `sft`   — `vidpost sft` on the clean canonical captions starting from `base/`, in two phases: `sft.yaml`
+             (9000 steps, unshifted logit-normal timesteps), then `sft-motion.yaml` (4500 steps with the
+             timesteps shifted like the sampler's, shift 3, which is what teaches direction of motion) → `sft/`.
+The SFT configs of steps 4–5 live in configs/shapes/{pretrain,sft,sft-motion}.yaml; this command only sets paths.
 """
 
 from __future__ import annotations
@@ -365,13 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():
         export_data(work / "data", args.clips or (64 if args.quick else 4000))
     manifest = work / "data" / "manifest.jsonl"
-    for stage, config, start_from in (("base", "pretrain", work / "init"), ("sft", "sft", out / "base")):
+    phases = {"base": (["pretrain"], work / "init"), "sft": (["sft", "sft-motion"], out / "base")}
+    for stage, (configs, start_from) in phases.items():
         if stage in stages and not (out / stage / "model_index.json").exists():
             pretrain_cache, sft_cache = work / "pretrain" / "cache", work / "sft" / "cache"
             if stage == "sft" and (pretrain_cache / "summary.json").exists() and not sft_cache.exists():
                 recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
-            overrides = [f"output_dir={work / config}", f"model.path={start_from}", f"data.manifest={manifest}"]
-            final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
+            final = start_from
+            for config in configs:  # each phase continues from the previous one's weights
+                overrides = [f"output_dir={work / config}", f"model.path={final}", f"data.manifest={manifest}"]
+                if config == "sft-motion":  # the same clips and captions as the first SFT phase
+                    overrides.append(f"data.cache_dir={sft_cache}")
+                final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
             shutil.rmtree(out / stage, ignore_errors=True)
             shutil.copytree(final, out / stage)
             _write_generation_defaults(out / stage)

@@ -35,6 +35,12 @@ def test_build_produces_loadable_base_and_sft(quick_assets, monkeypatch):
         for a, b in zip(base.transformer.parameters(), sft.transformer.parameters(), strict=True)
     ]
     assert max(diffs) > 0  # SFT changed the transformer
+    # Both SFT phases ran, the second (shifted timesteps) from the first's weights, and its result is what shipped.
+    motion = json.loads((quick_assets / "work" / "sft-motion" / "config.json").read_text())
+    assert motion["train"]["shift"] == 3.0 and motion["model"]["path"].endswith("sft/final")
+    shipped = quick_assets / "assets" / "shapes" / "sft" / "transformer" / "diffusion_pytorch_model.safetensors"
+    second = quick_assets / "work" / "sft-motion" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert shipped.read_bytes() == second.read_bytes()
     manifest = (quick_assets / "work" / "data" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 48 and {"video", "caption", "caption_noisy", "spec"} <= set(json.loads(manifest[0]))
     vae_mean = base.vae.config.latents_mean
