@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +60,38 @@ def tiny_manifest(tmp_path_factory):
     rows.append({"video": "v/missing.mp4", "caption": "missing"})
     (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return root / "manifest.jsonl"
+
+
+GRPO_PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
+
+
+@pytest.fixture(scope="session")
+def grpo_overrides() -> Callable[..., list[str]]:
+    """`grpo_overrides(output_dir, model, *extra)`: `vidpost grpo` overrides for a run of seconds on a miniature
+    (2 prompts × 3 samples, 5 frames at 16×16, 4 steps, the weight-free temporal + motion rewards, LoRA rank 4, no
+    guard, checkpoints or tensorboard); `extra` comes after the defaults, so it overrides them."""
+
+    def make(output_dir: Path, model: Path, *extra: str) -> list[str]:
+        return [
+            f"output_dir={output_dir}",
+            f"model.path={model}",
+            f"rollout.prompts={json.dumps(GRPO_PROMPTS)}",
+            "rollout.prompts_per_step=2",
+            "rollout.group_size=3",
+            "rollout.num_frames=5",
+            "rollout.height=16",
+            "rollout.width=16",
+            "rollout.steps=4",
+            "rollout.guidance_scale=3.0",
+            "rewards.spec={temporal: 1.0, motion: 0.5}",
+            "train.micro_batch=6",
+            "train.timestep_fraction=0.5",
+            "optim.lr=1e-3",
+            "lora.rank=4",
+            "guard.every=0",
+            "checkpoint.every=0",
+            "log.tensorboard=false",
+            *extra,
+        ]
+
+    return make

@@ -21,34 +21,19 @@ from vidpost.rewards.base import Reward, RewardOutput, register
 PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
 
 
-def _cfg(tmp_path: Path, model: Path, name: str, *extra: str) -> GRPOConfig:
-    overrides = [
-        f"output_dir={tmp_path / name}",
-        f"model.path={model}",
-        f"rollout.prompts={json.dumps(PROMPTS)}",
-        "rollout.prompts_per_step=2",
-        "rollout.group_size=3",
-        "rollout.num_frames=5",
-        "rollout.height=16",
-        "rollout.width=16",
-        "rollout.steps=4",
-        "rollout.guidance_scale=3.0",
-        "rewards.spec={temporal: 1.0, motion: 0.5}",
-        "train.micro_batch=6",
-        "train.timestep_fraction=0.5",
-        "optim.lr=1e-3",
-        "lora.rank=4",
-        "guard.every=0",
-        "checkpoint.every=0",
-        "log.tensorboard=false",
-        *extra,
-    ]
-    return load_config(GRPOConfig, None, overrides)
+@pytest.fixture
+def cfg_for(tmp_path, tiny_wan_dir, grpo_overrides):
+    """`cfg_for(name, *extra)`: the miniature run's config (conftest `grpo_overrides`) writing to tmp_path/name."""
+
+    def make(name: str, *extra: str) -> GRPOConfig:
+        return load_config(GRPOConfig, None, grpo_overrides(tmp_path / name, tiny_wan_dir, *extra))
+
+    return make
 
 
 @pytest.mark.parametrize("micro_batch", [1, 6])
-def test_ratio_is_exactly_one_before_the_first_update(tmp_path, tiny_wan_dir, micro_batch):
-    cfg = _cfg(tmp_path, tiny_wan_dir, f"r{micro_batch}", "train.max_steps=1", f"train.micro_batch={micro_batch}")
+def test_ratio_is_exactly_one_before_the_first_update(micro_batch, cfg_for):
+    cfg = cfg_for(f"r{micro_batch}", "train.max_steps=1", f"train.micro_batch={micro_batch}")
     first = train(cfg)["history"][0]
     assert first["ratio_min"] == 1.0 and first["ratio_max"] == 1.0
     assert first["clip_fraction"] == 0.0 and first["approx_kl"] == 0.0
@@ -58,59 +43,41 @@ def _lora(result) -> dict[str, torch.Tensor]:
     return load_file(str(Path(result["final"]) / "pytorch_lora_weights.safetensors"))
 
 
-def test_every_trainable_parameter_changes(tmp_path, tiny_wan_dir):
+def test_every_trainable_parameter_changes(tiny_wan_dir, cfg_for):
     # LoRA: B starts at zero, so A has no gradient on the first step; after two steps every tensor has moved.
-    before = _lora(train(_cfg(tmp_path, tiny_wan_dir, "move0", "train.max_steps=1", "optim.lr=0")))
-    after = _lora(train(_cfg(tmp_path, tiny_wan_dir, "move", "train.max_steps=2", "optim.max_grad_norm=0")))
+    before = _lora(train(cfg_for("move0", "train.max_steps=1", "optim.lr=0")))
+    after = _lora(train(cfg_for("move", "train.max_steps=2", "optim.max_grad_norm=0")))
     assert before.keys() == after.keys() and len(after) > 0
     unchanged = [k for k in after if torch.equal(after[k], before[k])]
     assert not unchanged, f"{len(unchanged)} LoRA tensors did not change, e.g. {unchanged[:3]}"
     # Full fine-tuning: one step moves every parameter of the transformer.
     from vidpost.models import load
 
-    full = train(_cfg(tmp_path, tiny_wan_dir, "full-ft", "train.max_steps=1", "lora.enabled=false", "optim.lr=1e-4"))
+    full = train(cfg_for("full-ft", "train.max_steps=1", "lora.enabled=false", "optim.lr=1e-4"))
     new = dict(load(full["final"]).transformer.named_parameters())
     old = dict(load(tiny_wan_dir).transformer.named_parameters())
     same = [k for k in old if torch.equal(old[k], new[k])]
     assert not same, f"{len(same)} parameters did not change, e.g. {same[:3]}"
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_wan_dir):
+def test_resume_equals_uninterrupted(cfg_for):
     common = ("checkpoint.every=2", "optim.schedule=constant")
-    full = train(_cfg(tmp_path, tiny_wan_dir, "full", "train.max_steps=4", *common))
-    part = _cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=2", *common)
+    full = train(cfg_for("full", "train.max_steps=4", *common))
+    part = cfg_for("part", "train.max_steps=2", *common)
     train(part)
-    resumed = train(_cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=4", *common), resume="latest")
+    resumed = train(cfg_for("part", "train.max_steps=4", *common), resume="latest")
     assert [h["reward"] for h in resumed["history"]] == [h["reward"] for h in full["history"][2:]]
     a, b = _lora(full), _lora(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_two_processes_match_one(tmp_path, tiny_wan_dir):
-    one = train(_cfg(tmp_path, tiny_wan_dir, "one", "train.max_steps=2"))
+def test_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overrides):
+    one = train(cfg_for("one", "train.max_steps=2"))
     out = tmp_path / "two"
-    overrides = [
-        f"output_dir={out}",
-        f"model.path={tiny_wan_dir}",
-        f"rollout.prompts={json.dumps(PROMPTS)}",
-        "rollout.prompts_per_step=1",
-        "rollout.group_size=3",
-        "rollout.num_frames=5",
-        "rollout.height=16",
-        "rollout.width=16",
-        "rollout.steps=4",
-        "rollout.guidance_scale=3.0",
-        "rewards.spec={temporal: 1.0, motion: 0.5}",
-        "train.micro_batch=3",
-        "train.timestep_fraction=0.5",
-        "train.max_steps=2",
-        "optim.lr=1e-3",
-        "lora.rank=4",
-        "guard.every=0",
-        "checkpoint.every=0",
-        "log.tensorboard=false",
-    ]
+    overrides = grpo_overrides(
+        out, tiny_wan_dir, "rollout.prompts_per_step=1", "train.micro_batch=3", "train.max_steps=2"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
         sys.executable,
@@ -136,12 +103,10 @@ def test_two_processes_match_one(tmp_path, tiny_wan_dir):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
 
 
-def test_guard_stops_and_keeps_the_best(tmp_path, tiny_wan_dir):
+def test_guard_stops_and_keeps_the_best(tmp_path, cfg_for):
     # Prompts that are not Shapes captions score 0 under the verifier: the metric never improves on its first
     # value, and a negative margin makes "no improvement" a drop.
-    cfg = _cfg(
-        tmp_path,
-        tiny_wan_dir,
+    cfg = cfg_for(
         "guard",
         "train.max_steps=10",
         "guard.every=2",
@@ -157,15 +122,15 @@ def test_guard_stops_and_keeps_the_best(tmp_path, tiny_wan_dir):
     assert (tmp_path / "guard" / "curves.png").exists()
 
 
-def test_guard_watch_stops_on_a_falling_extra_metric(tmp_path, tiny_wan_dir):
+def test_guard_watch_stops_on_a_falling_extra_metric(cfg_for):
     # The gold metric cannot trip (margin 10); the watched extra metric with a negative margin trips at the first
     # comparison, as a real drop would.
     common = ("guard.every=2", f"guard.prompts={json.dumps(PROMPTS[:2])}", "guard.steps=2", "guard.margin=10")
-    cfg = _cfg(tmp_path, tiny_wan_dir, "watch", "train.max_steps=6", *common, "guard.watch={temporal: -1}")
+    cfg = cfg_for("watch", "train.max_steps=6", *common, "guard.watch={temporal: -1}")
     result = train(cfg)
     assert result["steps"] == 2 and "temporal" in result["stopped"] and "below its best" in result["stopped"]
     assert Path(result["best"], "pytorch_lora_weights.safetensors").exists()
-    bad = _cfg(tmp_path, tiny_wan_dir, "watch-bad", "train.max_steps=1", *common, "guard.watch={graded: 0.1}")
+    bad = cfg_for("watch-bad", "train.max_steps=1", *common, "guard.watch={graded: 0.1}")
     with pytest.raises(ValueError, match=r"guard.watch: \['graded'\] not in guard.extra"):
         train(bad)
 
@@ -211,7 +176,7 @@ def test_nan_reward_stops_with_exit_code_3(tmp_path, tiny_wan_dir, capsys):
     assert "returned non-finite values" in capsys.readouterr().err
 
 
-def test_unknown_config_key_is_an_error(tmp_path, tiny_wan_dir, capsys):
+def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):
     assert main([f"model.path={tiny_wan_dir}", "rollout.group_sise=4"]) == 2
     assert "rollout.group_sise" in capsys.readouterr().err
 
@@ -253,10 +218,8 @@ def test_best_of_n_keeps_the_highest_scoring_candidate(tmp_path, tiny_wan_dir):
     assert best_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
 
 
-def test_several_updates_per_iteration_make_the_clipping_act(tmp_path, tiny_wan_dir):
-    cfg = _cfg(
-        tmp_path,
-        tiny_wan_dir,
+def test_several_updates_per_iteration_make_the_clipping_act(cfg_for):
+    cfg = cfg_for(
         "upd",
         "train.max_steps=1",
         "train.micro_batch=2",

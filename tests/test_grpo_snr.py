@@ -16,8 +16,6 @@ from vidpost.pipelines.grpo import GRPOConfig, train
 from vidpost.pipelines.grpo_snr import main, measure
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
 
-PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
-
 
 def _estimates(signal_sq: float, noise_sq: float, r: int, dim: int = 200_000, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -55,32 +53,14 @@ def test_permute_within_groups_keeps_each_groups_values():
         assert sorted(out[groups == gid].tolist()) == sorted(values[groups == gid].tolist())
 
 
-def _overrides(tmp_path: Path, model: Path) -> list[str]:
-    return [
-        f"output_dir={tmp_path / 'run'}",
-        f"model.path={model}",
-        f"rollout.prompts={json.dumps(PROMPTS)}",
-        "rollout.prompts_per_step=2",
-        "rollout.group_size=3",
-        "rollout.num_frames=5",
-        "rollout.height=16",
-        "rollout.width=16",
-        "rollout.steps=4",
-        "rollout.guidance_scale=3.0",
-        "rewards.spec={temporal: 1.0, motion: 0.5}",
-        "train.micro_batch=3",
-        "train.timestep_fraction=1.0",
-        "optim.lr=1e-4",
-        "optim.max_grad_norm=0",
-        "lora.rank=4",
-        "guard.every=0",
-        "checkpoint.every=0",
-        "log.tensorboard=false",
-    ]
+@pytest.fixture
+def overrides(tmp_path, tiny_wan_dir, grpo_overrides) -> list[str]:
+    """The conftest miniature run, every SDE step trained, with plain AdamW steps (no clipping) for the sign check."""
+    extra = ("train.micro_batch=3", "train.timestep_fraction=1.0", "optim.lr=1e-4", "optim.max_grad_norm=0")
+    return grpo_overrides(tmp_path / "run", tiny_wan_dir, *extra)
 
 
-def test_measured_gradient_is_the_first_training_step(tmp_path, tiny_wan_dir):
-    overrides = _overrides(tmp_path, tiny_wan_dir)
+def test_measured_gradient_is_the_first_training_step(tiny_wan_dir, overrides):
     res = measure(load_config(GRPOConfig, None, overrides), rollouts=2, device="cpu", keep_gradients=True)
     g0 = res["gradients"][0]
     assert g0.abs().max() > 0 and not torch.equal(g0, res["controls"][0])
@@ -117,9 +97,9 @@ def _b_entries(model: Path, overrides: list[str], flat: torch.Tensor) -> torch.T
     return torch.cat([keys[k] for k in sorted(keys)])
 
 
-def test_command_writes_its_report(tmp_path, tiny_wan_dir, capsys):
+def test_command_writes_its_report(tmp_path, overrides, capsys):
     out = tmp_path / "snr"
-    code = main(["--rollouts", "2", "--out", str(out), "--device", "cpu", *_overrides(tmp_path, tiny_wan_dir)])
+    code = main(["--rollouts", "2", "--out", str(out), "--device", "cpu", *overrides])
     assert code == 0
     printed = capsys.readouterr().out
     assert "policy gradient  rho" in printed and "control (permuted advantages)" in printed
@@ -128,6 +108,6 @@ def test_command_writes_its_report(tmp_path, tiny_wan_dir, capsys):
     assert saved["real"]["pairs"] == 1
 
 
-def test_one_rollout_is_an_error(tmp_path, tiny_wan_dir, capsys):
-    assert main(["--rollouts", "1", *_overrides(tmp_path, tiny_wan_dir)]) == 2
+def test_one_rollout_is_an_error(overrides, capsys):
+    assert main(["--rollouts", "1", *overrides]) == 2
     assert "at least 2" in capsys.readouterr().err
