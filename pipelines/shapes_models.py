@@ -374,10 +374,13 @@ def main(argv: list[str] | None = None) -> int:
             if stage == "sft" and (pretrain_cache / "summary.json").exists() and not sft_cache.exists():
                 recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
             final = start_from
-            for config in configs:  # each phase continues from the previous one's weights
-                overrides = [f"output_dir={work / config}", f"model.path={final}", f"data.manifest={manifest}"]
-                if config == "sft-motion":  # the same clips and captions as the first SFT phase
-                    overrides.append(f"data.cache_dir={sft_cache}")
+            for config in configs:  # each phase continues from the previous one's weights, on the same cache
+                overrides = [
+                    f"output_dir={work / config}",
+                    f"model.path={final}",
+                    f"data.manifest={manifest}",
+                    f"data.cache_dir={work / configs[0] / 'cache'}",
+                ]
                 final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
             shutil.rmtree(out / stage, ignore_errors=True)
             shutil.copytree(final, out / stage)
