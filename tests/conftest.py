@@ -95,3 +95,104 @@ def grpo_overrides() -> Callable[..., list[str]]:
         ]
 
     return make
+
+
+# -- miniature language models (the prompt enhancer and its training) -------------------------------------------------
+
+CHAT_SPECIALS = ["<unk>", "<pad>", "<|end|>", "<|im_start|>", "<|im_end|>"]
+CHAT_WORDS = "a the cat dog red circle moves to right left runs on grass camera slow light video sign open".split()
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_chat_tokenizer():
+    """A word-level Unigram tokenizer (known words one token, any other ASCII character by itself), ChatML."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [(s, 0.0) for s in CHAT_SPECIALS] + [("▁" + w, -1.0) for w in CHAT_WORDS] + [("▁", -2.0)]
+    pieces += [(c, -8.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=False))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    fast.chat_template = CHATML
+    return fast
+
+
+def build_chat_lm(path: Path, *, head_std: float, never_stop: bool, **config) -> Path:
+    """A 2-layer Llama (hidden 32) with the ChatML test tokenizer and a random init (seed 0), saved to `path`.
+    `head_std` is the scale of the output head (the LoRA does not adapt it); `never_stop` zeroes `<|im_end|>`'s output
+    row so greedy decoding always runs to the limit; `config` overrides LlamaConfig fields."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_chat_tokenizer()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(0)
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[im_end, tokenizer.eos_token_id],
+    )
+    model = LlamaForCausalLM(LlamaConfig(**{**settings, **config}))
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, head_std)
+        if never_stop:
+            model.lm_head.weight[im_end] = 0
+    model.generation_config.eos_token_id = [im_end, tokenizer.eos_token_id]
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory):
+    """The enhancer's test LM: weights large enough that the output depends on the prompt, not just its end, and
+    `<|im_end|>` never the argmax, so greedy decoding always runs to the limit."""
+    return build_chat_lm(
+        tmp_path_factory.mktemp("tiny-llm"),
+        head_std=2.0,
+        never_stop=True,
+        max_position_embeddings=4096,
+        initializer_range=0.5,
+    )
+
+
+@pytest.fixture(scope="session")
+def lm_dir(tmp_path_factory):
+    """The rewriter-training test LM: default init, an output head with the scale of a trained one, free to stop."""
+    return build_chat_lm(tmp_path_factory.mktemp("tiny-lm"), head_std=1.0, never_stop=False)
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory):
+    """A 1-layer BERT with a word vocabulary (the intent encoder of the rewriter's GRPO)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] a the red circle moves to right left cat dog sign open grass".split()
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

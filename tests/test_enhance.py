@@ -13,66 +13,11 @@ import logging
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from vidpost.enhance import EnhancerPathError, Rewriter, RewriterConfig
 from vidpost.enhance import models as enhancer_models
 from vidpost.enhance.prompts import FEW_SHOT, I2V_SYSTEM_PROMPT, T2V_EXAMPLES, T2V_SYSTEM_PROMPT
 from vidpost.enhance.validate import check, clean, wrong_language
-
-SPECIALS = ["<unk>", "<pad>", "<|end|>", "<|im_start|>", "<|im_end|>"]
-WORDS = "a the cat dog red circle moves to right left runs on grass camera slow light video sign open".split()
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level Unigram tokenizer (known words one token, any other ASCII character by itself), ChatML."""
-    chars = [chr(c) for c in range(33, 127)]
-    pieces = [(s, 0.0) for s in SPECIALS] + [("▁" + w, -1.0) for w in WORDS] + [("▁", -2.0)]
-    pieces += [(c, -8.0) for c in chars]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=False))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>")
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    fast.chat_template = CHATML
-    return fast
-
-
-@pytest.fixture(scope="module")
-def tiny_llm_dir(tmp_path_factory):
-    """A 2-layer Llama (hidden 32) with the ChatML tokenizer; `<|im_end|>` ends a turn but is never the argmax
-    (its output row is zero while every other logit row is random), so greedy decoding always runs to the limit."""
-    tokenizer = build_tokenizer()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.5,  # large enough weights that the output depends on the prompt, not just its end
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[im_end, tokenizer.eos_token_id],
-    )
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 2.0)
-        model.lm_head.weight[im_end] = 0
-    model.generation_config.eos_token_id = [im_end, tokenizer.eos_token_id]
-    path = tmp_path_factory.mktemp("tiny-llm")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

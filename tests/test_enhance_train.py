@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_enhance import build_tokenizer
-from transformers import BertConfig, BertModel, BertTokenizer, LlamaConfig, LlamaForCausalLM
 
 from vidpost.enhance import Rewriter, RewriterConfig
 from vidpost.enhance.train import (
@@ -37,53 +35,6 @@ PAIRS = [
     ("cat left", "a cat moves to the left"),
     ("open sign", "the sign open light"),
 ]
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    """A 2-layer Llama (hidden 32) with the ChatML test tokenizer and a random init (nothing keeps it from stopping)."""
-    tokenizer = build_tokenizer()
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[im_end, tokenizer.eos_token_id],
-    )
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # an output head with the scale of a trained one (the LoRA does not adapt it)
-        model.lm_head.weight.normal_(0, 1.0)
-    model.generation_config.eos_token_id = [im_end, tokenizer.eos_token_id]
-    path = tmp_path_factory.mktemp("tiny-lm")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    words = "[PAD] [UNK] [CLS] [SEP] [MASK] a the red circle moves to right left cat dog sign open grass".split()
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-    )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture
