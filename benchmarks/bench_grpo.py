@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--device", default="")
     args = p.parse_args()
-    from vidpost.pipelines.config import load_config
+    from vidpost.config import load_config
     from vidpost.pipelines.grpo import GRPOConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:

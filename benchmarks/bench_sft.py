@@ -34,8 +34,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     args = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
+    from vidpost.config import load_config
     from vidpost.models import WanAdapter
-    from vidpost.pipelines.config import load_config
     from vidpost.pipelines.sft import SFTConfig, train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))

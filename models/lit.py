@@ -230,7 +230,7 @@ def read_lit_config(path: str | os.PathLike) -> AttentionConfig | None:
     f = Path(path) / LIT_CONFIG
     if not f.exists():
         return None
-    from vidpost.pipelines.config import from_dict
+    from vidpost.config import from_dict
 
     raw = json.loads(f.read_text()).get("attention") or {}
     cfg = from_dict(AttentionConfig, raw, prefix="lit.json attention.")

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         shift=args.shift if args.shift is not None else adapter.default_shift,
         seed=args.seed,
     )
-    from vidpost.pipelines.video_io import contact_sheet, write_video
+    from vidpost.media.video_io import contact_sheet, write_video
 
     args.out.mkdir(parents=True, exist_ok=True)
     sheet, labels = [], []

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="held-out prompts to generate")
     p.add_argument("--model", default="shapes")
     args = p.parse_args(argv)
+    from vidpost.media.video_io import contact_sheet, write_video
     from vidpost.models import ModelPathError, resolve_model_path
     from vidpost.pipelines.shapes_eval import verify_rows
-    from vidpost.pipelines.video_io import contact_sheet, write_video
     from vidpost.shapes.splits import heldout_prompts
     from vidpost.shapes.world import SceneSpec, render
 

@@ -48,27 +48,17 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import config_hash, to_dict
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, attention_sites, install_attention
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas, initial_noise
-from vidpost.pipelines.config import config_hash, to_dict
 from vidpost.pipelines.grpo import load_prompt_pool
-from vidpost.pipelines.sft import (
-    CheckpointConfig,
-    LogConfig,
-    NoDataPosition,
-    NonFiniteLoss,
-    OptimConfig,
-    add_stage_arguments,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_lambda,
-    make_optimizer,
-    run_stage,
-    save_checkpoint,
-)
+from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.optim import lr_lambda, make_optimizer
+from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 

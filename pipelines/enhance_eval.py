@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("outputs/enhance-eval"))
     args = p.parse_args(argv)
     from vidpost.enhance.models import EnhancerPathError
-    from vidpost.pipelines.video_io import contact_sheet
+    from vidpost.media.video_io import contact_sheet
     from vidpost.shapes.splits import heldout_prompts
 
     items = heldout_prompts()[: args.limit] if args.limit else heldout_prompts()

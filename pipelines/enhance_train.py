@@ -69,21 +69,12 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import config_hash, to_dict
 from vidpost.enhance.miniature import resolve_miniature
-from vidpost.pipelines.config import config_hash, to_dict
-from vidpost.pipelines.sft import (
-    CheckpointConfig,
-    NoDataPosition,
-    NonFiniteLoss,
-    OptimConfig,
-    add_stage_arguments,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_lambda,
-    make_optimizer,
-    run_stage,
-    save_checkpoint,
-)
+from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.training.config import CheckpointConfig, OptimConfig
+from vidpost.training.optim import lr_lambda, make_optimizer
+from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.pipelines.video_io import VideoReadError, probe_video, read_video, write_video
+from vidpost.media.video_io import VideoReadError, probe_video, read_video, write_video
 
 __all__ = [
     "SHAPES_HELDOUT",

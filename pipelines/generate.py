@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
+from vidpost.config import from_dict, read_yaml, to_dict
+from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
 from vidpost.models.base import VideoModelAdapter, read_vidpost_config
 from vidpost.models.sampling import initial_noise, sample
-from vidpost.pipelines.config import from_dict, read_yaml, to_dict
-from vidpost.pipelines.video_io import contact_sheet, write_video
 
 FALLBACK_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "steps": 50, "fps": 16}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -52,29 +52,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import config_hash, to_dict
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import read_vidpost_config
-from vidpost.pipelines.config import config_hash, to_dict
-from vidpost.pipelines.sft import (
-    EMA,
-    LogConfig,
-    LoraConfig,
-    NoDataPosition,
-    NonFiniteLoss,
-    OptimConfig,
-    add_lora,
-    add_stage_arguments,
-    export,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_lambda,
-    make_optimizer,
-    run_stage,
-    save_checkpoint,
-)
 from vidpost.rl.advantages import group_advantages, mix_advantages, zero_std_fraction
 from vidpost.rl.loss import clipped_policy_loss, gaussian_kl, ratio_stats
 from vidpost.rl.rollout import Rollout, rollout, step_log_prob
+from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.training.config import LogConfig, LoraConfig, OptimConfig
+from vidpost.training.ema import EMA
+from vidpost.training.lora import add_lora, export
+from vidpost.training.optim import lr_lambda, make_optimizer
+from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -290,7 +279,7 @@ def guard_eval(
             if "/" not in k:
                 result[f"extra/{k}"] = float(val.mean())
     if out is not None:
-        from vidpost.pipelines.video_io import contact_sheet
+        from vidpost.media.video_io import contact_sheet
 
         out.mkdir(parents=True, exist_ok=True)
         contact_sheet(list(v[:16]), out / "contact_sheet.png", labels=prompts[:16])

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vidpost.pipelines.config import load_config
+from vidpost.config import load_config
 from vidpost.pipelines.grpo import (
     GRPOConfig,
     choose_prompts,

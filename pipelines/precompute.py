@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from vidpost.config import load_config
+from vidpost.media.data import precompute, read_manifest
 from vidpost.models import load
-from vidpost.pipelines.config import load_config
-from vidpost.pipelines.data import precompute, read_manifest
 from vidpost.pipelines.sft import SFTConfig, buckets_of
 
 

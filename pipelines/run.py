@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from vidpost.pipelines.config import field_docs, load_config, to_dict
+from vidpost.config import field_docs, load_config, to_dict
 
 STAGES = ("base", "data", "sft", "grpo", "enhance", "optimize")
 
@@ -412,12 +412,12 @@ def evaluate(state: State, ecfg: EvalConfig, out: Path, device: str) -> dict[str
     """Generate and score the held-out prompts with `state` → the stage's report row (also `out/eval.json`)."""
     from safetensors.torch import save_file
 
+    from vidpost.media.video_io import contact_sheet
     from vidpost.models import load, resolve_model_path
     from vidpost.models.inference import apply_inference
     from vidpost.models.sampling import initial_noise, sample
     from vidpost.pipelines.generate import resolve_settings
     from vidpost.pipelines.shapes_eval import verify_rows
-    from vidpost.pipelines.video_io import contact_sheet
     from vidpost.rewards.base import build_rewards
 
     items = eval_items(ecfg)

@@ -33,8 +33,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,14 +40,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from vidpost.config import config_hash, to_dict
+from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import PromptEmbeds
 from vidpost.models.sampling import shift_sigmas
-from vidpost.pipelines.config import config_hash, field_docs, load_config, to_dict
-from vidpost.pipelines.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
+from vidpost.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.ema import EMA
+from vidpost.training.lora import add_lora, export
+from vidpost.training.optim import lr_lambda, make_optimizer
+from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -81,33 +84,6 @@ class DataConfig:
 
 
 @dataclass
-class LoraConfig:
-    enabled: bool = True
-    """train a LoRA (true) or the full transformer (false)"""
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
-    """module-name suffixes to adapt; null = the family default (attention projections + feed-forward)"""
-
-
-@dataclass
-class OptimConfig:
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    """adamw8bit needs bitsandbytes (GPU)"""
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    """lr after warm-up: constant, or decaying linearly / by cosine to min_lr_ratio·lr at max_steps"""
-    min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    """gradient clipping (0 disables)"""
-
-
-@dataclass
 class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 4
@@ -126,13 +102,6 @@ class TrainConfig:
 
 
 @dataclass
-class CheckpointConfig:
-    every: int = 200
-    """save a resumable checkpoint every N optimizer steps (0: only at the end)"""
-    keep_last: int = 2
-
-
-@dataclass
 class ValidationConfig:
     every: int = 0
     """sample the validation prompts every N steps (0 disables; always done at the end if prompts are set)"""
@@ -147,13 +116,6 @@ class ValidationConfig:
 
 
 @dataclass
-class LogConfig:
-    every: int = 10
-    tensorboard: bool = True
-    wandb: bool = False
-
-
-@dataclass
 class SFTConfig:
     output_dir: str = "runs/sft"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,10 +126,6 @@ class SFTConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     log: LogConfig = field(default_factory=LogConfig)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 # ---- pure pieces (unit-tested) ------------------------------------------------------------------------------------
@@ -198,19 +156,6 @@ def flow_matching_loss(
     return weight * err.flatten(1).mean(1)
 
 
-def lr_lambda(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
-    if cfg.schedule == "linear":
-        decay = 1.0 - progress
-    else:
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
-
-
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The generator for everything random in micro-batch `micro` of optimizer step `step`."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
@@ -219,135 +164,7 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 # ---- model set-up -------------------------------------------------------------------------------------------------
 
 
-def add_lora(adapter: VideoModelAdapter, cfg: LoraConfig) -> None:
-    from peft import LoraConfig as PeftLoraConfig
-
-    targets = list(cfg.target_modules or adapter.lora_target_modules)
-    adapter.transformer.add_adapter(
-        PeftLoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            init_lora_weights=True,
-            target_modules=targets,
-        )
-    )
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters, kept in float32."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                p.copy_(self.shadow[n].to(p.dtype))
-
-
 # ---- checkpoints --------------------------------------------------------------------------------------------------
-
-
-class NoDataPosition:
-    """For stages whose data order is a function of (seed, step) (GRPO, the rewriter's trainers): the checkpoint
-    has no sampler position to save or restore."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
-    done = [p for p in done if (p / "state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
-
-
-def save_checkpoint(
-    ckpt_root: Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    sampler: StatefulBatchSampler,
-    ema: EMA | None,
-    keep_last: int,
-    extra: dict[str, Any],
-) -> Path:
-    final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f"step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    if ema is not None:
-        save_file({n: t.cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        tmp / "training_state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    steps = sorted(ckpt_root.glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
-    for old in steps[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    sampler: StatefulBatchSampler,
-    ema: EMA | None,
-) -> int:
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match the model (e.g. {missing[0]}); was the config changed?")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].dtype))
-    # Our own files; weights_only refuses anything but tensors and plain containers.
-    training = torch.load(path / "training_state.pt", weights_only=True)
-    optimizer.load_state_dict(training["optimizer"])
-    scheduler.load_state_dict(training["scheduler"])
-    torch.set_rng_state(training["rng_cpu"])
-    if torch.cuda.is_available() and training["rng_cuda"]:
-        torch.cuda.set_rng_state_all(training["rng_cuda"])
-    sampler.load_state_dict(state["sampler"])
-    if ema is not None and (path / "ema.safetensors").exists():
-        ema.shadow = load_file(str(path / "ema.safetensors"))
-    return int(state["step"])
 
 
 # ---- validation ---------------------------------------------------------------------------------------------------
@@ -369,8 +186,8 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[dict] | N
 def run_validation(
     adapter: VideoModelAdapter, cfg: ValidationConfig, bucket: Bucket, out_dir: Path, step: int
 ) -> dict[str, float]:
+    from vidpost.media.video_io import contact_sheet, write_video
     from vidpost.models.sampling import sample
-    from vidpost.pipelines.video_io import contact_sheet, write_video
 
     prompts, specs = validation_prompts(cfg)
     if not prompts:
@@ -408,16 +225,6 @@ def run_validation(
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ValueError("optim.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def batch_embeds(cache: LatentCache, idx: list[int], drop: torch.Tensor) -> PromptEmbeds:
@@ -598,46 +405,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
     return result
 
 
-def export(adapter: VideoModelAdapter, cfg: Any, path: Path) -> Path:
-    """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base).
-    `cfg` is any stage config with `lora.enabled` and `model.path` (SFT, GRPO)."""
-    if path.exists():
-        shutil.rmtree(path)
-    if cfg.lora.enabled:
-        adapter.save_lora(path, lora_state_dict(adapter.transformer))
-        (path / "base_model.txt").write_text(str(resolve_model_path(cfg.model.path).resolve()) + "\n")
-    else:
-        adapter.save_pretrained(path)
-    return path
-
-
 # ---- command line -------------------------------------------------------------------------------------------------
-
-
-def add_stage_arguments(p: argparse.ArgumentParser, preset: str) -> None:
-    """The arguments every training stage takes: a YAML preset, resume, config help and dotted overrides."""
-    p.add_argument("--config", type=Path, help=f"YAML preset ({preset})")
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
-    p.add_argument("--help-config", action="store_true", help="list every config key with its documentation")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
-
-
-def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
-    """`--help-config`, or load the config and train; → (exit code, result). Exit 3: a non-finite loss; 2: a bad
-    config or input (the message is printed)."""
-    if args.help_config:
-        for k, v in field_docs(cls).items():
-            print(f"{k:32s} {v}")
-        return 0, None
-    try:
-        cfg = load_config(cls, args.config, args.overrides)
-        return 0, train_fn(cfg, resume=args.resume)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3, None
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2, None
 
 
 def build_parser() -> argparse.ArgumentParser:

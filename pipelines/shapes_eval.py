@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="evaluate only the first N held-out prompts")
     p.add_argument("--out", type=Path, default=Path("outputs/shapes-eval"))
     args = p.parse_args(argv)
-    from vidpost.pipelines.video_io import contact_sheet
+    from vidpost.media.video_io import contact_sheet
     from vidpost.shapes.splits import heldout_prompts
 
     items = heldout_prompts()[: args.limit] if args.limit else heldout_prompts()

@@ -304,8 +304,8 @@ def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, capti
     encoding every clip a second time."""
     from safetensors.torch import load_file, save_file
 
+    from vidpost.media.data import _embeds_to_tensors, read_manifest
     from vidpost.models import load
-    from vidpost.pipelines.data import _embeds_to_tensors, read_manifest
 
     captions = {r["video"]: r["caption"] for r in read_manifest(manifest, caption_key)}
     adapter = load(model_dir)
@@ -330,7 +330,7 @@ def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, capti
 
 
 def run_sft(config: Path, overrides: list[str]) -> Path:
-    from vidpost.pipelines.config import load_config
+    from vidpost.config import load_config
     from vidpost.pipelines.sft import SFTConfig, train
 
     cfg = load_config(SFTConfig, config, overrides)

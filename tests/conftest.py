@@ -43,7 +43,7 @@ def tiny_manifest(tmp_path_factory):
     """12 short clips (a colour ramp per caption) + one corrupt file, as a JSONL manifest."""
     import json
 
-    from vidpost.pipelines.video_io import write_video
+    from vidpost.media.video_io import write_video
 
     root = tmp_path_factory.mktemp("tiny-data")
     (root / "v").mkdir()

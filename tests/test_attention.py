@@ -10,11 +10,11 @@ import torch
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from vidpost.config import from_dict
 from vidpost.kernels.enhance_a_video import cross_frame_intensity_reference
 from vidpost.models import HunyuanVideoAdapter, WanAdapter
 from vidpost.models import attention as A
 from vidpost.models.sampling import flow_sigmas, sample
-from vidpost.pipelines.config import from_dict
 
 PROMPT = "a red circle moves to the right"
 

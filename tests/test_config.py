@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from vidpost.pipelines.config import config_hash, field_docs, load_config, to_dict
+from vidpost.config import config_hash, field_docs, load_config, to_dict
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vidpost.pipelines.config import load_config
+from vidpost.config import load_config
 from vidpost.pipelines.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]

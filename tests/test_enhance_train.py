@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidpost.config import load_config
 from vidpost.enhance import Rewriter, RewriterConfig
 from vidpost.enhance.train import (
     IGNORE_INDEX,
@@ -25,7 +26,6 @@ from vidpost.enhance.train import (
     sample_rewrites,
     shapes_pairs,
 )
-from vidpost.pipelines.config import load_config
 from vidpost.pipelines.enhance_train import EnhanceGRPOConfig, EnhanceSFTConfig, main, train_grpo, train_sft
 
 CHAT = {"system_prompt": "the video", "few_shot": [["a cat", "the cat runs on grass"]], "max_new_tokens": 12}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidpost.media.video_io import probe_video, write_video
 from vidpost.pipelines.eval import (
     compare_runs,
     load_prompts,
@@ -23,7 +24,6 @@ from vidpost.pipelines.eval import (
     t_quantile,
     wilson,
 )
-from vidpost.pipelines.video_io import probe_video, write_video
 from vidpost.rewards.base import Reward, RewardOutput, WeightedReward, build_reward
 from vidpost.shapes.splits import heldout_prompts
 from vidpost.shapes.world import SceneSpec, render

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from vidpost.media.video_io import probe_video, read_video
 from vidpost.models import load
 from vidpost.models.sampling import sample
 from vidpost.pipelines.generate import main
-from vidpost.pipelines.video_io import probe_video, read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ["--num-frames", "9", "--height", "32", "--width", "32", "--steps", "3", "--no-progress"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidpost.pipelines.config import load_config
+from vidpost.config import load_config
 from vidpost.pipelines.grpo import GRPOConfig, main, train
 from vidpost.rewards.base import Reward, RewardOutput, register
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vidpost.pipelines.config import load_config
+from vidpost.config import load_config
 from vidpost.pipelines.grpo import GRPOConfig, train
 from vidpost.pipelines.grpo_snr import main, measure
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vidpost.config import load_config
 from vidpost.kernels.linear_attention import (
     grid_dwconv,
     key_mask_from_attention_mask,
@@ -25,7 +26,6 @@ from vidpost.models.attention import (
 )
 from vidpost.models.lit import LiTAttention, lit_modules, load_lit_student
 from vidpost.models.sampling import sample
-from vidpost.pipelines.config import load_config
 from vidpost.pipelines.distill import (
     AttentionTap,
     DistillConfig,

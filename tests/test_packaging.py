@@ -33,7 +33,18 @@ def test_wheel_has_only_vidpost_at_top_level(wheel):
 
 def test_wheel_maps_every_part_under_vidpost(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for part in ("models", "pipelines", "rl", "rewards", "enhance", "kernels", "shapes"):
+    for part in (
+        "models",
+        "pipelines",
+        "rl",
+        "rewards",
+        "enhance",
+        "kernels",
+        "shapes",
+        "training",
+        "evaluation",
+        "media",
+    ):
         assert f"vidpost/{part}/__init__.py" in names, part
     assert "vidpost/models/sampling.py" in names and "vidpost/cli.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))

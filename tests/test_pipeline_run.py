@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from vidpost.config import load_config
 from vidpost.pipelines import run as pipeline
-from vidpost.pipelines.config import load_config
 
 CONFIGS = sorted(Path("configs").glob("*/pipeline.yaml"))
 

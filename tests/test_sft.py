@@ -17,19 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidpost.config import load_config
 from vidpost.models import load
 from vidpost.models.sampling import sample
-from vidpost.pipelines.config import load_config
-from vidpost.pipelines.sft import (
-    OptimConfig,
-    SFTConfig,
-    TrainConfig,
-    flow_matching_loss,
-    loss_weight,
-    lr_lambda,
-    sample_sigmas,
-    train,
-)
+from vidpost.pipelines.sft import SFTConfig, TrainConfig, flow_matching_loss, loss_weight, sample_sigmas, train
+from vidpost.training.config import OptimConfig
+from vidpost.training.optim import lr_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +81,7 @@ def test_sft_run_skips_bad_videos_and_changes_every_trainable_weight(tiny_wan_di
     last = load_file(str(tmp_path / "checkpoints" / "step_0000002" / "trainable.safetensors"))
     assert first and all("lora" in k for k in first)
     adapter = load(tiny_wan_dir)
-    from vidpost.pipelines.sft import add_lora
+    from vidpost.training.lora import add_lora
 
     add_lora(adapter, cfg.lora)
     init = {n: p.detach() for n, p in adapter.transformer.named_parameters() if "lora" in n}

@@ -38,8 +38,8 @@ def test_shapes_eval_command_writes_results(tiny_wan_dir, tmp_path):
 
 
 def test_sft_validation_scores_with_the_verifier(tiny_wan_dir, tmp_path):
+    from vidpost.media.data import Bucket
     from vidpost.models import load
-    from vidpost.pipelines.data import Bucket
     from vidpost.pipelines.sft import ValidationConfig, run_validation
 
     cfg = ValidationConfig(prompts="shapes-heldout", max_prompts=2, steps=2)

@@ -1,4 +1,4 @@
-"""Tests for vidpost.pipelines.video_io: sampling maths, decode / encode round trips, corrupt inputs, contact sheets.
+"""Tests for vidpost.media.video_io: sampling maths, decode / encode round trips, corrupt inputs, contact sheets.
 
 Every read test runs on each backend: "pyav", "auto" (decord when importable, else PyAV) and "decord" (skipped when
 decord is not installed).
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vidpost.pipelines import video_io
-from vidpost.pipelines.video_io import (
+from vidpost.media import video_io
+from vidpost.media.video_io import (
     VideoInfo,
     VideoReadError,
     VideoTooShortError,

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vidpost.pipelines.video_io import VideoReadError, probe_video, read_video
+from vidpost.media.video_io import VideoReadError, probe_video, read_video
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""Resumable checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG, data position and EMA,
+written atomically (`step_N.tmp/`, then renamed) with the newest `keep_last` kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vidpost.media.data import StatefulBatchSampler
+from vidpost.training.ema import EMA
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+class NoDataPosition:
+    """For stages whose data order is a function of (seed, step) (GRPO, the rewriter's trainers): the checkpoint
+    has no sampler position to save or restore."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    done = [p for p in done if (p / "state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: StatefulBatchSampler,
+    ema: EMA | None,
+    keep_last: int,
+    extra: dict[str, Any],
+) -> Path:
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f"step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file({n: t.cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "training_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    steps = sorted(ckpt_root.glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
+    for old in steps[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    sampler: StatefulBatchSampler,
+    ema: EMA | None,
+) -> int:
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model (e.g. {missing[0]}); was the config changed?")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].dtype))
+    # Our own files; weights_only refuses anything but tensors and plain containers.
+    training = torch.load(path / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    torch.set_rng_state(training["rng_cpu"])
+    if torch.cuda.is_available() and training["rng_cuda"]:
+        torch.cuda.set_rng_state_all(training["rng_cuda"])
+    sampler.load_state_dict(state["sampler"])
+    if ema is not None and (path / "ema.safetensors").exists():
+        ema.shadow = load_file(str(path / "ema.safetensors"))
+    return int(state["step"])
