@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from .base import ModelPathError, PromptEmbeds, VideoModelAdapter
 from .hunyuan_video import HunyuanVideoAdapter
 from .lit import LIT_CONFIG, install_lit_from_folder
+from .provenance import LORA_FILE, lora_base_mismatch
 from .wan import WanAdapter
 
 FAMILIES: dict[str, type[VideoModelAdapter]] = {"wan": WanAdapter, "hunyuan_video": HunyuanVideoAdapter}
@@ -67,6 +69,14 @@ def family_of(path: Path) -> type[VideoModelAdapter]:
     raise ModelPathError(f"{path}: unsupported pipeline class {name!r} in model_index.json (supported: {known})")
 
 
+class LoraBaseMismatch(UserWarning):
+    """A LoRA is applied to another base model than the one it was trained on."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
+
+
 def load(
     path_or_preset: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -80,16 +90,28 @@ def load(
     write it) applied to the transformer. A LiT student folder (`lit.json`) comes back with "lit" installed.
     """
     path = resolve_model_path(path_or_preset)
-    adapter = family_of(path).from_pretrained(path, dtype=dtype, device=device)
+    family = family_of(path)
+    try:
+        adapter = family.from_pretrained(path, dtype=dtype, device=device)
+    except OSError as e:  # diffusers / transformers report an unreadable weight file as OSError
+        raise ModelPathError(
+            f"{path}: {_first_line(e)} (a weight file may be truncated or corrupt: re-export or re-download it)"
+        ) from None
     if (path / LIT_CONFIG).exists():
         install_lit_from_folder(adapter, path)
     if lora is not None:
         lora = Path(lora)
         if not lora.exists():
             raise ModelPathError(f"LoRA path {lora} does not exist")
-        if lora.is_dir() and not (lora / "pytorch_lora_weights.safetensors").exists():
-            raise ModelPathError(f"LoRA folder {lora} has no pytorch_lora_weights.safetensors")
-        adapter.transformer.load_lora_adapter(str(lora), prefix="transformer", use_safetensors=True)
+        if lora.is_dir() and not (lora / LORA_FILE).exists():
+            raise ModelPathError(f"LoRA folder {lora} has no {LORA_FILE}")
+        mismatch = lora_base_mismatch(lora, path)
+        if mismatch:
+            warnings.warn(mismatch, LoraBaseMismatch, stacklevel=2)
+        try:
+            adapter.transformer.load_lora_adapter(str(lora), prefix="transformer", use_safetensors=True)
+        except OSError as e:
+            raise ModelPathError(f"LoRA {lora}: {_first_line(e)}") from None
         adapter.transformer.requires_grad_(False)
     return adapter
 
@@ -97,6 +119,7 @@ def load(
 __all__ = [
     "FAMILIES",
     "HunyuanVideoAdapter",
+    "LoraBaseMismatch",
     "ModelPathError",
     "PromptEmbeds",
     "VideoModelAdapter",
