@@ -65,3 +65,99 @@ def test_stamped_lora_still_loads_in_stock_diffusers(two_bases):
     a, _, lora = two_bases
     pipe = load(a).pipeline()
     pipe.load_lora_weights(str(lora))
+
+
+# -- the recovery pieces every trainer uses ---------------------------------------------------------------------------
+
+
+def test_resume_changes_allow_the_schedule_and_refuse_the_rest():
+    from vidpost.training.recovery import describe_changes, resume_changes
+
+    saved = {"optim": {"lr": 2e-3, "betas": [0.9, 0.999]}, "train": {"max_steps": 4, "seed": 0}, "log": {"every": 1}}
+    new = {"optim": {"lr": 1e-5, "betas": [0.9, 0.999]}, "train": {"max_steps": 8, "seed": 0}, "log": {"every": 5}}
+    changed = resume_changes(saved, new)
+    assert [k for k, _, _ in changed] == ["log.every", "optim.lr", "train.max_steps"]
+    assert "optim.lr 0.002 -> 1e-05" in describe_changes(changed)
+    with pytest.raises(ValueError, match="train.seed"):
+        resume_changes(saved, {**new, "train": {"max_steps": 8, "seed": 1}})
+    with pytest.raises(ValueError, match="optim.betas"):
+        resume_changes(saved, {**new, "optim": {"lr": 1e-5, "betas": [0.5, 0.999]}})
+    assert resume_changes(saved, saved) == []
+
+
+def _scheduled(lr: float, max_steps: int):
+    import torch
+
+    from vidpost.training.config import OptimConfig
+    from vidpost.training.optim import lr_lambda
+
+    cfg = OptimConfig(lr=lr, warmup_steps=1, schedule="cosine")
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg, max_steps))
+    return opt, sched
+
+
+def test_rebuild_schedule_applies_a_new_lr_and_is_exact_when_nothing_changed():
+    from vidpost.training.recovery import rebuild_schedule
+
+    opt, sched = _scheduled(2e-3, 10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state_o, state_s = opt.state_dict(), sched.state_dict()
+    expected = opt.param_groups[0]["lr"]
+
+    same_o, same_s = _scheduled(2e-3, 10)
+    same_o.load_state_dict(state_o)
+    same_s.load_state_dict(state_s)
+    rebuild_schedule(same_o, same_s, 2e-3)
+    assert same_o.param_groups[0]["lr"] == expected  # bitwise: resume without changes is unchanged
+
+    new_o, new_s = _scheduled(1e-5, 10)
+    new_o.load_state_dict(state_o)
+    new_s.load_state_dict(state_s)
+    assert new_o.param_groups[0]["lr"] == expected  # what restoring alone does: the old lr wins
+    rebuild_schedule(new_o, new_s, 1e-5)
+    assert new_o.param_groups[0]["lr"] == pytest.approx(expected / 200)
+    new_o.step()
+    new_s.step()
+    assert new_s.get_last_lr()[0] < 1e-5
+
+
+def test_nonfinite_names_what_broke():
+    import torch
+
+    from vidpost.training.recovery import nonfinite
+
+    assert nonfinite(loss=1.0, grad_norm=torch.tensor(2.0), params=[torch.ones(2)]) is None
+    assert nonfinite(loss=float("nan")) == "loss"
+    assert nonfinite(loss=1.0, grad_norm=float("inf")) == "gradient norm"
+    assert nonfinite(loss=1.0, params=[torch.ones(2), torch.tensor([1.0, float("nan")])]) == "weights"
+
+
+def test_verifier_skips_checkpoints_whose_forward_is_not_finite(tmp_path):
+    import torch
+
+    from vidpost.training.checkpoint import latest_checkpoint
+    from vidpost.training.recovery import Verifier
+
+    model = torch.nn.Linear(2, 2)
+    weights = {1: 1.0, 2: 1.0e3, 3: float("inf")}  # step 3's weights overflow; step 2's are large but finite
+    paths = []
+    for step, scale in weights.items():
+        p = tmp_path / f"step_{step:07d}"
+        p.mkdir()
+        (p / "state.json").write_text("{}")
+        torch.save({"scale": scale}, p / "w.pt")
+        paths.append(p)
+
+    def load(path):
+        scale = torch.load(path / "w.pt")["scale"]
+        with torch.no_grad():
+            model.weight.fill_(scale)
+
+    verifier = Verifier(load, lambda: model(torch.full((1, 2), 1e36)))
+    usable = verifier.usable(paths)
+    assert usable == paths[0]  # 1e3 * 1e36 overflows too: only step 1 passes
+    assert (tmp_path / "step_0000003.bad").exists() and (tmp_path / "step_0000002.bad").exists()
+    assert latest_checkpoint(tmp_path) == paths[0]

@@ -32,7 +32,7 @@ class NoDataPosition:
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name[len("step_") :].isdigit()]
     done = [p for p in done if (p / "state.json").exists()]
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
 

@@ -1,0 +1,160 @@
+"""Recovery: what a trainer needs so that an interruption or a blow-up never leaves the user without a way on.
+
+- `nonfinite(loss=, grad_norm=, params=)` names the first non-finite quantity of a step (loss, gradient norm, or a
+  trainable weight after the optimizer step), or returns None.
+- A checkpoint is *verified* when a forward pass of its weights on one fixed batch (the trainer's `probe`) is finite;
+  `Verifier.usable(...)` finds the newest checkpoint that passes, moving those that fail aside to `step_N.bad` so
+  `--resume latest` never picks them.
+- `resume_changes(saved, new)` compares the config a checkpoint was written with and the one given on resume: keys
+  in `RESUMABLE` (learning rate and schedule, step budget, checkpoint / logging / validation / guard cadence, output
+  paths) may change and are reported; any other change is a `ValueError` naming the key.
+  `rebuild_schedule(optimizer, scheduler, lr)` applies a new base lr (and the schedule the scheduler's lambda reads)
+  after the optimizer and scheduler states were restored, so an lr given on resume takes effect.
+- `fsync_tree(path)` flushes a freshly written checkpoint folder (its files, then the folder) before it is renamed
+  into place, and `fsync_dir(parent)` after, so a power cut cannot leave a renamed folder with empty files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESUMABLE: tuple[str, ...] = (
+    "optim.lr",
+    "optim.warmup_steps",
+    "optim.schedule",
+    "optim.min_lr_ratio",
+    "optim.max_grad_norm",
+    "train.max_steps",
+    "checkpoint.",
+    "log.",
+    "validation.every",
+    "guard.every",
+    "guard.patience",
+    "output_dir",
+)
+"""Dotted keys (or prefixes ending in ".") that may differ between a checkpoint's config and the resuming one."""
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+def _resumable(key: str, allowed: Iterable[str]) -> bool:
+    return any(key == a or (a.endswith(".") and key.startswith(a)) for a in allowed)
+
+
+def resume_changes(
+    saved: dict[str, Any], new: dict[str, Any], allowed: Iterable[str] = RESUMABLE
+) -> list[tuple[str, Any, Any]]:
+    """[(key, old, new)] for the keys that changed and may; a `ValueError` naming the first key that may not."""
+    old_flat, new_flat = flatten(saved), flatten(new)
+    allowed = tuple(allowed)
+    changed = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        a, b = old_flat.get(key), new_flat.get(key)
+        if a == b:
+            continue
+        if not _resumable(key, allowed):
+            raise ValueError(
+                f"cannot resume with {key}={b!r}: the checkpoint was written with {key}={a!r}, and only the learning "
+                "rate and schedule, max_steps and the checkpoint/logging/guard cadence may change on resume "
+                "(start a new run in another output_dir to change it)"
+            )
+        changed.append((key, a, b))
+    return changed
+
+
+def describe_changes(changed: list[tuple[str, Any, Any]]) -> str:
+    return "changed on resume: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed)
+
+
+def rebuild_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """After `load_state_dict`, make the base lr `lr` and recompute the current lr from the scheduler's lambda at its
+    restored position (a LambdaLR whose lambda reads the resuming config). With nothing changed the result is the
+    restored lr exactly."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def nonfinite(
+    *, loss: float | None = None, grad_norm: float | torch.Tensor | None = None, params: Iterable[torch.Tensor] = ()
+) -> str | None:
+    """'loss', 'gradient norm' or 'weights' — the first of them that is not finite — or None."""
+    if loss is not None and not math.isfinite(float(loss)):
+        return "loss"
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        return "gradient norm"
+    with torch.no_grad():
+        for p in params:
+            if not torch.isfinite(p).all():
+                return "weights"
+    return None
+
+
+class Verifier:
+    """Finds the newest usable checkpoint: `probe()` runs the model (with the checkpoint's weights loaded by
+    `load(path)`) on a fixed batch and returns its output; a non-finite output fails the checkpoint."""
+
+    def __init__(self, load: Callable[[Path], None], probe: Callable[[], torch.Tensor]):
+        self.load, self.probe = load, probe
+
+    @torch.no_grad()
+    def passes(self, path: Path) -> bool:
+        self.load(path)
+        return bool(torch.isfinite(self.probe()).all())
+
+    def usable(self, candidates: list[Path]) -> Path | None:
+        """The newest of `candidates` (oldest first) that passes; the newer ones that fail are renamed `*.bad`."""
+        for path in reversed(candidates):
+            if self.passes(path):
+                return path
+            os.replace(path, path.with_name(path.name + ".bad"))
+        return None
+
+
+def stop_message(what: str, value: Any, step: int, usable: Path | None) -> str:
+    """The one line a non-finite stop prints: what went wrong, where to resume from, and what to change."""
+    if usable is None:
+        where = "no usable checkpoint was saved before it; start again with a lower optim.lr"
+    else:
+        where = f"last usable checkpoint (verified by a finite forward pass): {usable}; resume from it with a lower optim.lr (--resume latest optim.lr=...)"
+    return f"the {what} became {value} at step {step}; stopping ({where})"
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then each folder (deepest first)."""
+    folders = []
+    for root, _dirs, files in os.walk(path):
+        folders.append(root)
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root in reversed(folders):
+        fsync_dir(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
