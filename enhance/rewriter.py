@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from vidpost.config import from_dict
 from vidpost.enhance import prompts as prompt_sets
 from vidpost.enhance.cache import RewriteCache, cache_key
 from vidpost.enhance.models import EnhancerPathError, resolve_enhancer
@@ -82,12 +83,15 @@ class RewriterConfig:
                 raise ValueError(f"enhancer setting {name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> RewriterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown enhancer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+    def from_dict(cls, d: RewriterConfig | dict, prefix: str = "") -> RewriterConfig:
+        """Read the settings with `vidpost.config.from_dict` (an unknown key or a wrong type is an error naming the
+        key); a few-shot example may also be written as {user: ..., assistant: ...}."""
+        if isinstance(d, RewriterConfig):
+            return d
+        d = dict(d)
+        if isinstance(d.get("few_shot"), (list, tuple)):
+            d["few_shot"] = [_pair(x) for x in d["few_shot"]]
+        return from_dict(cls, d, prefix=prefix)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RewriterConfig:
@@ -207,10 +211,8 @@ class Rewriter:
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        known = {f.name for f in dataclasses.fields(RewriterConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown enhancer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        checked = RewriterConfig.from_dict(overrides)  # unknown settings and wrong types are errors naming the key
+        overrides = {k: getattr(checked, k) for k in overrides}
         folder = resolve_enhancer(path_or_gguf)
         if config is None and (folder / "rewriter.yaml").exists():
             # A rewriter trained by `vidpost enhance-train` carries the chat settings it was trained with.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vidpost.kernels import enhance_a_video as E
+from vidpost.kernels import eav as E
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5}  # inputs are read in bf16, all maths is float32 on both sides
 
@@ -89,7 +89,7 @@ def test_hand_worked_cases():
         assert E.cross_frame_intensity(qq, kk, 2, impl=impl) == pytest.approx(1 / (1 + math.exp(a)), abs=1e-6)
     # one frame: no off-diagonal entries, CFI 0, gain 1
     assert E.cross_frame_intensity(q[:, :p], k[:, :p], 1) == 0.0
-    assert E.enhance_gain(torch.tensor([0.0, 0.3]), 4, 2.0).tolist() == pytest.approx([1.0, 1.8])
+    assert E.eav_gain(torch.tensor([0.0, 0.3]), 4, 2.0).tolist() == pytest.approx([1.0, 1.8])
 
 
 def test_per_sample_and_batch_mean():
