@@ -57,8 +57,9 @@ class RewriterConfig:
     """`t2v` (text-to-video) or `i2v` (image-to-video): picks the system prompt and the few-shot turns."""
     system_prompt: str | None = None
     """Replaces the target's system prompt when set."""
-    few_shot: list[tuple[str, str]] | None = None
-    """(user prompt, rewrite) pairs shown before the prompt; None uses the target's, [] is zero-shot."""
+    few_shot: list[tuple[str, str] | dict[str, str]] | None = None
+    """(user prompt, rewrite) pairs shown before the prompt, each [user, rewrite] or {user: ..., assistant: ...}
+    (stored as tuples); None uses the target's, [] is zero-shot."""
     max_new_tokens: int = 200
     """Generation budget; a rewrite that has not ended by then is `truncated` and falls back."""
     max_words: int = 120
