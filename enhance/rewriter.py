@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from vidpost.config import from_dict
 from vidpost.enhance import prompts as prompt_sets
 from vidpost.enhance.cache import RewriteCache, cache_key
 from vidpost.enhance.models import EnhancerPathError, resolve_enhancer
@@ -56,8 +57,9 @@ class RewriterConfig:
     """`t2v` (text-to-video) or `i2v` (image-to-video): picks the system prompt and the few-shot turns."""
     system_prompt: str | None = None
     """Replaces the target's system prompt when set."""
-    few_shot: list[tuple[str, str]] | None = None
-    """(user prompt, rewrite) pairs shown before the prompt; None uses the target's, [] is zero-shot."""
+    few_shot: list[tuple[str, str] | dict[str, str]] | None = None
+    """(user prompt, rewrite) pairs shown before the prompt, each [user, rewrite] or {user: ..., assistant: ...}
+    (stored as tuples); None uses the target's, [] is zero-shot."""
     max_new_tokens: int = 200
     """Generation budget; a rewrite that has not ended by then is `truncated` and falls back."""
     max_words: int = 120
@@ -82,12 +84,15 @@ class RewriterConfig:
                 raise ValueError(f"enhancer setting {name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> RewriterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown enhancer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d)
+    def from_dict(cls, d: RewriterConfig | dict, prefix: str = "") -> RewriterConfig:
+        """Read the settings with `vidpost.config.from_dict` (an unknown key or a wrong type is an error naming the
+        key); a few-shot example may also be written as {user: ..., assistant: ...}."""
+        if isinstance(d, RewriterConfig):
+            return d
+        d = dict(d)
+        if isinstance(d.get("few_shot"), (list, tuple)):
+            d["few_shot"] = [_pair(x) for x in d["few_shot"]]
+        return from_dict(cls, d, prefix=prefix)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RewriterConfig:
@@ -207,10 +212,8 @@ class Rewriter:
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        known = {f.name for f in dataclasses.fields(RewriterConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown enhancer setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        checked = RewriterConfig.from_dict(overrides)  # unknown settings and wrong types are errors naming the key
+        overrides = {k: getattr(checked, k) for k in overrides}
         folder = resolve_enhancer(path_or_gguf)
         if config is None and (folder / "rewriter.yaml").exists():
             # A rewriter trained by `vidpost enhance-train` carries the chat settings it was trained with.

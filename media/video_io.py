@@ -521,7 +521,7 @@ def _atomic_target(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _write_mp4(target: Path, frames_THWC: np.ndarray, fps: float, crf: int) -> None:
+def _write_mp4(target: Path, frames_THWC: np.ndarray, fps: float, crf: int, preset: str | None = None) -> None:
     _, h, w, _ = frames_THWC.shape
     if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
         frames_THWC = np.pad(frames_THWC, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -529,7 +529,7 @@ def _write_mp4(target: Path, frames_THWC: np.ndarray, fps: float, crf: int) -> N
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames_THWC.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.options = {"crf": str(crf)} if preset is None else {"crf": str(crf), "preset": preset}
         stream.codec_context.thread_count = 1  # threaded libx264 output varies from run to run on identical input
         for frame_HWC in frames_THWC:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame_HWC, format="rgb24")))
@@ -542,7 +542,9 @@ def _write_gif(target: Path, frames_THWC: np.ndarray, fps: float) -> None:
     images[0].save(target, format="GIF", save_all=True, append_images=images[1:], duration=delay_ms, loop=0)
 
 
-def write_video(path: str | os.PathLike, video: VideoLike, *, fps: float = 8.0, crf: int = 12) -> Path:
+def write_video(
+    path: str | os.PathLike, video: VideoLike, *, fps: float = 8.0, crf: int = 12, preset: str | None = None
+) -> Path:
     """Write a video atomically as H.264 `.mp4` or animated `.gif` (chosen by the extension); returns the path.
 
     Args:
@@ -550,6 +552,8 @@ def write_video(path: str | os.PathLike, video: VideoLike, *, fps: float = 8.0, 
         video: float [C, T, H, W] in [0, 1] or uint8 [T, H, W, C], torch or numpy (see `to_uint8_frames`).
         fps: frame rate.
         crf: x264 constant rate factor, 0 (best) … 51 (worst); ignored for GIF.
+        preset: x264 speed / compression preset ("ultrafast" … "placebo"); None leaves x264's default ("medium").
+            Ignored for GIF.
 
     Raises:
         ValueError: unsupported extension, bad fps / crf, or a malformed video.
@@ -567,7 +571,7 @@ def write_video(path: str | os.PathLike, video: VideoLike, *, fps: float = 8.0, 
         if suffix == ".gif":
             _write_gif(tmp, frames_THWC, fps)
         else:
-            _write_mp4(tmp, frames_THWC, fps, crf)
+            _write_mp4(tmp, frames_THWC, fps, crf, preset)
     return path
 
 

@@ -30,7 +30,7 @@ An implementation whose `available()` is false at install time falls back to "sd
 `force_reference()` (context manager) or `VIDPOST_ATTENTION_REFERENCE=1` asks factories for their reference
 path (`prefer_reference()`); "flash" then installs SDPA, and Enhance-A-Video uses the reference CFI.
 
-Enhance-A-Video (`EnhanceAVideoConfig`, maths in `vidpost.kernels.enhance_a_video`): for every selected
+Enhance-A-Video, "eav" in names (`EavConfig`, maths in `vidpost.kernels.eav`): for every selected
 layer, step and branch the processor computes the per-sample cross-frame intensity of the video tokens' Q and
 K over the F latent frames and multiplies the attention branch output by g = max(1, (F + w)·CFI), after the
 output projection (Wan, HunyuanVideo dual-stream: video tokens only). Departures: HunyuanVideo's single-stream
@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from vidpost.config import renamed_keys
 
 if TYPE_CHECKING:
     from .base import VideoModelAdapter
@@ -209,7 +211,7 @@ register_attention("flash", _flash_factory, available=lambda: importlib.util.fin
 
 # ---- configuration -------------------------------------------------------------------------------------------
 @dataclass
-class EnhanceAVideoConfig:
+class EavConfig:
     """Enhance-A-Video settings (g = max(1, (F + w)·CFI) on the attention branch output)."""
 
     weight: float = 4.0
@@ -229,10 +231,10 @@ class EnhanceAVideoConfig:
     def __post_init__(self) -> None:
         bad = [b for b in self.branches if b not in CFG_BRANCHES]
         if bad:
-            raise ValueError(f"enhance_a_video.branches: unknown branch {bad[0]!r} (expected {list(CFG_BRANCHES)})")
+            raise ValueError(f"eav.branches: unknown branch {bad[0]!r} (expected {list(CFG_BRANCHES)})")
         if self.step_start < 0 or (self.step_end is not None and self.step_end < self.step_start):
             raise ValueError(
-                f"enhance_a_video step range [{self.step_start}, {self.step_end}) is invalid (need 0 <= start <= end)"
+                f"eav step range [{self.step_start}, {self.step_end}) is invalid (need 0 <= start <= end)"
             )
 
     def weight_for(self, layer: int, step: int | None, branch: str) -> float | None:
@@ -250,6 +252,7 @@ class EnhanceAVideoConfig:
         return None if w == 0.0 else w
 
 
+@renamed_keys(enhance_a_video="eav")
 @dataclass
 class AttentionConfig:
     """Which attention implementation the video self-attention layers use, and Enhance-A-Video."""
@@ -260,11 +263,15 @@ class AttentionConfig:
     """Layers that use `implementation` (None = all); the others use "sdpa" (hybrid models)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Passed to the implementation's factory (unknown keys are its error)."""
-    enhance_a_video: EnhanceAVideoConfig | None = None
-    """Enhance-A-Video on top of any implementation (None = off)."""
+    eav: EavConfig | None = None
+    """Enhance-A-Video on top of any implementation (None = off). Read from its old key `enhance_a_video` too."""
 
     def is_default(self) -> bool:
-        return self.implementation == "sdpa" and not self.options and self.enhance_a_video is None
+        return self.implementation == "sdpa" and not self.options and self.eav is None
+
+
+EnhanceAVideoConfig = EavConfig
+"""Old name of `EavConfig`, kept while callers move to the new one."""
 
 
 # ---- processors ----------------------------------------------------------------------------------------------
@@ -276,7 +283,7 @@ class _VideoAttnProcessor(torch.nn.Module):
         impl: AttentionFn,
         layer: int,
         state: AttentionState,
-        eav: EnhanceAVideoConfig | None,
+        eav: EavConfig | None,
         eav_impl: str,
     ) -> None:
         super().__init__()
@@ -314,14 +321,14 @@ class _VideoAttnProcessor(torch.nn.Module):
                 "Enhance-A-Video needs the video token grid: call the transformer through the adapter "
                 "(predict_velocity / forward_transformer / sample), which records it"
             )
-        from vidpost.kernels.enhance_a_video import cross_frame_intensity_per_sample, enhance_gain  # imports triton
+        from vidpost.kernels.eav import cross_frame_intensity_per_sample, eav_gain  # imports triton
 
         f = ctx.grid[0]
         cfi = cross_frame_intensity_per_sample(q_video, k_video, f, impl=self.eav_impl)
-        return enhance_gain(cfi, f, w)
+        return eav_gain(cfi, f, w)
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer}, enhance_a_video={self.eav is not None}"
+        return f"layer={self.layer}, eav={self.eav is not None}"
 
 
 def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -482,12 +489,12 @@ def install_attention(adapter: VideoModelAdapter, cfg: AttentionConfig | None = 
     transformers = [t for t in (adapter.transformer, getattr(adapter, "transformer_2", None)) if t is not None]
     all_sites = [attention_sites(t) for t in transformers]
     n = len(all_sites[0])
-    eav = cfg.enhance_a_video
+    eav = cfg.eav
     checks = [("layers", cfg.layers or [])]
     if eav is not None:
         checks += [
-            ("enhance_a_video.layers", eav.layers or []),
-            ("enhance_a_video.layer_weights", list(eav.layer_weights)),
+            ("eav.layers", eav.layers or []),
+            ("eav.layer_weights", list(eav.layer_weights)),
         ]
     for label, layers in checks:
         bad = [i for i in layers if not 0 <= i < n]
@@ -521,6 +528,7 @@ __all__ = [
     "AttentionContext",
     "AttentionHandle",
     "AttentionState",
+    "EavConfig",
     "EnhanceAVideoConfig",
     "HunyuanVideoAttnProcessor",
     "WanVideoAttnProcessor",

@@ -1,8 +1,10 @@
-"""Inference settings applied to a loaded adapter: attention implementation / Enhance-A-Video, step caching,
-`torch.compile`. One typed config, one `apply_inference(adapter, settings) -> handle`, `handle.remove()` undoes it.
+"""Inference settings applied to a loaded adapter: attention implementation / Enhance-A-Video ("eav"), step
+caching, `torch.compile`. One typed config (`InferenceConfig`, nested dataclasses read by `vidpost.config.from_dict`:
+an unknown key is an error that names it), one `apply_inference(adapter, settings) -> handle`, `handle.remove()`
+undoes it.
 
     inference:
-      attention: {implementation: sdpa, enhance_a_video: {weight: 4}}     # vidpost.models.attention.AttentionConfig
+      attention: {implementation: sdpa, eav: {weight: 4}}                # vidpost.models.attention.AttentionConfig
       cache: {method: first_block, threshold: 0.05}                      # diffusers' cache hooks
       compile: false                                                     # or a torch.compile mode, e.g. max-autotune
 
@@ -24,6 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from vidpost.config import from_dict
+from vidpost.models.attention import AttentionConfig
 
 CACHE_METHODS = ("none", "first_block", "mag", "taylorseer")
 TRANSFORMER_BLOCKS = r"(blocks|transformer_blocks|single_transformer_blocks)\.\d+"
@@ -69,55 +74,38 @@ class CacheConfig:
 
 @dataclass
 class InferenceConfig:
-    attention: dict[str, Any] = field(default_factory=dict)
-    """attention processor settings (vidpost.models.attention.AttentionConfig); empty: diffusers' own processors"""
+    attention: AttentionConfig | None = None
+    """attention processor settings (vidpost.models.attention.AttentionConfig); null or {}: diffusers' own
+    processors"""
     cache: CacheConfig = field(default_factory=CacheConfig)
+    """step caching (diffusers' cache hooks)"""
     compile: bool | str = False
     """torch.compile the transformer(s): true (default mode) or a mode name"""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.attention, dict):  # a mapping given to the constructor: the same rules as from YAML
+            self.attention = attention_config(self.attention) if self.attention else None
+        if isinstance(self.cache, dict):
+            self.cache = from_dict(CacheConfig, self.cache, prefix="inference.cache.")
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> InferenceConfig:
+    def from_dict(cls, data: InferenceConfig | dict[str, Any] | None) -> InferenceConfig:
+        """Read and validate the settings (`inference:` mapping); the cache options are checked against diffusers."""
+        if isinstance(data, InferenceConfig):
+            return data
         data = dict(data or {})
-        _check_keys(cls, data, "inference")
-        cache = data.get("cache") or {}
-        if not isinstance(cache, dict):
-            raise ValueError(f"inference.cache must be a mapping, got {cache!r}")
-        _check_keys(CacheConfig, cache, "inference.cache")
-        cfg = cls(attention=dict(data.get("attention") or {}), cache=CacheConfig(**cache))
-        cfg.compile = data.get("compile", False)
-        if not isinstance(cfg.compile, (bool, str)):
-            raise ValueError(f"inference.compile must be true/false or a torch.compile mode, got {cfg.compile!r}")
-        if cfg.attention:
-            attention_config(cfg.attention)  # validate
+        if data.get("attention") == {}:
+            data["attention"] = None  # {}: diffusers' own processors, as null
+        cfg = from_dict(cls, data, prefix="inference.")
         cfg.cache.diffusers_config()  # validate the options
         return cfg
 
 
-def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown key '{where}.{unknown[0]}' (known: {', '.join(sorted(known))})")
-
-
-def attention_config(data: dict[str, Any]):
+def attention_config(data: AttentionConfig | dict[str, Any]) -> AttentionConfig:
     """An `AttentionConfig` from its YAML mapping (unknown keys are errors that name them)."""
-    from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig
-
     if isinstance(data, AttentionConfig):
         return data
-    data = dict(data)
-    _check_keys(AttentionConfig, data, "attention")
-    eav = data.get("enhance_a_video")
-    if eav is not None:
-        if not isinstance(eav, dict):
-            raise ValueError(f"attention.enhance_a_video must be a mapping, got {eav!r}")
-        _check_keys(EnhanceAVideoConfig, eav, "attention.enhance_a_video")
-        eav = dict(eav)
-        if "layer_weights" in eav:
-            eav["layer_weights"] = {int(k): float(v) for k, v in (eav["layer_weights"] or {}).items()}
-        data["enhance_a_video"] = EnhanceAVideoConfig(**eav)
-    return AttentionConfig(**data)
+    return from_dict(AttentionConfig, dict(data), prefix="attention.")
 
 
 class InferenceHandle:
@@ -140,12 +128,15 @@ def apply_inference(
     adapter: Any, settings: InferenceConfig | dict[str, Any] | None, *, num_inference_steps: int | None = None
 ) -> InferenceHandle:
     """Install `settings` on `adapter` (in place) → a handle whose `.remove()` restores the adapter."""
-    cfg = settings if isinstance(settings, InferenceConfig) else InferenceConfig.from_dict(settings)
+    cfg = InferenceConfig.from_dict(settings)
+    attention = cfg.attention
+    if isinstance(attention, dict):  # assigned after construction: a mapping ({} = none) is read like YAML
+        attention = attention_config(attention) if attention else None
     handle = InferenceHandle(adapter)
-    if cfg.attention:
+    if attention is not None:
         from vidpost.models.attention import install_attention
 
-        h = install_attention(adapter, attention_config(cfg.attention))
+        h = install_attention(adapter, attention)
         handle._undo.append(h.remove)
     cache = cfg.cache.diffusers_config(num_inference_steps)
     if cache is not None:

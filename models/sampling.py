@@ -3,7 +3,7 @@
 Convention: x_σ = (1 − σ)·x0 + σ·ε, the model predicts the velocity v = ε − x0, σ runs from 1 (noise) to 0.
 
 Schedule. With shift s > 0 and f(u) = s·u / (1 + (s − 1)·u):
-- `"uniform"`: σ_i = f(u_i), u = linspace(1, 0, N + 1) — the schedule of DESIGN.md and of diffusers'
+- `"uniform"`: σ_i = f(u_i), u = linspace(1, 0, N + 1) — `flow_sigmas`' default, and the schedule of diffusers'
   `HunyuanVideoPipeline` (which passes these sigmas to its scheduler).
 - `"diffusers"`: what `FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(N)` yields and therefore what
   `WanPipeline` uses: u = linspace(1, f(1/1000), N), σ_i = f(u_i) for i < N, σ_N = 0. (The scheduler's

@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "render":
         from .captions import parse_caption
-        from .export import write_mp4
+        from .export import write_clip
         from .world import render
 
         spec = parse_caption(args.caption)
         video = render(spec, num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
-        write_mp4(args.out, video, fps=args.fps)
+        write_clip(args.out, video, fps=args.fps)
         print(args.out)
         return 0
     if args.command == "write-heldout":

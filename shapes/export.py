@@ -2,8 +2,9 @@
 
 `export(out_dir, split="train", n=..., ...)` takes the items of `splits.train_specs(n, seed=seed)` or the first
 `n` of `splits.heldout_prompts()`, renders each with `world.render(spec, seed=item["seed"], ...)` and writes
-`out_dir/videos/<id>.mp4`: H.264 (libx264, yuv420p, constant quality `crf`, default 10, i.e. near-lossless),
-`fps` frames per second, written to a temporary name and renamed into place. A clip whose file already exists
+`out_dir/videos/<id>.mp4` with `vidpost.media.video_io.write_video`: H.264 (libx264, preset medium, yuv420p,
+constant quality `crf`, default 10, i.e. near-lossless), `fps` frames per second, written to a temporary name and
+renamed into place. A clip whose file already exists
 and decodes (PyAV) to the expected number of frames and size is skipped, so an interrupted export resumes where it
 stopped. Then `out_dir/manifest.jsonl` is (re)written, one line per clip, in split order:
 
@@ -21,59 +22,37 @@ import os
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from tqdm import tqdm
+
+from vidpost.media.video_io import VideoReadError, read_video, write_video
 
 from .captions import noisy_caption
 from .splits import heldout_prompts, train_specs
 from .world import SceneSpec, render
 
-__all__ = ["SPLITS", "export", "read_mp4", "write_mp4"]
+__all__ = ["SPLITS", "export", "write_clip"]
 
 SPLITS = ("train", "heldout")
-
-
-def write_mp4(path: str | Path, video: np.ndarray, *, fps: int = 8, crf: int = 10) -> None:
-    """Write a video float [3, T, H, W] in [0, 1] as H.264 yuv420p, atomically (temporary file, then rename)."""
-    path = Path(path)
-    _, _, height, width = video.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}×{width}")
-    frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 3, 0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.mp4")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "medium"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_mp4(path: str | Path) -> np.ndarray:
-    """Decode a video file to float32 [3, T, H, W] in [0, 1] (raises `av.error.FFmpegError` or `OSError`)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1  # tiny clips: threads cost more than they save
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not frames:
-        raise OSError(f"{path}: no video frames")
-    return np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32) / 255.0
 
 
 def _is_complete(path: Path, num_frames: int, height: int, width: int) -> bool:
     if not path.is_file() or path.stat().st_size == 0:
         return False
     try:
-        video = read_mp4(path)
-    except (av.error.FFmpegError, OSError):
+        video = read_video(path, backend="pyav")
+    except VideoReadError:
         return False
-    return video.shape == (3, num_frames, height, width)
+    return tuple(video.shape) == (3, num_frames, height, width)
+
+
+def write_clip(path: str | Path, video: np.ndarray, *, fps: int = 8, crf: int = 10) -> Path:
+    """Write a rendered clip, float [3, T, H, W] in [0, 1], the way the export stores it: H.264 yuv420p at
+    constant quality `crf` (x264 preset "medium"), atomically (`vidpost.media.video_io.write_video`)."""
+    _, _, height, width = video.shape
+    if height % 2 or width % 2:  # write_video would pad to even sizes: the clip would not match its manifest row
+        raise ValueError(f"H.264 yuv420p needs an even height and width, got {height}×{width}")
+    return write_video(path, video, fps=int(fps), crf=crf, preset="medium")
 
 
 def _items(split: str, n: int | None, seed: int) -> list[dict[str, Any]]:
@@ -120,7 +99,7 @@ def export(
             continue
         spec = SceneSpec.from_dict(item["spec"])
         video = render(spec, num_frames=num_frames, height=height, width=width, seed=item["seed"])
-        write_mp4(path, video, fps=fps, crf=crf)
+        write_clip(path, video, fps=fps, crf=crf)
         written += 1
     manifest = out / "manifest.jsonl"
     tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")

@@ -11,7 +11,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from vidpost.config import from_dict
-from vidpost.kernels.enhance_a_video import cross_frame_intensity_reference
+from vidpost.kernels.eav import cross_frame_intensity_reference
 from vidpost.models import HunyuanVideoAdapter, WanAdapter
 from vidpost.models import attention as A
 from vidpost.models.sampling import flow_sigmas, sample
@@ -144,21 +144,26 @@ def test_config_errors():
     with pytest.raises(ValueError, match="layer 5 out of range"):
         A.install_attention(adapter, A.AttentionConfig(layers=[5]))
     with pytest.raises(ValueError, match="layer_weights: layer 7 out of range"):
-        A.install_attention(adapter, A.AttentionConfig(enhance_a_video=A.EnhanceAVideoConfig(layer_weights={7: 1.0})))
+        A.install_attention(adapter, A.AttentionConfig(eav=A.EavConfig(layer_weights={7: 1.0})))
     assert all(
         isinstance(b.attn1.processor, WanAttnProcessor) for b in adapter.transformer.blocks
     )  # nothing installed
     with pytest.raises(ValueError, match="unknown key 'window'"):
         A.install_attention(adapter, A.AttentionConfig(options={"window": 3}))
-    with pytest.raises(ValueError, match="enhance_a_video.weigth"):
+    with pytest.raises(ValueError, match="eav.weigth"):
+        from_dict(A.AttentionConfig, {"eav": {"weigth": 2}})
+    with pytest.raises(ValueError, match="enhance_a_video.weigth"):  # the old key is still read
         from_dict(A.AttentionConfig, {"enhance_a_video": {"weigth": 2}})
     with pytest.raises(ValueError, match="unknown branch 'pos'"):
-        A.EnhanceAVideoConfig(branches=["pos"])
-    cfg = from_dict(
-        A.AttentionConfig, {"layers": [0], "enhance_a_video": {"weight": 2, "layer_weights": {1: 0.5}, "step_end": 4}}
-    )
-    assert cfg.enhance_a_video.layer_weights == {1: 0.5} and cfg.layers == [0]
-    e = cfg.enhance_a_video
+        A.EavConfig(branches=["pos"])
+    cfg = from_dict(A.AttentionConfig, {"layers": [0], "eav": {"weight": 2, "layer_weights": {1: 0.5}, "step_end": 4}})
+    assert cfg.eav.layer_weights == {1: 0.5} and cfg.layers == [0]
+    old = from_dict(A.AttentionConfig, {"layers": [0], "enhance_a_video": {"weight": 2, "layer_weights": {"1": 0.5}}})
+    assert old.eav == A.EavConfig(weight=2, layer_weights={1: 0.5}) and old.enhance_a_video is old.eav
+    assert A.AttentionConfig(enhance_a_video=old.eav) == A.AttentionConfig(eav=old.eav)
+    with pytest.raises(ValueError, match="old name of 'eav'"):
+        from_dict(A.AttentionConfig, {"eav": {}, "enhance_a_video": {}})
+    e = cfg.eav
     assert (
         e.weight_for(1, 0, "cond") == 0.5
         and e.weight_for(0, 4, "cond") is None
@@ -178,7 +183,7 @@ def _attn1_outputs(adapter, layer, cfg, x, cond):
     A.register_attention("record_qk", lambda attn, i, options: record)
     hook = adapter.transformer.blocks[layer].attn1.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
     try:
-        with A.install_attention(adapter, A.AttentionConfig("record_qk", enhance_a_video=cfg)):
+        with A.install_attention(adapter, A.AttentionConfig("record_qk", eav=cfg)):
             adapter.predict_velocity(x, 0.6, cond)
     finally:
         hook.remove()
@@ -186,53 +191,51 @@ def _attn1_outputs(adapter, layer, cfg, x, cond):
     return seen["out"], seen["qk"]
 
 
-def test_enhance_a_video_scales_attn1_output_by_reference_gain():
+def test_eav_scales_attn1_output_by_reference_gain():
     adapter = WanAdapter.tiny(seed=0)
     x, cond, _ = _inputs(adapter, frames=13)
     f = adapter.latent_grid(x.shape)[0]
     assert f == 4
     plain, (q, k) = _attn1_outputs(adapter, 0, None, x, cond)
     w = 30.0
-    eav, _ = _attn1_outputs(adapter, 0, A.EnhanceAVideoConfig(weight=w, layers=[0]), x, cond)
+    eav, _ = _attn1_outputs(adapter, 0, A.EavConfig(weight=w, layers=[0]), x, cond)
     g = max(1.0, (f + w) * float(cross_frame_intensity_reference(q, k, f)[0]))
     assert g > 1.5  # the test must exercise a real gain
     torch.testing.assert_close(eav, plain * g, atol=1e-5, rtol=1e-5)
 
 
-def test_enhance_a_video_off_cases_equal_no_eav():
+def test_eav_off_cases_equal_no_eav():
     adapter = WanAdapter.tiny(seed=0)
     x, cond, uncond = _inputs(adapter)
     v0 = adapter.predict_velocity(x, 0.6, cond, uncond, guidance_scale=5.0)
     kw = dict(num_frames=9, height=32, width=32, num_inference_steps=2, guidance_scale=5.0, shift=3.0, seed=0)
     ref = sample(adapter, [PROMPT], **kw)
     off = [
-        A.EnhanceAVideoConfig(weight=0.0),
-        A.EnhanceAVideoConfig(weight=8.0, step_start=5),
-        A.EnhanceAVideoConfig(weight=8.0, branches=[]),
-        A.EnhanceAVideoConfig(weight=8.0, layer_weights={0: 0.0, 1: 0.0}),
+        A.EavConfig(weight=0.0),
+        A.EavConfig(weight=8.0, step_start=5),
+        A.EavConfig(weight=8.0, branches=[]),
+        A.EavConfig(weight=8.0, layer_weights={0: 0.0, 1: 0.0}),
     ]
     for cfg in off:
-        with A.install_attention(adapter, A.AttentionConfig(enhance_a_video=cfg)):
+        with A.install_attention(adapter, A.AttentionConfig(eav=cfg)):
             torch.testing.assert_close(sample(adapter, [PROMPT], **kw), ref, atol=0, rtol=0)
-    on = A.EnhanceAVideoConfig(weight=8.0)
-    with A.install_attention(adapter, A.AttentionConfig(enhance_a_video=on)):
+    on = A.EavConfig(weight=8.0)
+    with A.install_attention(adapter, A.AttentionConfig(eav=on)):
         assert not torch.allclose(adapter.predict_velocity(x, 0.6, cond, uncond, guidance_scale=5.0), v0, atol=1e-4)
         assert not torch.allclose(sample(adapter, [PROMPT], **kw), ref, atol=1e-4)
 
 
-def test_enhance_a_video_cond_branch_only():
+def test_eav_cond_branch_only():
     adapter = WanAdapter.tiny(seed=0)
     x, cond, uncond = _inputs(adapter)
     v_c, v_u = adapter.predict_velocity(x, 0.6, cond), adapter.predict_velocity(x, 0.6, uncond)
-    with A.install_attention(
-        adapter, A.AttentionConfig(enhance_a_video=A.EnhanceAVideoConfig(8.0, branches=["cond"]))
-    ):
+    with A.install_attention(adapter, A.AttentionConfig(eav=A.EavConfig(8.0, branches=["cond"]))):
         with adapter.attention_state.branch("uncond"):
             torch.testing.assert_close(adapter.forward_transformer(x, torch.tensor([0.6]), uncond, 1.0), v_u)
         assert not torch.allclose(adapter.predict_velocity(x, 0.6, cond), v_c, atol=1e-4)
 
 
-def test_enhance_a_video_hunyuan_uses_video_tokens_only():
+def test_eav_hunyuan_uses_video_tokens_only():
     adapter = HunyuanVideoAdapter.tiny(seed=0)
     x, cond, _ = _inputs(adapter, frames=13)
     f = adapter.latent_grid(x.shape)[0]
@@ -248,8 +251,8 @@ def test_enhance_a_video_hunyuan_uses_video_tokens_only():
     A.register_attention("record_qk", lambda a, i, options: record)
     try:
         outs = []
-        for eav in (None, A.EnhanceAVideoConfig(weight=30.0, layers=[0])):
-            with A.install_attention(adapter, A.AttentionConfig("record_qk", enhance_a_video=eav)):
+        for eav in (None, A.EavConfig(weight=30.0, layers=[0])):
+            with A.install_attention(adapter, A.AttentionConfig("record_qk", eav=eav)):
                 adapter.predict_velocity(x, 0.6, cond)
             outs.append(seen["out"])
     finally:
@@ -262,10 +265,10 @@ def test_enhance_a_video_hunyuan_uses_video_tokens_only():
     torch.testing.assert_close(outs[1][1], outs[0][1], atol=0, rtol=0)  # text stream untouched
 
 
-def test_enhance_a_video_needs_grid():
+def test_eav_needs_grid():
     adapter = WanAdapter.tiny(seed=0)
     x, cond, _ = _inputs(adapter)
-    with A.install_attention(adapter, A.AttentionConfig(enhance_a_video=A.EnhanceAVideoConfig(4.0))):
+    with A.install_attention(adapter, A.AttentionConfig(eav=A.EavConfig(4.0))):
         adapter.attention_state.grid = (1, 1, 1)  # stale grid from other latents
         with pytest.raises(ValueError, match="needs the video token grid"):
             adapter.transformer(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=cond.embeds)
@@ -274,7 +277,7 @@ def test_enhance_a_video_needs_grid():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_flash_and_triton_cfi_on_cuda():
-    from vidpost.kernels import enhance_a_video as E
+    from vidpost.kernels import eav as E
 
     q, k = (torch.randn(2, 9 * 130, 12, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     ref = E.cross_frame_intensity_reference(q, k, 9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,4 +72,95 @@ def test_missing_file_and_docs(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config(Cfg, tmp_path / "nope.yaml")
     docs = field_docs(Cfg)
-    assert docs["name"] == "run name" and docs["train.lr"] == "learning rate"
+    assert docs["name"] == 'str = "x" — run name' and docs["train.lr"] == "float = 0.0001 — learning rate"
+    # every key is listed, with or without a docstring: sections, their keys, lists, dicts, Optional fields
+    assert docs["train"] == "Train section" and docs["train.steps"] == "int = 10"
+    assert docs["train.schedule"] == "Literal['constant', 'cosine'] = \"constant\""
+    assert docs["train.betas"] == "tuple[float, float] = [0.9, 0.999]"
+    assert docs["model"] == "str | None = null" and docs["rewards"] == "dict[str, float] = {}"
+    assert list(docs) == ["name", "model", "train", "train.lr", "train.steps", "train.schedule", "train.betas"] + [
+        "rewards",
+        "tags",
+    ]
+
+
+@dataclass
+class Inner:
+    x: int = 1
+
+
+@dataclass
+class Base:
+    a: int = 0
+    """from the base class"""
+
+
+@dataclass
+class Child(Base):
+    opt: Inner | None = None
+    """an optional section"""
+    required: str = field(default="r")
+
+
+def test_field_docs_optional_sections_and_inherited_fields():
+    docs = field_docs(Child)
+    assert docs == {
+        "a": "int = 0 — from the base class",
+        "opt": "Inner | None = null — an optional section",
+        "opt.x": "int = 1",
+        "required": 'str = "r"',
+    }
+
+
+def _keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass, walked independently of field_docs."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out.append(prefix + f.name)
+        tp = hints[f.name]
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if dataclasses.is_dataclass(tp) or len(inner) == 1:
+            out += _keys(inner[0], prefix + f.name + ".")
+    return out
+
+
+def _stage_configs():
+    from vidpost.pipelines.distill import DistillConfig
+    from vidpost.pipelines.enhance_train import EnhanceGRPOConfig, EnhanceSFTConfig
+    from vidpost.pipelines.grpo import GRPOConfig
+    from vidpost.pipelines.run import PipelineConfig
+    from vidpost.pipelines.sft import SFTConfig
+
+    return [SFTConfig, GRPOConfig, DistillConfig, EnhanceSFTConfig, EnhanceGRPOConfig, PipelineConfig]
+
+
+@pytest.mark.parametrize("cls", _stage_configs(), ids=lambda c: c.__name__)
+def test_help_config_lists_every_key_of_every_stage_with_its_default(cls):
+    import dataclasses
+
+    docs = field_docs(cls)
+    keys = _keys(cls)
+    assert len(keys) > 10 and set(docs) == set(keys), sorted(set(keys) ^ set(docs))
+    default = cls()
+    for key in keys:
+        *path, name = key.split(".")
+        node = default
+        for part in path:
+            node = getattr(node, part)
+        if node is None:  # under an Optional section that is off by default: its own class's default
+            continue
+        value = getattr(node, name)
+        if dataclasses.is_dataclass(value):
+            assert docs[key].endswith("section") or " section — " in docs[key], key
+        else:
+            assert f" = {json.dumps(to_dict_value(value))}" in docs[key], (key, docs[key])
+
+
+def to_dict_value(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))

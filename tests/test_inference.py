@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from vidpost.config import from_dict
 from vidpost.models import WanAdapter
 from vidpost.models import attention as A
 from vidpost.models.inference import InferenceConfig, apply_inference
@@ -42,10 +43,17 @@ def test_config_errors_name_the_key():
         InferenceConfig.from_dict({"cache": {"method": "first_block", "treshold": 0.1}})
     with pytest.raises(ValueError, match="cache.options for taylorseer"):
         InferenceConfig.from_dict({"cache": {"method": "taylorseer", "options": {"interval": 3}}})
-    with pytest.raises(ValueError, match="attention.enhance_a_video.wieght"):
-        InferenceConfig.from_dict({"attention": {"enhance_a_video": {"wieght": 2}}})
-    cfg = InferenceConfig.from_dict({"attention": {"enhance_a_video": {"weight": 2, "layer_weights": {"1": 0}}}})
+    with pytest.raises(ValueError, match="inference.attention.eav.wieght"):
+        InferenceConfig.from_dict({"attention": {"eav": {"wieght": 2}}})
+    with pytest.raises(ValueError, match="inference.compile"):
+        InferenceConfig.from_dict({"compile": 1})
+    cfg = InferenceConfig.from_dict({"attention": {"eav": {"weight": 2, "layer_weights": {"1": 0}}}})
     assert cfg.cache.method == "none" and cfg.compile is False
+    assert cfg.attention == A.AttentionConfig(eav=A.EavConfig(weight=2.0, layer_weights={1: 0.0}))
+    # typed all the way down: the same settings as a nested config section, and {} / null mean no attention change
+    assert from_dict(InferenceConfig, {"attention": {"eav": {"weight": 2, "layer_weights": {1: 0}}}}) == cfg
+    assert InferenceConfig.from_dict({"attention": {}}).attention is None
+    assert InferenceConfig.from_dict(None) == InferenceConfig()
 
 
 @pytest.mark.parametrize(

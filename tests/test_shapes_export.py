@@ -10,8 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from vidpost.media.video_io import read_video
 from vidpost.shapes.cli import main
-from vidpost.shapes.export import export, read_mp4, write_mp4
+from vidpost.shapes.export import export, write_clip
 from vidpost.shapes.verifier import verify
 from vidpost.shapes.world import SceneSpec
 
@@ -48,7 +49,7 @@ def test_export_writes_readable_mp4s_and_manifest(tmp_path):
             assert stream.codec_context.pix_fmt == "yuv420p"
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         assert len(frames) == 9 and frames[0].shape == (48, 64, 3)
-        video = read_mp4(path)
+        video = read_video(path)
         assert verify(video, SceneSpec.from_dict(row["spec"]))["success"], row["caption"]
         assert path.stat().st_size < 20_000
 
@@ -65,7 +66,7 @@ def test_export_resumes(tmp_path):
     assert manifest.read_text(encoding="utf-8") == first
     for p in paths:
         if p in (paths[1], paths[3]):
-            assert read_mp4(p).shape == (3, 17, 64, 64)
+            assert read_video(p).shape == (3, 17, 64, 64)
         else:
             assert p.stat().st_mtime_ns == stamps[p]  # complete clips are not rewritten
     export(tmp_path, n=7, progress=False)  # growing the export adds only the new clips
@@ -81,7 +82,7 @@ def test_export_heldout_and_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
         export(tmp_path, split="val", n=2)
     with pytest.raises(ValueError, match="even height and width"):
-        write_mp4(tmp_path / "x.mp4", np.zeros((3, 2, 33, 32), dtype=np.float32))
+        write_clip(tmp_path / "x.mp4", np.zeros((3, 2, 33, 32), dtype=np.float32))
 
 
 def test_cli_export_and_stats(tmp_path, capsys):
@@ -100,4 +101,4 @@ def test_python_m_entry_point(tmp_path):
     out = tmp_path / "clip.mp4"
     cmd = [sys.executable, "-m", "vidpost.shapes", "render", "--caption", "a red circle moves up", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
-    assert verify(read_mp4(out), "a red circle moves up")["success"]
+    assert verify(read_video(out), "a red circle moves up")["success"]

@@ -429,7 +429,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monkeypatc
     target = write_video(tmp_path / "clip.mp4", synthetic_video(T=3, H=16, W=16))
     before = target.read_bytes()
 
-    def broken_encoder(tmp, frames, fps, crf):
+    def broken_encoder(tmp, frames, fps, crf, preset=None):
         tmp.write_bytes(b"half a video")
         raise RuntimeError("encoder crashed")
 

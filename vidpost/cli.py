@@ -1,5 +1,7 @@
 """The `vidpost` command: one subcommand per stage or tool, each a module with `main(argv) -> int`.
 
+The stages, numbered the same everywhere: 1 SFT, 2 RL (GRPO), 3 prompt enhancement, 4 inference optimisation.
+
 Subcommands are imported lazily so `vidpost --help` stays fast and a stage's heavy imports load only when used.
 """
 
@@ -11,27 +13,48 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
     "shapes": ("vidpost.shapes.cli", "the Shapes world: export clips, verifier statistics"),
-    "sft": ("vidpost.pipelines.sft", "stage 1: flow-matching fine-tuning (LoRA or full)"),
-    "precompute": ("vidpost.pipelines.precompute", "encode VAE latents + text embeddings once for training"),
+    "sft": ("vidpost.pipelines.sft", "stage 1 SFT: flow-matching fine-tuning (LoRA or full)"),
+    "precompute": (
+        "vidpost.pipelines.precompute",
+        "stage 1 SFT: encode VAE latents + text embeddings once for training",
+    ),
     "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
     "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
     "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
-    "grpo": ("vidpost.pipelines.grpo", "stage 2: GRPO with reward models and a reward-hacking guard"),
-    "grpo-snr": ("vidpost.pipelines.grpo_snr", "does a GRPO batch carry signal? gradients of independent rollouts"),
-    "distill": ("vidpost.pipelines.distill", "stage 4: distil a LiT linear-attention student from a dense model"),
+    "grpo": ("vidpost.pipelines.grpo", "stage 2 RL (GRPO): reward models and a reward-hacking guard"),
+    "grpo-snr": (
+        "vidpost.pipelines.grpo_snr",
+        "stage 2 RL (GRPO): does a batch carry signal? gradients of independent rollouts",
+    ),
+    "distill": (
+        "vidpost.pipelines.distill",
+        "stage 4 inference optimisation: distil a LiT linear-attention student from a dense model",
+    ),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
-    "enhance": ("vidpost.pipelines.enhance", "rewrite prompts with a local LLM (zero-shot or a trained rewriter)"),
-    "enhance-train": ("vidpost.pipelines.enhance_train", "train a specialised prompt rewriter: sft | grpo"),
-    "enhance-eval": ("vidpost.pipelines.enhance_eval", "held-out Shapes table: raw prompts vs rewriters vs captions"),
-    "run": ("vidpost.pipelines.run", "the staged pipeline: sft → grpo → enhance → optimize, one report"),
+    "enhance": (
+        "vidpost.pipelines.enhance",
+        "stage 3 prompt enhancement: rewrite prompts with a local LLM (zero-shot or trained)",
+    ),
+    "enhance-train": (
+        "vidpost.pipelines.enhance_train",
+        "stage 3 prompt enhancement: train a specialised rewriter: sft | grpo",
+    ),
+    "enhance-eval": (
+        "vidpost.pipelines.enhance_eval",
+        "stage 3 prompt enhancement: held-out Shapes table, raw prompts vs rewriters vs captions",
+    ),
+    "run": (
+        "vidpost.pipelines.run",
+        "the four stages in order: 1 SFT → 2 RL (GRPO) → 3 prompt enhancement → 4 inference optimisation, one report",
+    ),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: vidpost <command> [options]", "", "commands:"]
-    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`vidpost <command> --help` shows a command's options."]
     return "\n".join(lines)
 

@@ -9,16 +9,21 @@ Rules:
   checked against the field's type like a YAML value. Overrides apply after the file.
 - Values are type-checked (int, float, str, bool, lists, dicts, Optional, Literal, nested dataclasses); an int
   is accepted for a float field. A YAML file may name a `base:` file (relative to itself) to inherit from.
-- `to_dict(cfg)` gives the plain dict that is saved next to every run (and hashed by the staged run).
+- `to_dict(cfg)` gives the plain dict that is saved next to every run (and hashed by the staged run). A dict
+  field with integer keys reads its own JSON back: a key that is a decimal string ("1") is accepted as an int.
+- A class decorated with `@renamed_keys(old="new")` still reads the old key (YAML written before the rename,
+  saved configs) and takes it as a keyword; errors under it name the key as written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -76,7 +81,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"config key '{key}': expected a mapping, got {value!r}")
         kt, vt = get_args(tp) or (Any, Any)
-        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        return {_coerce(_int_key(k, kt), kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
@@ -101,17 +106,55 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
 
 
+def _int_key(k: Any, kt: Any) -> Any:
+    """A dict key read back from JSON: "3" for an int-keyed dict is 3."""
+    if kt is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
+        return int(k)
+    return k
+
+
+def renamed_keys(**old_to_new: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator (above `@dataclass`) for renamed fields: `from_dict` still reads each old key, the
+    constructor still takes it as a keyword, and the old attribute name reads the new field."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        cls.__config_renamed__ = dict(old_to_new)  # type: ignore[attr-defined]
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            for old, new in old_to_new.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{cls.__name__}: give '{new}' or its old name '{old}', not both")
+                    kwargs[new] = kwargs.pop(old)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        for old, new in old_to_new.items():
+            setattr(cls, old, property(lambda self, new=new: getattr(self, new), doc=f"old name of `{new}`"))
+        return cls
+
+    return wrap
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
+    renamed = getattr(cls, "__config_renamed__", {})
+    unknown = [k for k in data if k not in fields and renamed.get(k) not in fields]
     if unknown:
         where = f" under '{prefix.rstrip('.')}'" if prefix else ""
         raise ValueError(f"unknown config key '{prefix}{unknown[0]}' (valid keys{where}: {', '.join(sorted(fields))})")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    kwargs: dict[str, Any] = {}
+    for written, value in data.items():
+        name = written if written in fields else renamed[written]
+        if name in kwargs:
+            raise ValueError(f"config key '{prefix}{written}' is the old name of '{prefix}{name}': give one of them")
+        kwargs[name] = _coerce(value, hints[name], prefix + written)
     return cls(**kwargs)
 
 
@@ -173,24 +216,96 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under each dataclass field (for --help-config), by dotted key."""
+def _type_text(tp: Any) -> str:
+    """A field type as written in the source (`list[int]`, `Literal['a', 'b']`, `str | None`)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    if origin is None:
+        return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+    return f"{name}[{', '.join(_type_text(a) for a in args)}]" if args else name
+
+
+def _nested_dataclass(tp: Any) -> type | None:
+    """The dataclass a field of type `tp` holds (`X`, `X | None`), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(inner) == 1:
+            return inner[0]
+    return None
+
+
+def _docstrings(cls: type) -> dict[str, str]:
+    """The string literal written under each annotated field of `cls` and of its dataclass bases, one line each."""
     import ast
     import inspect
     import textwrap
 
     out: dict[str, str] = {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return out
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                value = getattr(nxt, "value", None) if isinstance(nxt, ast.Expr) else None
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    out[node.target.id] = " ".join(value.value.split())
+    return out
+
+
+def _default_value(f: dataclasses.Field, owner: Any = None) -> Any:
+    """The default of field `f`: taken from `owner` (the default instance of the enclosing section, whose factory may
+    set other values than the class's) when given, else from the field itself; MISSING when it has none."""
+    if owner is not None:
+        return getattr(owner, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _default_text(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "required"
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    return json.dumps(value, default=str)
+
+
+def field_docs(cls: type, _defaults: Any = None) -> dict[str, str]:
+    """Every config key of dataclass `cls` (for --help-config), by dotted key, in declaration order, nested sections
+    (`X` or `X | None` fields) included with their keys: "<type> = <default as JSON>" plus " — <docstring>" when
+    the field has one (the string literal written under it). A section's line says "section"; its keys show the
+    defaults of the section's default instance. A required field (no default) says "required"."""
+    out: dict[str, str] = {}
     hints = typing.get_type_hints(cls)
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            name = node.target.id
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                out[name] = str(nxt.value.value).strip()
-            if dataclasses.is_dataclass(hints.get(name)):
-                out.update({f"{name}.{k}": v for k, v in field_docs(hints[name]).items()})
+    docs = _docstrings(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints.get(f.name, f.type)
+        nested = _nested_dataclass(tp)
+        default = _default_value(f, _defaults)
+        text = f"{_type_text(tp)} = {_default_text(default)}"
+        if nested is not None and nested is tp:
+            text = f"{_type_text(tp)} section"
+        if f.name in docs:
+            text += f" — {docs[f.name]}"
+        out[f.name] = text
+        if nested is not None:
+            inner = default if isinstance(default, nested) else None
+            out.update({f"{f.name}.{k}": v for k, v in field_docs(nested, inner).items()})
     return out

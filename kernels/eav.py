@@ -10,7 +10,7 @@ form a sequence over time; its temporal attention map is
 and the cross-frame intensity is the mean, over all (p, h) maps, of the mean off-diagonal entry of A. Each row
 of A sums to one, so the mean off-diagonal entry of a map equals Σ_i (1 − A_ii) / (F·(F − 1)); the fast paths
 use that identity and only need the diagonal probability of every row (online softmax over the row).
-The gain applied to the attention branch is g = max(1, (F + w)·CFI) (`enhance_gain`).
+The gain applied to the attention branch is g = max(1, (F + w)·CFI) (`eav_gain`).
 
 Departures from the paper's code:
 - CFI is computed per sample (`cross_frame_intensity_per_sample` → [B]) instead of one mean over the batch, so
@@ -230,7 +230,7 @@ def cross_frame_intensity(
     return float(cross_frame_intensity_per_sample(query, key, num_frames, impl=impl).mean())
 
 
-def enhance_gain(cfi: torch.Tensor | float, num_frames: int, weight: float) -> torch.Tensor:
+def eav_gain(cfi: torch.Tensor | float, num_frames: int, weight: float) -> torch.Tensor:
     """g = max(1, (F + w)·CFI), elementwise over `cfi`."""
     cfi = torch.as_tensor(cfi, dtype=torch.float32)
     return ((num_frames + weight) * cfi).clamp(min=1.0)
@@ -241,6 +241,6 @@ __all__ = [
     "cross_frame_intensity",
     "cross_frame_intensity_per_sample",
     "cross_frame_intensity_reference",
-    "enhance_gain",
+    "eav_gain",
     "resolve_impl",
 ]

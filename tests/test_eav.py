@@ -6,12 +6,15 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vidpost.kernels import enhance_a_video as E
+from vidpost.kernels import eav as E
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5}  # inputs are read in bf16, all maths is float32 on both sides
 
@@ -28,7 +31,7 @@ def test_triton_kernel_tests_in_interpreter_subprocess():
         pytest.skip("this process runs the kernel tests directly")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton_kernel"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0 and " failed" not in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]
     assert "8 passed" in r.stdout, r.stdout[-2000:]  # 6 parametrised + strided views + extreme scores
 
@@ -89,7 +92,7 @@ def test_hand_worked_cases():
         assert E.cross_frame_intensity(qq, kk, 2, impl=impl) == pytest.approx(1 / (1 + math.exp(a)), abs=1e-6)
     # one frame: no off-diagonal entries, CFI 0, gain 1
     assert E.cross_frame_intensity(q[:, :p], k[:, :p], 1) == 0.0
-    assert E.enhance_gain(torch.tensor([0.0, 0.3]), 4, 2.0).tolist() == pytest.approx([1.0, 1.8])
+    assert E.eav_gain(torch.tensor([0.0, 0.3]), 4, 2.0).tolist() == pytest.approx([1.0, 1.8])
 
 
 def test_per_sample_and_batch_mean():
