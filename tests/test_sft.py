@@ -88,7 +88,7 @@ def test_sft_run_skips_bad_videos_and_changes_every_trainable_weight(tiny_wan_di
     # lora_B starts at zero, so lora_A only gets a gradient from the second step on.
     unchanged = [k for k in last if torch.equal(last[k], init[k].float())]
     assert not unchanged, unchanged[:3]
-    assert len(result["history"]) == 2 and all(math.isfinite(h["loss"]) for h in result["history"])
+    assert len(result.history) == 2 and all(math.isfinite(h["loss"]) for h in result.history)
 
 
 def test_full_finetune_exports_a_loadable_model(tiny_wan_dir, tiny_manifest, tmp_path):
