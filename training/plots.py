@@ -44,9 +44,9 @@ def running_mean(x: list[float], y: list[float], label: str, window: int | None 
 
 
 def plot_panels(path: Path, panels: list[Panel], panel_size: tuple[float, float] = (5.0, 3.5)) -> Path | None:
-    """Draw the panels side by side into `path` (a PNG); panels without curves stay empty. Nothing when no panel
-    has a curve."""
-    if not any(p.curves for p in panels):
+    """Draw the panels side by side into `path` (a PNG); panels without curves stay empty. Nothing when no curve
+    has a point."""
+    if not any(c.y for p in panels for c in p.curves):
         return None
     import matplotlib
 
