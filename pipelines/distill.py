@@ -35,10 +35,8 @@ RNG; `--resume latest`), `history.json`, tensorboard logs, `curves.png`, and `fi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +56,8 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimCo
 from vidpost.training.lora import upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.plots import Panel, history_curves, plot_panels
-from vidpost.training.runner import TrainResult, add_stage_arguments, run_stage
+from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -278,14 +277,7 @@ def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
     torch.manual_seed(cfg.train.seed)
     model_dir = resolve_model_path(cfg.model.teacher)
     teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
-    gen = read_vidpost_config(model_dir).get("generation", {})
-    size = (
-        cfg.data.num_frames or gen.get("num_frames", 81),
-        cfg.data.height or gen.get("height", 480),
-        cfg.data.width or gen.get("width", 832),
-    )
-    teacher.validate_size(*size)
-    shift = cfg.data.shift if cfg.data.shift is not None else teacher.default_shift
+    size, shift = video_size_and_shift(teacher, model_dir, cfg.data)
     sigmas = flow_sigmas(cfg.data.steps, shift, teacher.schedule)
     shape = teacher.latent_shape(cfg.train.batch_size, *size)
     student = make_student(teacher, cfg.student, cfg.train.seed)
@@ -375,17 +367,8 @@ def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost distill", description="LiT linear-attention distillation.")
-    add_stage_arguments(p, "configs/<model>/distill.yaml")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(DistillConfig, train, build_parser().parse_args(argv))
-    if result is not None:
-        print(f"done: {result.steps} steps; student in {result.final}", file=sys.stderr)
-    return code
+    return stage_main(DistillConfig, train, argv, "distill", "LiT linear-attention distillation.", "student")
 
 
 if __name__ == "__main__":

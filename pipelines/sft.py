@@ -29,7 +29,6 @@ stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diff
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -51,7 +50,7 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraCon
 from vidpost.training.ema import EMA
 from vidpost.training.lora import add_lora, export, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
-from vidpost.training.runner import TrainResult, add_stage_arguments, run_stage
+from vidpost.training.runner import TrainResult, stage_main
 from vidpost.training.tracking import make_accelerator, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -371,17 +370,8 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost sft", description="Flow-matching SFT (LoRA or full).")
-    add_stage_arguments(p, "configs/<model>/sft.yaml")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(SFTConfig, train, build_parser().parse_args(argv))
-    if result is not None and result.final is not None:
-        print(f"done: {result.steps} steps; weights in {result.final}", file=sys.stderr)
-    return code
+    return stage_main(SFTConfig, train, argv, "sft", "Flow-matching SFT (LoRA or full).", "weights")
 
 
 if __name__ == "__main__":

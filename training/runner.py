@@ -124,3 +124,14 @@ def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, 
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.BAD_INPUT, None
+
+
+def stage_main(cls: type, train_fn: Any, argv: list[str] | None, name: str, description: str, produced: str) -> int:
+    """The command line of training stage `vidpost NAME` (preset `configs/<model>/NAME.yaml`; `add_stage_arguments`,
+    `run_stage`); on success it names what the stage `produced` ("weights", "student", ...) and where. → exit code."""
+    p = argparse.ArgumentParser(prog=f"vidpost {name}", description=description)
+    add_stage_arguments(p, f"configs/<model>/{name}.yaml")
+    code, result = run_stage(cls, train_fn, p.parse_args(argv))
+    if isinstance(result, TrainResult) and result.final is not None:
+        print(f"done: {result.steps} steps; {produced} in {result.final}", file=sys.stderr)
+    return code
