@@ -1,4 +1,5 @@
-"""Stage 4 — LiT distillation: a linear-attention student learns the dense teacher's velocity and attention outputs.
+"""Stage 4 (inference optimisation) — LiT distillation: a linear-attention student learns the dense teacher's velocity
+and attention outputs.
 
     vidpost distill --config configs/shapes/distill.yaml [dotted.overrides=...] [--resume latest]
 
