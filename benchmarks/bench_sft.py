@@ -101,7 +101,7 @@ def main() -> None:
             "optim.lr=1e-4",
         ],
     )
-    hist = train(cfg)["history"]
+    hist = train(cfg).history
     ours = [h["step_seconds"] for h in hist]
     b, o = statistics.median(bare[3:]), statistics.median(ours[3:])
     params = sum(p.numel() for p in model.parameters()) / 1e6

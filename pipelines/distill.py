@@ -1,4 +1,5 @@
-"""Stage 4 — LiT distillation: a linear-attention student learns the dense teacher's velocity and attention outputs.
+"""Stage 4 (inference optimisation) — LiT distillation: a linear-attention student learns the dense teacher's velocity
+and attention outputs.
 
     vidpost distill --config configs/shapes/distill.yaml [dotted.overrides=...] [--resume latest]
 
@@ -35,11 +36,8 @@ RNG; `--resume latest`), `history.json`, tensorboard logs, `curves.png`, and `fi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,17 +46,20 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.config import config_hash, to_dict
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, attention_sites, install_attention
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.pipelines.grpo import load_prompt_pool
-from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
-from vidpost.training.optim import lr_lambda, make_optimizer
-from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
+from vidpost.training.checkpoint import Checkpoints
+from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.lora import upcast_trainable
+from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.plots import Panel, history_curves, plot_panels
+from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.sampling import video_size_and_shift
+from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -163,9 +164,7 @@ def make_student(teacher: VideoModelAdapter, cfg: StudentConfig, seed: int = 0) 
             for layer, attn, _ in attention_sites(t):
                 if cfg.layers is None or layer in cfg.layers:
                     (attn if cfg.trainable == "attention" else attn.processor.impl).requires_grad_(True)
-        for p in t.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+        upcast_trainable(t)
     return student
 
 
@@ -271,65 +270,35 @@ def distill_batch(
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
 
-def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
+def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
-    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        log_with=log_with or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-    )
+    accelerator = make_accelerator(out_dir, cfg.log)
     if accelerator.num_processes > 1:
         raise ValueError("vidpost distill runs in one process (launch it without accelerate's multi-process mode)")
     torch.manual_seed(cfg.train.seed)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     model_dir = resolve_model_path(cfg.model.teacher)
-    teacher = load(model_dir, dtype=dtype, device=accelerator.device)
-    gen = read_vidpost_config(model_dir).get("generation", {})
-    size = (
-        cfg.data.num_frames or gen.get("num_frames", 81),
-        cfg.data.height or gen.get("height", 480),
-        cfg.data.width or gen.get("width", 832),
-    )
-    teacher.validate_size(*size)
-    shift = cfg.data.shift if cfg.data.shift is not None else teacher.default_shift
+    teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
+    size, shift = video_size_and_shift(teacher, model_dir, cfg.data)
     sigmas = flow_sigmas(cfg.data.steps, shift, teacher.schedule)
     shape = teacher.latent_shape(cfg.train.batch_size, *size)
     student = make_student(teacher, cfg.student, cfg.train.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    write_config(out_dir, cfg)
 
     transformer = student.transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps))
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
     null = teacher.encode_prompt([""])
-
-    ckpt_root = out_dir / "checkpoints"
-    step = 0
-    if resume:
-        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
-        if path is None:
-            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
-        else:
-            step = load_checkpoint(path, transformer, optimizer, scheduler, NoDataPosition(), None)
-            print(f"resumed from {path} at step {step}", file=sys.stderr)
-    if log_with:
-        accelerator.init_trackers("distill", config={k: str(v) for k, v in to_dict(cfg).items()})
-    history_file = out_dir / "history.json"
-    history: list[dict[str, float]] = []
-    if step and history_file.exists():
-        history = [h for h in json.loads(history_file.read_text()) if h["step"] <= step]
+    ckpt = Checkpoints(out_dir, cfg, transformer, optimizer, scheduler)
+    step = ckpt.resume(resume)
+    start_trackers(accelerator, cfg.log, "distill", cfg)
+    history = read_history(out_dir, step)
 
     taps = [AttentionTap(teacher.transformer, cfg.student.layers), AttentionTap(transformer, cfg.student.layers)]
     teacher.transformer.eval()
     transformer.train()
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="distill")
-    last_good = latest_checkpoint(ckpt_root)
     try:
         while step < cfg.train.max_steps:
             t0 = time.perf_counter()
@@ -340,11 +309,7 @@ def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
             v_s = student.predict_velocity(x, sig, embeds)
             a_s = taps[1].pop()
             loss, parts = distill_loss(v_s, v_t, a_s, a_t, cfg.train.attn_weight)
-            if not math.isfinite(float(loss.detach())):
-                where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
-                raise NonFiniteLoss(
-                    f"distillation loss became {float(loss.detach())} at step {step}; stopping ({where})"
-                )
+            ckpt.check_finite("distillation loss", float(loss.detach()), step)
             loss.backward()
             grad_norm = None
             if cfg.optim.max_grad_norm:
@@ -366,35 +331,30 @@ def train(cfg: DistillConfig, resume: str | None = None) -> dict[str, Any]:
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if step % cfg.log.every == 0 or step == cfg.train.max_steps:
                 accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-                last_good = save_checkpoint(
-                    ckpt_root,
-                    step,
-                    transformer,
-                    optimizer,
-                    scheduler,
-                    NoDataPosition(),
-                    None,
-                    cfg.checkpoint.keep_last,
-                    {"config_hash": config_hash(cfg)},
-                )
-                history_file.write_text(json.dumps(history) + "\n")
+            if ckpt.due(step):
+                ckpt.save(step)
+                write_history(out_dir, history)
     finally:
         for tap in taps:
             tap.remove()
         bar.close()
     final = save_lit_student(student, attention_config(cfg.student), out_dir / "final")
     carry_generation_settings(model_dir, final)
-    history_file.write_text(json.dumps(history) + "\n")
-    _plot(history, out_dir / "curves.png")
+    write_history(out_dir, history)
+    curves = history_curves(history, ("loss", "loss_velocity", "loss_attention"), alpha=0.8)
+    plot_panels(out_dir / "curves.png", [Panel("LiT distillation", curves, log_y=True)], panel_size=(6, 3.5))
     accelerator.end_training()
-    return {
-        "steps": step,
-        "history": history,
-        "final": str(final),
-        "lit_layers": sorted(int(k.split(".")[1]) for k in lit_modules(student)),
-        "student": student,
-    }
+    lit_layers = sorted(int(k.split(".")[1]) for k in lit_modules(student))
+    result = TrainResult(
+        kind="student",
+        final=final,
+        steps=step,
+        history=history,
+        base_model=str(model_dir.resolve()),
+        extra={"student": student, "lit_layers": lit_layers},
+    )
+    result.write(out_dir)
+    return result
 
 
 def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
@@ -405,41 +365,11 @@ def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
     (student_dir / VIDPOST_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
 
 
-def _plot(history: list[dict[str, float]], path: Path) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps = [h["step"] for h in history]
-    for key in ("loss", "loss_velocity", "loss_attention"):
-        ax.plot(steps, [h[key] for h in history], label=key, alpha=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title("LiT distillation")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost distill", description="LiT linear-attention distillation.")
-    add_stage_arguments(p, "configs/<model>/distill.yaml")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(DistillConfig, train, build_parser().parse_args(argv))
-    if result is not None:
-        print(f"done: {result['steps']} steps; student in {result['final']}", file=sys.stderr)
-    return code
+    return stage_main(DistillConfig, train, argv, "distill", "LiT linear-attention distillation.", "student")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vidpost.models import load
+from vidpost.training.runner import ExitCode
 
 
 def merge_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0) -> Path:
@@ -31,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         path = merge_lora(args.base, args.lora, args.out, args.scale)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     print(f"merged model written to {path}", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

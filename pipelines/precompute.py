@@ -1,4 +1,4 @@
-"""`vidpost precompute --config configs/<model>/sft.yaml`: encode VAE latents + text embeddings once.
+"""`vidpost precompute --config configs/<model>/sft.yaml`: encode VAE latents + text embeddings once (Stage 1 SFT).
 
 Reads the `model` and `data` sections of an SFT config and fills `data.cache_dir` (default <output_dir>/cache)
 with safetensors shards; resumable (finished shards are skipped); unreadable videos are skipped and listed in
@@ -18,6 +18,8 @@ from vidpost.config import load_config
 from vidpost.media.data import precompute, read_manifest
 from vidpost.models import load
 from vidpost.pipelines.sft import SFTConfig, buckets_of
+from vidpost.training.config import DTYPES
+from vidpost.training.runner import ExitCode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(SFTConfig, args.config, args.overrides)
         if not cfg.data.manifest:
             raise ValueError("data.manifest is empty")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-        adapter = load(cfg.model.path, dtype=dtype, device=args.device)
+        adapter = load(cfg.model.path, dtype=DTYPES[cfg.model.dtype], device=args.device)
         rows = read_manifest(cfg.data.manifest, cfg.data.caption_key)
         cache_dir = Path(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
         summary = precompute(
@@ -40,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     print(json.dumps(summary, indent=2))
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from vidpost.config import field_docs, load_config, to_dict
+from vidpost.training.runner import ExitCode, TrainResult
 
 STAGES = ("base", "data", "sft", "grpo", "enhance", "optimize")
 
@@ -229,7 +230,7 @@ def _launch_stage(module: str, config: Path, overrides: list[str], cfg: Pipeline
         cmd += ["--resume", "latest"]
     print("launch: " + " ".join(cmd), file=sys.stderr)
     rc = subprocess.call(cmd)
-    if rc not in (0, 4):  # 4: the GRPO guard stopped the run (best weights kept)
+    if rc not in (ExitCode.OK, ExitCode.GUARD_STOP):  # the GRPO guard's stop keeps the best weights
         raise RuntimeError(f"{module} exited with code {rc}")
 
 
@@ -248,21 +249,30 @@ def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bo
         overrides += [f"data.manifest={state.manifest}", f"data.cache_dir={cache}"]
     if cfg.launch.processes > 1:
         _launch_stage("vidpost.pipelines.sft", config, overrides, cfg, resume)
-        final = out / "final"
-        is_lora = (final / "pytorch_lora_weights.safetensors").exists()
+        result = TrainResult.read(out)
     else:
-        scfg = load_config(sft.SFTConfig, config, overrides)
-        final = Path(sft.train(scfg, resume="latest" if resume else None)["final"])
-        is_lora = scfg.lora.enabled
-    if not is_lora:
-        return State(model=str(final), manifest=state.manifest)
+        result = sft.train(load_config(sft.SFTConfig, config, overrides), resume="latest" if resume else None)
+    if result.kind == "full":
+        return State(model=str(result.final), manifest=state.manifest)
     from vidpost.pipelines.merge_lora import merge_lora
 
     merged = out / "merged"
     if merged.exists():
         shutil.rmtree(merged)
-    merge_lora(state.model, final, merged)
+    merge_lora(state.model, result.final, merged)
     return State(model=str(merged), manifest=state.manifest)
+
+
+def _grpo_weights(result: TrainResult | dict[str, Any] | None, out: Path) -> tuple[Path, bool]:
+    """(the weights the GRPO stage hands on: its guard's best or its final ones; whether they are a LoRA), from its
+    TrainResult or stage record; a result without either (a plain dict) falls back to the files in `out`."""
+    if result is None and (out / TrainResult.RECORD).exists():
+        result = TrainResult.read(out)
+    if isinstance(result, TrainResult):
+        return result.best or result.final, result.kind == "lora"
+    best = out / "best"
+    weights = best if best.exists() else out / "final"
+    return weights, (weights / "pytorch_lora_weights.safetensors").exists()
 
 
 def run_grpo(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
@@ -272,22 +282,23 @@ def run_grpo(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: b
         raise ValueError("the grpo stage needs full weights as input (the sft stage merges its LoRA)")
     overrides = [*cfg.grpo.overrides, f"output_dir={out}", f"model.path={state.model}"]
     config = resolve_path(cfg.grpo.config, base)
+    result = None
     if cfg.launch.processes > 1:
         _launch_stage("vidpost.pipelines.grpo", config, overrides, cfg, resume)
     else:
         gcfg = load_config(grpo.GRPOConfig, config, overrides)
         result = grpo.train(gcfg, resume="latest" if resume else None)
-        if "stopped" in result:
-            print(f"grpo: {result['stopped']}", file=sys.stderr)
-    best = out / "best"
-    weights = best if best.exists() else out / "final"
-    if not (weights / "pytorch_lora_weights.safetensors").exists():
+        stopped = result.extra.get("stopped") if isinstance(result, TrainResult) else result.get("stopped")
+        if stopped:
+            print(f"grpo: {stopped}", file=sys.stderr)
+    weights, is_lora = _grpo_weights(result, out)
+    if not is_lora:
         return State(model=str(weights), manifest=state.manifest)  # full fine-tuning
     return State(model=state.model, lora=str(weights), manifest=state.manifest)
 
 
 def run_enhance(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
-    from vidpost.pipelines import enhance_train
+    from vidpost.pipelines import enhance_grpo, enhance_sft
 
     e = cfg.enhance
     new = State(**{**state.to_dict()})
@@ -298,14 +309,14 @@ def run_enhance(cfg: PipelineConfig, state: State, out: Path, base: Path, resume
         raise ValueError("the enhance stage needs `enhancer` (an existing one) or `sft` (a training YAML)")
     sft_out = out / "sft"
     scfg = load_config(
-        enhance_train.EnhanceSFTConfig, resolve_path(e.sft, base), [*e.sft_overrides, f"output_dir={sft_out}"]
+        enhance_sft.EnhanceSFTConfig, resolve_path(e.sft, base), [*e.sft_overrides, f"output_dir={sft_out}"]
     )
-    final = Path(enhance_train.train_sft(scfg, resume="latest" if resume else None)["final"])
+    final = enhance_sft.train_sft(scfg, resume="latest" if resume else None).final
     if e.grpo:
         overrides = [*e.grpo_overrides, f"output_dir={out / 'grpo'}", f"model.path={final}"]
         overrides += [f"video.path={state.model}", f"video.lora={state.lora or ''}"]
-        gcfg = load_config(enhance_train.EnhanceGRPOConfig, resolve_path(e.grpo, base), overrides)
-        final = Path(enhance_train.train_grpo(gcfg, resume="latest" if resume else None)["final"])
+        gcfg = load_config(enhance_grpo.EnhanceGRPOConfig, resolve_path(e.grpo, base), overrides)
+        final = enhance_grpo.train_grpo(gcfg, resume="latest" if resume else None).final
     new.enhancer = str(final)
     return new
 

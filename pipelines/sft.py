@@ -29,7 +29,6 @@ stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diff
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -42,17 +41,17 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.config import config_hash, to_dict
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import PromptEmbeds
 from vidpost.models.sampling import shift_sigmas
-from vidpost.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.checkpoint import Checkpoints
+from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
-from vidpost.training.lora import add_lora, export
-from vidpost.training.optim import lr_lambda, make_optimizer
-from vidpost.training.runner import NonFiniteLoss, add_stage_arguments, run_stage
+from vidpost.training.lora import add_lora, export, upcast_trainable
+from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.tracking import make_accelerator, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -81,6 +80,11 @@ class DataConfig:
     """clips per latent-cache shard"""
     caption_dropout: float = 0.1
     """probability of training on the empty prompt instead of the caption (for classifier-free guidance)"""
+
+    def __post_init__(self) -> None:
+        for b in self.buckets:
+            if len(b) != 3:
+                raise ValueError(f"data.buckets entries must be [num_frames, height, width], got {b}")
 
 
 @dataclass
@@ -113,6 +117,10 @@ class ValidationConfig:
     shift: float | None = None
     """sampling shift (null: the model's default)"""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, str) and self.prompts != "shapes-heldout":
+            raise ValueError(f"validation.prompts must be a list or 'shapes-heldout', got {self.prompts!r}")
 
 
 @dataclass
@@ -161,12 +169,6 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
 
 
-# ---- model set-up -------------------------------------------------------------------------------------------------
-
-
-# ---- checkpoints --------------------------------------------------------------------------------------------------
-
-
 # ---- validation ---------------------------------------------------------------------------------------------------
 
 
@@ -177,8 +179,6 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[dict] | N
 
         items = heldout_prompts()[: cfg.max_prompts]
         return [it["caption"] for it in items], [it["spec"] for it in items]
-    if isinstance(cfg.prompts, str):
-        raise ValueError(f"validation.prompts must be a list or 'shapes-heldout', got {cfg.prompts!r}")
     return list(cfg.prompts)[: cfg.max_prompts], None
 
 
@@ -253,73 +253,44 @@ def ensure_cache(cfg: SFTConfig, adapter: VideoModelAdapter, accelerator: Any) -
 
 
 def buckets_of(cfg: SFTConfig) -> list[Bucket]:
-    out = []
-    for b in cfg.data.buckets:
-        if len(b) != 3:
-            raise ValueError(f"data.buckets entries must be [num_frames, height, width], got {b}")
-        out.append(Bucket(*b))
-    return out
+    return [Bucket(*b) for b in cfg.data.buckets]
 
 
-def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
+def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
-    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # on CPU-only machines this is what enables gloo multi-process runs
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=log_with or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-    )
+    accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.train.seed)
     model_dir = resolve_model_path(cfg.model.path)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
-    adapter = load(model_dir, dtype=dtype, device=accelerator.device)
+    adapter = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
     for b in buckets_of(cfg):
         adapter.validate_size(b.num_frames, b.height, b.width)
     cache = LatentCache(ensure_cache(cfg, adapter, accelerator))
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        write_config(out_dir, cfg)
 
     transformer = adapter.transformer
     if cfg.lora.enabled:
         add_lora(adapter, cfg.lora)
     else:
         transformer.requires_grad_(True)
-    for p in transformer.parameters():  # trainable weights in float32 (mixed precision autocasts the compute)
-        if p.requires_grad:
-            p.data = p.data.float()
+    params = upcast_trainable(transformer)
     if cfg.model.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    params = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg.optim)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, cfg.train.max_steps))
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(transformer, optimizer)
     global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
     sampler = StatefulBatchSampler(cache.bucket_indices(), global_batch, cfg.train.seed)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-
-    ckpt_root = out_dir / "checkpoints"
-    step = 0
-    if resume:
-        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
-        if path is None:
-            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
-        else:
-            step = load_checkpoint(path, accelerator.unwrap_model(model), optimizer, scheduler, sampler, ema)
-            print(f"resumed from {path} at step {step}", file=sys.stderr)
-    if log_with:
-        accelerator.init_trackers("sft", config={k: str(v) for k, v in to_dict(cfg).items()})
+    ckpt = Checkpoints(out_dir, cfg, accelerator.unwrap_model(model), optimizer, scheduler, sampler, ema)
+    step = ckpt.resume(resume)
+    start_trackers(accelerator, cfg.log, "sft", cfg)
 
     batches = iter(sampler)
     bs = cfg.train.batch_size
     history: list[dict[str, float]] = []
-    last_good = latest_checkpoint(ckpt_root)
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
     t_start, steps_done = time.time(), 0
     while step < cfg.train.max_steps:
@@ -348,9 +319,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
                 accelerator.backward(loss / cfg.train.grad_accum)
             loss_sum += loss.detach().float() / cfg.train.grad_accum
         mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()
-        if not math.isfinite(mean_loss):
-            where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
-            raise NonFiniteLoss(f"loss became {mean_loss} at step {step}; stopping ({where})")
+        ckpt.check_finite("loss", mean_loss, step)
         grad_norm = (
             accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
         )
@@ -371,18 +340,8 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
             rec["it_per_s"] = steps_done / (time.time() - t_start)
             accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-        if accelerator.is_main_process and cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            last_good = save_checkpoint(
-                ckpt_root,
-                step,
-                accelerator.unwrap_model(model),
-                optimizer,
-                scheduler,
-                sampler,
-                ema,
-                cfg.checkpoint.keep_last,
-                {"config_hash": config_hash(cfg)},
-            )
+        if accelerator.is_main_process and ckpt.due(step):
+            ckpt.save(step)
         if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
             if accelerator.is_main_process:
                 m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
@@ -390,17 +349,20 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
             accelerator.wait_for_everyone()
     bar.close()
     accelerator.wait_for_everyone()
-    result: dict[str, Any] = {"steps": step, "history": history}
+    result = TrainResult(
+        kind="lora" if cfg.lora.enabled else "full",
+        final=None,
+        steps=step,
+        history=history,
+        base_model=str(model_dir.resolve()),
+    )
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.copy_to(unwrapped)
-        result["final"] = str(export(adapter, cfg, out_dir / "final"))
+        result.final = export(adapter, cfg, out_dir / "final", ema)
         if cfg.validation.prompts:
-            m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
-            accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
-            result["validation"] = m
-        (out_dir / "history.json").write_text(json.dumps(history) + "\n")
+            result.metrics = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
+            accelerator.log({f"val/{k}": v for k, v in result.metrics.items()}, step=step)
+        write_history(out_dir, history)
+        result.write(out_dir)
     accelerator.end_training()
     return result
 
@@ -408,17 +370,8 @@ def train(cfg: SFTConfig, resume: str | None = None) -> dict[str, Any]:
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost sft", description="Flow-matching SFT (LoRA or full).")
-    add_stage_arguments(p, "configs/<model>/sft.yaml")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(SFTConfig, train, build_parser().parse_args(argv))
-    if result is not None and "final" in result:
-        print(f"done: {result['steps']} steps; weights in {result['final']}", file=sys.stderr)
-    return code
+    return stage_main(SFTConfig, train, argv, "sft", "Flow-matching SFT (LoRA or full).", "weights")
 
 
 if __name__ == "__main__":

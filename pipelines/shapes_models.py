@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.training.runner import ExitCode
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES, HEIGHT, WIDTH = 17, 64, 64
 
@@ -333,9 +335,7 @@ def run_sft(config: Path, overrides: list[str]) -> Path:
     from vidpost.config import load_config
     from vidpost.pipelines.sft import SFTConfig, train
 
-    cfg = load_config(SFTConfig, config, overrides)
-    result = train(cfg, resume="latest")
-    return Path(result["final"])
+    return train(load_config(SFTConfig, config, overrides), resume="latest").final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(final, out / stage)
             _write_generation_defaults(out / stage)
     print(f"shapes models: done in {(time.time() - t0) / 60:.1f} min -> {out}", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from vidpost.enhance.train import (
     shapes_pairs,
 )
 from vidpost.pipelines.enhance_train import EnhanceGRPOConfig, EnhanceSFTConfig, main, train_grpo, train_sft
+from vidpost.training.runner import TrainResult
 
 CHAT = {"system_prompt": "the video", "few_shot": [["a cat", "the cat runs on grass"]], "max_new_tokens": 12}
 PAIRS = [
@@ -111,12 +112,14 @@ def _sft_cfg(tmp_path, lm_dir, name, pairs_file, *extra) -> EnhanceSFTConfig:
 
 def test_sft_overfits_and_the_export_loads_through_the_rewriter(tmp_path, lm_dir, no_user_cache):
     result = train_sft(_sft_cfg(tmp_path, lm_dir, "sft", _pairs_file(tmp_path, PAIRS), "train.max_steps=60"))
-    losses = [h["loss"] for h in result["history"]]
+    losses = [h["loss"] for h in result.history]
     assert len(losses) == 60 and all(map(torch.isfinite, torch.tensor(losses)))
     assert losses[-1] < 0.1 * losses[0], losses
     saved = json.loads((tmp_path / "sft" / "history.json").read_text())
     assert [h["loss"] for h in saved] == losses
     final = tmp_path / "sft" / "final"
+    assert result.kind == "rewriter" and result.final == final and result.steps == 60 and result.extra["pairs"] == 4
+    assert TrainResult.read(tmp_path / "sft").final == final  # the stage record
     assert (final / "model.safetensors").exists() and (final / "rewriter.yaml").exists()
     assert not any("lora" in k for k in load_file(str(final / "model.safetensors")))  # merged, plain weights
     config = RewriterConfig.from_yaml(final / "rewriter.yaml")
@@ -133,7 +136,7 @@ def test_sft_full_fine_tuning_and_grad_accum_match(tmp_path, lm_dir, no_user_cac
     a = train_sft(_sft_cfg(tmp_path, lm_dir, "a", pairs, *full))
     b = train_sft(_sft_cfg(tmp_path, lm_dir, "b", pairs, *full, "train.batch_size=2", "train.grad_accum=2"))
     torch.testing.assert_close(
-        torch.tensor([h["loss"] for h in a["history"]]), torch.tensor([h["loss"] for h in b["history"]])
+        torch.tensor([h["loss"] for h in a.history]), torch.tensor([h["loss"] for h in b.history])
     )
     base = load_file(str(next(lm_dir.glob("*.safetensors"))))
     new = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
@@ -211,7 +214,7 @@ def _grpo_cfg(tmp_path, lm_dir, bert_dir, wan_dir, name, *extra) -> EnhanceGRPOC
 def test_grpo_runs_updates_and_logs_reward_components(tmp_path, lm_dir, bert_dir, tiny_wan_dir, no_user_cache):
     cfg = _grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "grpo", "train.max_steps=2", "train.kl_beta=0.1")
     result = train_grpo(cfg)
-    history = result["history"]
+    history = result.history
     assert len(history) == 2
     first = history[0]
     assert first["ratio_min"] == 1.0 and first["ratio_max"] == 1.0 and first["approx_kl"] == 0.0
@@ -239,18 +242,18 @@ def test_grpo_resume_equals_uninterrupted(tmp_path, lm_dir, bert_dir, tiny_wan_d
     resumed = train_grpo(
         _grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "part", "train.max_steps=2", *common), resume="latest"
     )
-    assert [h["reward"] for h in resumed["history"]] == [h["reward"] for h in full["history"][1:]]
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[1:]]
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "part" / "final" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_grpo_refuses_dropout_and_groups_of_one(tmp_path, lm_dir, bert_dir, tiny_wan_dir):
+def test_grpo_refuses_dropout_and_groups_of_one_at_config_load(tmp_path, lm_dir, bert_dir, tiny_wan_dir):
     with pytest.raises(ValueError, match="dropout"):
-        train_grpo(_grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "x", "lora.dropout=0.1"))
+        _grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "x", "lora.dropout=0.1")
     with pytest.raises(ValueError, match="sampling.k"):
-        train_grpo(_grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "x", "sampling.k=1"))
+        _grpo_cfg(tmp_path, lm_dir, bert_dir, tiny_wan_dir, "x", "sampling.k=1")
 
 
 # -- data and command line ------------------------------------------------------------------------------------------

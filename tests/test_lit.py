@@ -266,7 +266,7 @@ def test_distillation_moves_every_parameter_lowers_the_loss_and_saves_a_loadable
     before_params = {n: p.detach().clone() for n, p in fresh.transformer.named_parameters() if p.requires_grad}
     before = _fixed_batch_loss(teacher, fresh, cfg)
     result = train(cfg)
-    student = result["student"]
+    student = result.extra["student"]
     after_params = {n: p.detach() for n, p in student.transformer.named_parameters() if p.requires_grad}
     assert set(after_params) == set(before_params) and any("dwc_weight" in n for n in after_params)
     unchanged = [n for n in before_params if torch.equal(before_params[n], after_params[n])]
@@ -276,7 +276,8 @@ def test_distillation_moves_every_parameter_lowers_the_loss_and_saves_a_loadable
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["step"] for h in hist] == [1, 2, 3] and hist[0]["loss_attention"] > 0
 
-    final = Path(result["final"])
+    final = result.final
+    assert result.kind == "student" and result.extra["lit_layers"] == [0, 1]
     meta = json.loads((final / "lit.json").read_text())
     assert meta["attention"]["implementation"] == "lit" and meta["attention"]["layers"] is None
     reloaded = load_lit_student(final)
@@ -301,13 +302,13 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_wan_dir):
     full = train(_cfg(tmp_path, tiny_wan_dir, "full", "train.max_steps=4", *common))
     train(_cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=2", *common))
     resumed = train(_cfg(tmp_path, tiny_wan_dir, "part", "train.max_steps=4", *common), resume="latest")
-    assert resumed["steps"] == 4
-    a = {n: p for n, p in full["student"].transformer.named_parameters() if p.requires_grad}
-    b = {n: p for n, p in resumed["student"].transformer.named_parameters() if p.requires_grad}
+    assert resumed.steps == 4
+    a = {n: p for n, p in full.extra["student"].transformer.named_parameters() if p.requires_grad}
+    b = {n: p for n, p in resumed.extra["student"].transformer.named_parameters() if p.requires_grad}
     assert set(a) == set(b) and all(".attn1." in n and "blocks.1." in n for n in a)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6)
-    assert [h["loss"] for h in full["history"]] == pytest.approx([h["loss"] for h in resumed["history"]], rel=1e-5)
+    assert [h["loss"] for h in full.history] == pytest.approx([h["loss"] for h in resumed.history], rel=1e-5)
 
 
 def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):

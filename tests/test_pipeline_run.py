@@ -12,6 +12,7 @@ import pytest
 
 from vidpost.config import load_config
 from vidpost.pipelines import run as pipeline
+from vidpost.training.runner import TrainResult
 
 CONFIGS = sorted(Path("configs").glob("*/pipeline.yaml"))
 
@@ -173,15 +174,15 @@ def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.subprocess, "call", lambda cmd: cmds.append(cmd) or 0)
     cfg = tiny_cfg(tmp_path, "launch.processes=2", "launch.accelerate_config=configs/accelerate/fsdp.yaml")
     out = tmp_path / "sft"
-    (out / "final").mkdir(parents=True)
-    (out / "final" / "model_index.json").write_text("{}")
+    out.mkdir(parents=True)
+    TrainResult(kind="full", final=out / "final", steps=2).write(out)  # the stage record the launched run writes
     state = pipeline.run_sft(cfg, pipeline.State(model="shapes-base"), out, Path("configs/shapes"), resume=True)
     (cmd,) = cmds
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes" in cmd
     assert cmd[cmd.index("--config_file") + 1] == "configs/accelerate/fsdp.yaml"
     assert cmd[cmd.index("-m", 3) + 1] == "vidpost.pipelines.sft" and cmd[-2:] == ["--resume", "latest"]
     assert f"output_dir={out}" in cmd and "model.path=shapes-base" in cmd
-    assert state.model == str(out / "final")  # full fine-tuning output passed on as the model
+    assert state.model == str(out / "final")  # full fine-tuning output (per the stage record) passed on as the model
 
 
 def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from vidpost.models.sampling import sample
 from vidpost.pipelines.sft import SFTConfig, TrainConfig, flow_matching_loss, loss_weight, sample_sigmas, train
 from vidpost.training.config import OptimConfig
 from vidpost.training.optim import lr_lambda
+from vidpost.training.runner import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,9 @@ def test_sft_run_skips_bad_videos_and_changes_every_trainable_weight(tiny_wan_di
     # lora_B starts at zero, so lora_A only gets a gradient from the second step on.
     unchanged = [k for k in last if torch.equal(last[k], init[k].float())]
     assert not unchanged, unchanged[:3]
-    assert len(result["history"]) == 2 and all(math.isfinite(h["loss"]) for h in result["history"])
+    assert len(result.history) == 2 and all(math.isfinite(h["loss"]) for h in result.history)
+    assert result.kind == "lora" and result.final == tmp_path / "final" and result.steps == 2
+    assert TrainResult.read(tmp_path).to_dict() == result.to_dict()  # the stage record a launched run leaves
 
 
 def test_full_finetune_exports_a_loadable_model(tiny_wan_dir, tiny_manifest, tmp_path):

@@ -1,19 +1,23 @@
 """Resumable checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG, data position and EMA,
-written atomically (`step_N.tmp/`, then renamed) with the newest `keep_last` kept."""
+written atomically (`step_N.tmp/`, then renamed) with the newest `keep_last` kept; `Checkpoints` is a stage's
+checkpoint folder (resume, save every N steps, the last good checkpoint)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from vidpost.config import config_hash
 from vidpost.media.data import StatefulBatchSampler
 from vidpost.training.ema import EMA
+from vidpost.training.runner import check_finite
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,3 +105,63 @@ def load_checkpoint(
     if ema is not None and (path / "ema.safetensors").exists():
         ema.shadow = load_file(str(path / "ema.safetensors"))
     return int(state["step"])
+
+
+class Checkpoints:
+    """A stage's `checkpoints/` folder: resume from it, save every `checkpoint.every` steps, and the last good one
+    (named when a non-finite value stops the run). `cfg` is the stage config (its `checkpoint` section, and its hash
+    recorded in every checkpoint); `data` is the sampler whose position is saved (`NoDataPosition` when the data order
+    is a function of (seed, step))."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        cfg: Any,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        data: StatefulBatchSampler | NoDataPosition | None = None,
+        ema: EMA | None = None,
+    ) -> None:
+        self.root = Path(out_dir) / "checkpoints"
+        self.every, self.keep_last = cfg.checkpoint.every, cfg.checkpoint.keep_last
+        self.config_hash = config_hash(cfg)
+        self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
+        self.data = data if data is not None else NoDataPosition()
+        self.last_good: Path | None = None
+
+    def resume(self, resume: str | None, unit: str = "step") -> int:
+        """`resume` is None, "latest" or a checkpoint folder → the step to continue from (0: from scratch)."""
+        step = 0
+        if resume:
+            path = latest_checkpoint(self.root) if resume == "latest" else Path(resume)
+            if path is None:
+                print(f"--resume latest: no checkpoint in {self.root}, starting from scratch", file=sys.stderr)
+            else:
+                step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema)
+                print(f"resumed from {path} at {unit} {step}", file=sys.stderr)
+        self.last_good = latest_checkpoint(self.root)
+        return step
+
+    def due(self, step: int) -> bool:
+        """Whether `step` is a checkpoint step (every `checkpoint.every`; never when it is 0)."""
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
+        """Write `step_N/` (with the config hash and `extra` in its state.json); it becomes the last good one."""
+        self.last_good = save_checkpoint(
+            self.root,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.data,
+            self.ema,
+            self.keep_last,
+            {"config_hash": self.config_hash, **(extra or {})},
+        )
+        return self.last_good
+
+    def check_finite(self, what: str, value: float, step: int) -> None:
+        """Stop the run (`NonFiniteLoss`, naming the last good checkpoint) when `value` is not finite."""
+        check_finite(what, value, step, self.last_good)

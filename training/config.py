@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"""the storage dtypes a trainer's `model.dtype` may name"""
+
 
 @dataclass
 class LoraConfig:

@@ -1,4 +1,5 @@
-"""LoRA through peft (per-family target modules) and the diffusers-format export of a trained transformer."""
+"""LoRA through peft (per-family target modules), float32 trainable weights, and the diffusers-format export of a
+trained transformer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from vidpost.models import VideoModelAdapter, resolve_model_path
 from vidpost.training.config import LoraConfig
+from vidpost.training.ema import EMA
 
 
 def add_lora(adapter: VideoModelAdapter, cfg: LoraConfig) -> None:
@@ -27,15 +29,27 @@ def add_lora(adapter: VideoModelAdapter, cfg: LoraConfig) -> None:
     )
 
 
+def upcast_trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Store `module`'s trainable weights in float32 (mixed precision autocasts the compute; the frozen weights keep
+    their storage dtype) → the trainable parameters, in `module.parameters()` order."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
 
 
-def export(adapter: VideoModelAdapter, cfg: Any, path: Path) -> Path:
+def export(adapter: VideoModelAdapter, cfg: Any, path: Path, ema: EMA | None = None) -> Path:
     """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base).
-    `cfg` is any stage config with `lora.enabled` and `model.path` (SFT, GRPO)."""
+    `cfg` is any stage config with `lora.enabled` and `model.path` (SFT, GRPO). With `ema`, its weights are copied
+    into the transformer first (and exported)."""
+    if ema is not None:
+        ema.copy_to(adapter.transformer)
     if path.exists():
         shutil.rmtree(path)
     if cfg.lora.enabled:

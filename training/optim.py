@@ -30,3 +30,10 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.
             raise ValueError("optim.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule `lr_lambda` over `total_steps` optimizer steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg, total_steps))

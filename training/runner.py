@@ -1,9 +1,12 @@
-"""The stage runner: a YAML preset plus dotted overrides, `--help-config`, `--resume`, and exit codes."""
+"""The stage runner: a YAML preset plus dotted overrides, `--help-config`, `--resume`, exit codes, the non-finite stop,
+and the typed result every trainer returns (also written next to its output as the stage record `result.json`)."""
 
 from __future__ import annotations
 
 import argparse
 import enum
+import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,12 @@ def non_finite_stop(what: str, value: float, step: int, last_good: Path | None) 
     return NonFiniteLoss(f"{what} became {value} at step {step}; stopping ({where})")
 
 
+def check_finite(what: str, value: float, step: int, last_good: Path | None) -> None:
+    """Raise `non_finite_stop` when `value` is NaN or infinite."""
+    if not math.isfinite(value):
+        raise non_finite_stop(what, value, step, last_good)
+
+
 @dataclass
 class TrainResult:
     """What a trainer produced, handed on by the staged run."""
@@ -55,6 +64,40 @@ class TrainResult:
     """the best checkpoint by the stage's gold metric, where it keeps one (GRPO's guard `best/`)"""
     base_model: str | None = None
     """the model folder the weights were trained on (for a LoRA: the base it must be loaded onto)"""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """stage-specific outputs (e.g. distill's in-memory `student` and its `lit_layers`); the JSON-serialisable ones
+    are kept in the stage record"""
+
+    RECORD = "result.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage record: every field but `history` (that is `history.json`) and the in-memory `extra` values."""
+        plain = (str, int, float, bool, list, dict, type(None))
+        return {
+            "kind": self.kind,
+            "final": str(self.final) if self.final is not None else None,
+            "steps": self.steps,
+            "metrics": self.metrics,
+            "best": str(self.best) if self.best is not None else None,
+            "base_model": self.base_model,
+            "extra": {k: v for k, v in self.extra.items() if isinstance(v, plain)},
+        }
+
+    def write(self, out_dir: Path) -> Path:
+        """Write the stage record `out_dir/result.json` (what a launched, multi-process run hands on)."""
+        path = Path(out_dir) / self.RECORD
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, out_dir: Path) -> TrainResult:
+        """The stage record a finished run wrote into `out_dir`."""
+        path = Path(out_dir) / cls.RECORD
+        if not path.exists():
+            raise ValueError(f"{out_dir} has no stage record ({cls.RECORD}); did the run finish?")
+        d = json.loads(path.read_text())
+        final, best = d.pop("final"), d.pop("best")
+        return cls(final=Path(final) if final else None, best=Path(best) if best else None, **d)
 
 
 def add_stage_arguments(p: argparse.ArgumentParser, preset: str) -> None:
@@ -81,3 +124,14 @@ def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, 
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.BAD_INPUT, None
+
+
+def stage_main(cls: type, train_fn: Any, argv: list[str] | None, name: str, description: str, produced: str) -> int:
+    """The command line of training stage `vidpost NAME` (preset `configs/<model>/NAME.yaml`; `add_stage_arguments`,
+    `run_stage`); on success it names what the stage `produced` ("weights", "student", ...) and where. → exit code."""
+    p = argparse.ArgumentParser(prog=f"vidpost {name}", description=description)
+    add_stage_arguments(p, f"configs/<model>/{name}.yaml")
+    code, result = run_stage(cls, train_fn, p.parse_args(argv))
+    if isinstance(result, TrainResult) and result.final is not None:
+        print(f"done: {result.steps} steps; {produced} in {result.final}", file=sys.stderr)
+    return code

