@@ -64,12 +64,10 @@ from vidpost.rl.update import UpdateStats, grpo_update
 from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
-from vidpost.training.guard import Guard, GuardConfig
+from vidpost.training.guard import Guard, GuardConfig, stop_everywhere
 from vidpost.training.lora import export
 from vidpost.training.optim import lr_lambda, make_optimizer
 from vidpost.training.runner import ExitCode, TrainResult, add_stage_arguments, non_finite_stop, run_stage
-
-__all__ = ["GRPOConfig", "GRPOResult", "load_prompt_pool", "main", "train"]  # load_prompt_pool: for distill
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -136,28 +134,15 @@ def policy_rollout(
 ) -> Rollout:
     """Iteration `step`'s rollout of `prompts` (global indices from `first_index`), transformer calls chunked like
     the update's micro-batches (so the update recomputes each log-prob bit-identically)."""
-    return iteration_rollout(
-        adapter,
-        cfg.rollout,
-        prompts,
-        size,
-        shift,
-        seed=cfg.train.seed,
-        step=step,
-        first_index=first_index,
-        chunk_size=cfg.train.micro_batch,
-        model=model,
-    )
+    kw = {"seed": cfg.train.seed, "step": step, "first_index": first_index, "chunk_size": cfg.train.micro_batch}
+    return iteration_rollout(adapter, cfg.rollout, prompts, size, shift, model=model, **kw)
 
 
 def compute_advantages(
     scores: dict[str, torch.Tensor], total: torch.Tensor, groups: torch.Tensor, weights: dict[str, float], cfg
 ) -> torch.Tensor:
-    t = cfg.train
-    per_reward = cfg.rewards.per_reward_advantages
-    return reward_advantages(
-        scores, total, groups, weights, per_reward=per_reward, eps=t.adv_eps, clip=t.adv_clip, global_std=t.global_std
-    )
+    kw = {"eps": cfg.train.adv_eps, "clip": cfg.train.adv_clip, "global_std": cfg.train.global_std}
+    return reward_advantages(scores, total, groups, weights, per_reward=cfg.rewards.per_reward_advantages, **kw)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
@@ -176,15 +161,11 @@ class _Run:
     scheduler: Any
     ema: EMA | None
     rewards: Any
-    guard: Guard | None
+    guard: Guard
     pool: list[str]
     out_dir: Path
     step: int = 0
     last_good: Path | None = None
-
-    @property
-    def ckpt_root(self) -> Path:
-        return self.out_dir / "checkpoints"
 
 
 def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
@@ -214,30 +195,28 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
 
     rewards = build_training_rewards(cfg.rewards)
-    guard = None
-    if cfg.guard.every:
-        guard_prompts = load_prompt_pool(cfg.guard.prompts, cfg.guard.max_prompts)
-        exporter = lambda path: export(policy.adapter, cfg, path)  # noqa: E731
-        guard = Guard(cfg.guard, guard_prompts, size=policy.size, shift=policy.shift, out_dir=out_dir, export=exporter)
-        overlap = set(cfg.guard.metric) & set(cfg.rewards.spec)
-        if overlap:
-            print(f"warning: guard metric {sorted(overlap)} is also a training reward", file=sys.stderr)
+    guard_prompts = load_prompt_pool(cfg.guard.prompts, cfg.guard.max_prompts) if cfg.guard.every else []
+    exporter = lambda path: export(policy.adapter, cfg, path)  # noqa: E731
+    guard = Guard(cfg.guard, guard_prompts, size=policy.size, shift=policy.shift, out_dir=out_dir, export=exporter)
+    if cfg.guard.every and set(cfg.guard.metric) & set(cfg.rewards.spec):
+        overlap = sorted(set(cfg.guard.metric) & set(cfg.rewards.spec))
+        print(f"warning: guard metric {overlap} is also a training reward", file=sys.stderr)
     pool = load_prompt_pool(cfg.rollout.prompts, cfg.rollout.pool_size)
     run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir)
+    ckpt_root = out_dir / "checkpoints"
 
     if resume:
-        path = latest_checkpoint(run.ckpt_root) if resume == "latest" else Path(resume)
+        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
         if path is None:
-            print(f"--resume latest: no checkpoint in {run.ckpt_root}, starting from scratch", file=sys.stderr)
+            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
         else:
             unwrapped = accelerator.unwrap_model(model)
             run.step = load_checkpoint(path, unwrapped, optimizer, scheduler, NoDataPosition(), ema)
-            if guard is not None:
-                guard.load_state_dict(json.loads((path / "state.json").read_text()))
+            guard.load_state_dict(json.loads((path / "state.json").read_text()))
             print(f"resumed from {path} at iteration {run.step}", file=sys.stderr)
     if log_with:
         accelerator.init_trackers("grpo", config={k: str(v) for k, v in to_dict(cfg).items()})
-    run.last_good = latest_checkpoint(run.ckpt_root)
+    run.last_good = latest_checkpoint(ckpt_root)
     return run
 
 
@@ -253,67 +232,44 @@ def sample(run: _Run) -> Rollout:
         return policy_rollout(p.adapter, cfg, prompts, p.size, p.shift, run.step, rank * n_local, model=run.model)
 
 
-@dataclass
-class _Scored:
-    """Step 3–4's result: every process's rewards and the advantages."""
-
-    rewards_N: torch.Tensor
-    """[N, 1 + rewards] over all processes: the weighted total, then each reward"""
-    scores: dict[str, torch.Tensor]
-    groups_N: torch.Tensor
-    advantages_N: torch.Tensor
-    mine: slice
-    """this process's samples"""
-    components: dict[str, torch.Tensor]
-    """this process's reward components (for logging)"""
-
-
-def score(run: _Run, ro: Rollout) -> _Scored:
-    """Steps 3–4: rewards of this process's videos, gathered from every process, and the group advantages."""
+def score(run: _Run, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+    """Steps 3–4: rewards of this process's videos, gathered from every process, and the group advantages;
+    → (this process's advantages, the rewards' log entries)."""
     cfg, acc = run.cfg, run.accelerator
-    rout = run.rewards(ro.videos.cpu(), ro.prompts)
+    out = run.rewards(ro.videos.cpu(), ro.prompts)
     names = list(run.rewards.weights)
-    local = torch.stack([rout.score] + [rout.components[k] for k in names], 1).to(acc.device)
-    gathered = acc.gather(local).cpu()
+    local = torch.stack([out.score] + [out.components[k] for k in names], 1).to(acc.device)
+    gathered = acc.gather(local).cpu()  # [N, 1 + K]: the weighted total, then each reward, over all processes
     if not torch.isfinite(gathered).all():
         bad = [k for j, k in enumerate(["total", *names]) if not torch.isfinite(gathered[:, j]).all()]
         value = float(gathered[~torch.isfinite(gathered)][0])
         raise non_finite_stop(f"rewards {bad}", value, run.step, run.last_good)
     groups = torch.arange(cfg.rollout.prompts_per_step * acc.num_processes).repeat_interleave(cfg.rollout.group_size)
     scores = {k: gathered[:, 1 + j] for j, k in enumerate(names)}
-    adv = compute_advantages(scores, gathered[:, 0], groups, run.rewards.weights, cfg)
+    total = gathered[:, 0]
+    adv = compute_advantages(scores, total, groups, run.rewards.weights, cfg)
+    rec = {"reward": float(total.mean()), "reward_std": float(total.std())}
+    rec |= {"zero_std_groups": zero_std_fraction(total, groups), "adv_abs": float(adv.abs().mean())}
+    for k, v in scores.items():
+        rec[f"reward/{k}"] = float(v.mean())
+        rec[f"reward/{k}_std"] = float(v.std())
+    rec |= {f"reward/{k}": float(v.mean()) for k, v in out.components.items() if "/" in k}
     n_mine = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    mine = slice(acc.process_index * n_mine, (acc.process_index + 1) * n_mine)
-    return _Scored(gathered, scores, groups, adv, mine, rout.components)
+    return adv[acc.process_index * n_mine : (acc.process_index + 1) * n_mine], rec
 
 
 def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     """Step 5: the trained steps, then one `grpo_update` and optimizer step per part of the micro-batches."""
     cfg, acc = run.cfg, run.accelerator
     run.model.train()
-    trained = choose_steps(
-        ro.sde_steps, cfg.train.timestep_fraction, iteration_generator(cfg.train.seed, run.step, 0, 2)
-    )
+    generator = iteration_generator(cfg.train.seed, run.step, 0, 2)
+    trained = choose_steps(ro.sde_steps, cfg.train.timestep_fraction, generator)
     parts = split_updates(micro_batches(len(advantages_N), cfg.train.micro_batch), cfg.train.updates_per_iteration)
     stats = UpdateStats()
+    kw = {"clip_range": cfg.train.clip_range, "step_kwargs": step_kwargs(cfg.rollout), "updates": len(parts)}
+    kw |= {"kl_beta": cfg.train.kl_beta, "model": run.model, "reference": run.policy.reference, "accelerator": acc}
     for part in parts:
-        loss = grpo_update(
-            run.policy.adapter,
-            ro,
-            advantages_N,
-            trained,
-            part,
-            stats,
-            clip_range=cfg.train.clip_range,
-            step_kwargs=step_kwargs(cfg.rollout),
-            updates=len(parts),
-            kl_beta=cfg.train.kl_beta,
-            model=run.model,
-            reference=run.policy.reference,
-            backward=acc.backward,
-            no_sync=(lambda: acc.no_sync(run.model)) if acc.num_processes > 1 else None,
-            autocast=acc.autocast,
-        )
+        loss = grpo_update(run.policy.adapter, ro, advantages_N, trained, part, stats, **kw)
         if not math.isfinite(loss):
             raise non_finite_stop("GRPO loss", loss, run.step, run.last_good)
         stats.loss += loss / len(parts)
@@ -327,54 +283,37 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     return stats
 
 
-def record(run: _Run, s: _Scored, stats: UpdateStats, times: tuple[float, float, float, float]) -> dict[str, float]:
-    """The iteration's log record: loss, rewards, advantages, KL, lr, timings, ratio statistics, gradient norm."""
-    total = s.rewards_N[:, 0]
-    rec: dict[str, float] = {
-        "loss": stats.loss,
-        "reward": float(total.mean()),
-        "reward_std": float(total.std()),
-        "zero_std_groups": zero_std_fraction(total, s.groups_N),
-        "adv_abs": float(s.advantages_N.abs().mean()),
-        "kl": stats.kl,
-        "lr": run.scheduler.get_last_lr()[0],
-        "time_sampling": times[1] - times[0],
-        "time_reward": times[2] - times[1],
-        "time_update": times[3] - times[2],
-        **stats.summary(run.cfg.train.clip_range),
-    }
-    for k, v in s.scores.items():
-        rec[f"reward/{k}"] = float(v.mean())
-        rec[f"reward/{k}_std"] = float(v.std())
-    for k, v in s.components.items():
-        if "/" in k:
-            rec[f"reward/{k}"] = float(v.mean())
+def record(run: _Run, rewards: dict[str, float], stats: UpdateStats, times: list[float]) -> dict[str, float]:
+    """The iteration's log record: loss, rewards and advantages, KL, lr, timings, ratio statistics, gradient norm."""
+    rec = {"loss": stats.loss, **rewards, "kl": stats.kl, "lr": run.scheduler.get_last_lr()[0]}
+    for k, t0, t1 in zip(("sampling", "reward", "update"), times, times[1:]):
+        rec[f"time_{k}"] = t1 - t0
+    rec |= stats.summary(run.cfg.train.clip_range)
     if stats.grad_norm is not None:
         rec["grad_norm"] = float(stats.grad_norm)
     return rec
 
 
-def guard_and_checkpoint(run: _Run) -> str | None:
-    """Step 6 and the checkpoint: the guard when due (main process), a checkpoint when due or stopping; → the stop
-    message, agreed by every process."""
-    cfg, acc, step = run.cfg, run.accelerator, run.step
-    stopped = None
-    if run.guard is not None and run.guard.due(step) and acc.is_main_process:
-        g, stopped = run.guard.check(run.policy.adapter, step)
-        acc.log({f"guard/{k}": v for k, v in g.items()}, step=step)
-    if acc.is_main_process and cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or stopped):
-        guard_state = run.guard.state_dict() if run.guard is not None else {"best": None, "guard_history": []}
-        model = acc.unwrap_model(run.model)
-        extra = {"config_hash": config_hash(cfg), **guard_state}
-        keep = cfg.checkpoint.keep_last
-        run.last_good = save_checkpoint(
-            run.ckpt_root, step, model, run.optimizer, run.scheduler, NoDataPosition(), run.ema, keep, extra
-        )
-    if acc.num_processes > 1:
-        flag = torch.tensor([1.0 if stopped else 0.0], device=acc.device)
-        if acc.reduce(flag, reduction="sum").item() > 0 and stopped is None:
-            stopped = "guard tripped on the main process"
+def guard(run: _Run) -> str | None:
+    """Step 6 when due, on the main process: the guard's evaluation (logged); → its stop message."""
+    if not (run.guard.due(run.step) and run.accelerator.is_main_process):
+        return None
+    g, stopped = run.guard.check(run.policy.adapter, run.step)
+    run.accelerator.log({f"guard/{k}": v for k, v in g.items()}, step=run.step)
     return stopped
+
+
+def guard_and_checkpoint(run: _Run) -> str | None:
+    """Step 6 and a checkpoint when due (or when stopping); → the stop message, agreed by every process."""
+    cfg, acc, step = run.cfg, run.accelerator, run.step
+    stopped = guard(run)
+    if acc.is_main_process and cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or stopped):
+        model, extra = acc.unwrap_model(run.model), {"config_hash": config_hash(cfg), **run.guard.state_dict()}
+        state = (run.optimizer, run.scheduler, NoDataPosition(), run.ema)
+        run.last_good = save_checkpoint(
+            run.out_dir / "checkpoints", step, model, *state, cfg.checkpoint.keep_last, extra
+        )
+    return stop_everywhere(acc, stopped)
 
 
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
@@ -382,19 +321,19 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
     acc = run.accelerator
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc="grpo", disable=not acc.is_main_process)
-    if run.guard is not None and run.step == 0 and acc.is_main_process:
-        g0, _ = run.guard.check(run.policy.adapter, 0)
-        acc.log({f"guard/{k}": v for k, v in g0.items()}, step=0)
+    if run.step == 0:
+        guard(run)  # the initial weights: the first best, nothing to compare with
     stopped = None
     while run.step < cfg.train.max_steps:
-        t0 = time.perf_counter()
+        times = [time.perf_counter()]
         ro = sample(run)
-        t_sample = time.perf_counter()
-        scored = score(run, ro)
-        t_reward = time.perf_counter()
-        stats = update(run, ro, scored.advantages_N[scored.mine])
+        times.append(time.perf_counter())
+        advantages, rewards = score(run, ro)
+        times.append(time.perf_counter())
+        stats = update(run, ro, advantages)
         run.step += 1
-        rec = record(run, scored, stats, (t0, t_sample, t_reward, time.perf_counter()))
+        times.append(time.perf_counter())
+        rec = record(run, rewards, stats, times)
         history.append({"step": run.step, **rec})
         bar.update(1)
         bar.set_postfix(reward=f"{rec['reward']:.3f}", ratio=f"{rec['ratio_mean']:.4f}")
@@ -411,27 +350,25 @@ def finish(run: _Run, history: list[dict[str, float]], stopped: str | None) -> G
     """Export `final/` (EMA weights when kept), write history.json, guard.json and curves.png; → the result."""
     cfg, acc, out_dir = run.cfg, run.accelerator, run.out_dir
     acc.wait_for_everyone()
-    guard_history = run.guard.history if run.guard is not None else []
-    best_step = (run.guard.best or {}).get("step") if run.guard is not None else None
     result = GRPOResult(
         kind="lora" if cfg.lora.enabled else "full",
         final=None,
         steps=run.step,
         history=history,
-        metrics={f"guard/{k}": v for k, v in guard_history[-1].items() if k != "step"} if guard_history else {},
+        metrics=run.guard.latest_metrics(),
         base_model=str(resolve_model_path(cfg.model.path).resolve()),
         stopped=stopped,
-        guard=guard_history,
+        guard=run.guard.history,
     )
     if acc.is_main_process:
         if run.ema is not None:
             run.ema.copy_to(acc.unwrap_model(run.model))
         result.final = export(run.policy.adapter, cfg, out_dir / "final")
         if (out_dir / "best").exists():
-            result.best, result.best_step = out_dir / "best", best_step
+            result.best, result.best_step = out_dir / "best", run.guard.best_step
         (out_dir / "history.json").write_text(json.dumps(history) + "\n")
-        (out_dir / "guard.json").write_text(json.dumps(guard_history, indent=1) + "\n")
-        plot_rl_curves(history, guard_history, out_dir / "curves.png")
+        (out_dir / "guard.json").write_text(json.dumps(run.guard.history, indent=1) + "\n")
+        plot_rl_curves(history, run.guard.history, out_dir / "curves.png")
     if hasattr(run.rewards, "close"):
         run.rewards.close()
     acc.end_training()

@@ -8,15 +8,13 @@ For each micro-batch b of the step's micro-batches and each trained step i (K of
     backward(L / (micro-batches · K))
 
 so the accumulated gradient is that of the mean loss over the step's micro-batches and trained steps. Under data
-parallelism every backward but the last runs inside `no_sync` (one all-reduce per optimizer step). The caller
+parallelism every backward but the last runs inside accelerate's `no_sync` (one all-reduce per optimizer step). The caller
 clips the gradient and steps the optimizer; `grpo_update` only accumulates gradients and statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,17 +93,18 @@ def grpo_update(
     kl_beta: float = 0.0,
     model: torch.nn.Module | None = None,
     reference: torch.nn.Module | None = None,
-    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-    no_sync: Callable[[], AbstractContextManager] | None = None,
-    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    accelerator: Any | None = None,
 ) -> float:
     """Accumulate one optimizer step's gradient over the micro-batches `micro` (sample indices into `ro`) and the
     trained `steps` (see the module doc); → the step's loss (mean over its terms). `advantages_N` are the rollout's
     advantages; `step_kwargs` how the policy steps (CFG scale, SDE kind, noise level; as in the rollout);
     `updates` the number of optimizer steps of the iteration (the KL is logged as a mean over all of them);
-    `backward` (e.g. `accelerator.backward`), `no_sync` (a context without the gradient all-reduce, for every
-    backward but the last; None for one process) and `autocast` come from the trainer. Ratios and log-probs
-    are appended to `stats`, as is the KL."""
+    `model` the (prepared) transformer to differentiate (None: the adapter's); `accelerator` (an accelerate
+    `Accelerator`, or None for plain `backward()`) gives backward, autocast and, with several processes, `no_sync`
+    for every backward but the last. Ratios and log-probs are appended to `stats`, as is the KL."""
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    sync_every = accelerator is None or accelerator.num_processes == 1
     denom = len(micro) * len(steps)
     loss_sum = 0.0
     for j, idx in enumerate(micro):
@@ -113,7 +112,7 @@ def grpo_update(
         adv_B = advantages_N[idx].to(adapter.device)
         for k, i in enumerate(steps):
             last = j == len(micro) - 1 and k == len(steps) - 1
-            ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+            ctx = accelerator.no_sync(model) if not (sync_every or last) else contextlib.nullcontext()
             with ctx, autocast():
                 logp_B, mean, std = step_log_prob(adapter, mb, i, model=model, **step_kwargs)
                 old_B = mb.log_probs[:, i].to(logp_B.device)

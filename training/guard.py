@@ -20,7 +20,7 @@ import torch
 
 from vidpost.models.base import VideoModelAdapter
 
-__all__ = ["Guard", "GuardConfig", "watch_tripped"]
+__all__ = ["Guard", "GuardConfig", "stop_everywhere", "watch_tripped"]
 
 
 @dataclass
@@ -64,10 +64,21 @@ def watch_tripped(history: list[dict[str, float]], watch: dict[str, float], best
     return None
 
 
+def stop_everywhere(accelerator: Any, stopped: str | None) -> str | None:
+    """The stop message every process agrees on: the guard runs on the main process only, so with several processes
+    the others learn of its stop through a reduction (and stop with a generic message)."""
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([1.0 if stopped else 0.0], device=accelerator.device)
+        if accelerator.reduce(flag, reduction="sum").item() > 0 and stopped is None:
+            stopped = "guard tripped on the main process"
+    return stopped
+
+
 class Guard:
     """The guard of one run (see the module doc). `prompts` are the held-out prompts (the first `max_prompts` are
     used), `size` the (frames, height, width) and `shift` the sampling shift of its videos; `export` writes the
-    current weights to a folder. Its state (`history`, `best`) goes into the run's checkpoints."""
+    current weights to a folder. Its state (`history`, `best`) goes into the run's checkpoints. With `every` 0 it
+    builds no reward, is never due, and its state stays empty."""
 
     def __init__(
         self,
@@ -83,8 +94,8 @@ class Guard:
 
         self.cfg, self.prompts, self.size, self.shift = cfg, prompts[: cfg.max_prompts], size, shift
         self.out_dir, self.export = out_dir, export
-        self.metric = build_rewards(cfg.metric)
-        self.extra = build_rewards(cfg.extra) if cfg.extra else None
+        self.metric = build_rewards(cfg.metric) if cfg.every else None
+        self.extra = build_rewards(cfg.extra) if cfg.every and cfg.extra else None
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
 
@@ -94,6 +105,14 @@ class Guard:
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.every) and step % self.cfg.every == 0
+
+    @property
+    def best_step(self) -> int | None:
+        return None if self.best is None else self.best["step"]
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The newest evaluation's metrics as {"guard/gold": ..., "guard/extra/<name>": ...} (empty before any)."""
+        return {f"guard/{k}": v for k, v in self.history[-1].items() if k != "step"} if self.history else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "guard_history": self.history}
