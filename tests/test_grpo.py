@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from vidpost.config import load_config
 from vidpost.pipelines.grpo import GRPOConfig, main, train
 from vidpost.rewards.base import Reward, RewardOutput, register
+from vidpost.training.runner import TrainResult
 
 PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
 
@@ -119,7 +120,8 @@ def test_guard_stops_and_keeps_the_best(tmp_path, cfg_for):
     assert result.steps == 2 and result.stopped is not None and "guard" in result.stopped
     assert result.best_step == 0 and Path(result.best, "pytorch_lora_weights.safetensors").exists()
     assert [g["step"] for g in result.guard] == [0, 2]
-    assert result.kind == "lora" and result.metrics["guard/gold"] == result.guard[-1]["gold"]
+    assert isinstance(result, TrainResult) and result.kind == "lora" and result.final == Path(cfg.output_dir, "final")
+    assert result.metrics["guard/gold"] == result.guard[-1]["gold"]
     assert (tmp_path / "guard" / "curves.png").exists()
 
 
