@@ -78,7 +78,7 @@ class Guard:
     """The guard of one run (see the module doc). `prompts` are the held-out prompts (the first `max_prompts` are
     used), `size` the (frames, height, width) and `shift` the sampling shift of its videos; `export` writes the
     current weights to a folder. Its state (`history`, `best`) goes into the run's checkpoints. With `every` 0 it
-    builds no reward, is never due, and its state stays empty."""
+    builds no reward and is never due (its state is kept as loaded)."""
 
     def __init__(
         self,
