@@ -54,7 +54,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - t0
-    hist = result["history"][1:] or result["history"]
+    hist = result.history[1:] or result.history
     phases = {k: statistics.median(h[f"time_{k}"] for h in hist) for k in ("sampling", "reward", "update")}
     total = sum(phases.values())
     videos = args.group * args.prompts

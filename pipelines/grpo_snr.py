@@ -28,34 +28,33 @@ import torch
 from tqdm import tqdm
 
 from vidpost.config import load_config
-from vidpost.pipelines.grpo import (
-    GRPOConfig,
-    choose_prompts,
-    compute_advantages,
-    load_policy,
-    load_prompt_pool,
-    policy_kwargs,
-    policy_rollout,
-)
+from vidpost.pipelines.grpo import GRPOConfig, compute_advantages, load_policy, policy_rollout
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
-from vidpost.rl.loss import clipped_policy_loss
-from vidpost.rl.rollout import step_log_prob
+from vidpost.rl.iteration import choose_prompts, micro_batches
+from vidpost.rl.prompts import load_prompt_pool
+from vidpost.rl.rollout import Rollout, step_kwargs
+from vidpost.rl.update import UpdateStats, grpo_update
 
 
-def policy_gradient(adapter, ro, adv: torch.Tensor, params: list[torch.nn.Parameter], cfg: GRPOConfig) -> torch.Tensor:
-    """The flattened gradient of one iteration's policy loss (every SDE step, every micro-batch, ratio 1)."""
+def policy_gradient(
+    adapter, ro: Rollout, adv: torch.Tensor, params: list[torch.nn.Parameter], cfg: GRPOConfig
+) -> torch.Tensor:
+    """The flattened gradient of one iteration's policy loss (`grpo_update` over every SDE step and every
+    micro-batch, at ratio 1)."""
     steps = torch.nonzero(ro.sde_steps).flatten().tolist()
-    n = len(adv)
-    micro = [torch.arange(i, min(i + cfg.train.micro_batch, n)) for i in range(0, n, cfg.train.micro_batch)]
-    denom = len(micro) * len(steps)
+    micro = micro_batches(len(adv), cfg.train.micro_batch)
     for p in params:
         p.grad = None
-    for idx in micro:
-        mb = ro.select(idx)
-        for i in steps:
-            logp, _, _ = step_log_prob(adapter, mb, i, **policy_kwargs(cfg))
-            loss, _ = clipped_policy_loss(logp, mb.log_probs[:, i].to(logp.device), adv[idx], cfg.train.clip_range)
-            (loss / denom).backward()
+    grpo_update(
+        adapter,
+        ro,
+        adv,
+        steps,
+        micro,
+        UpdateStats(),
+        clip_range=cfg.train.clip_range,
+        step_kwargs=step_kwargs(cfg.rollout),
+    )
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float().cpu() for p in params])
     for p in params:
         p.grad = None
@@ -72,7 +71,8 @@ def measure(
         raise ValueError(f"--rollouts must be at least 2, got {rollouts}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.train.seed)
-    adapter, size, shift, _ = load_policy(cfg, device)
+    policy = load_policy(cfg, device)
+    adapter, size, shift = policy.adapter, policy.size, policy.shift
     params = [p for p in adapter.transformer.parameters() if p.requires_grad]
     rewards = build_rewards(cfg.rewards.spec)
     weights = rewards.weights

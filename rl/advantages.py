@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["group_advantages", "mix_advantages", "zero_std_fraction"]
+__all__ = ["group_advantages", "mix_advantages", "reward_advantages", "zero_std_fraction"]
 
 
 def _group_stats(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,3 +70,23 @@ def zero_std_fraction(rewards: torch.Tensor, groups: torch.Tensor) -> float:
         torch.as_tensor(rewards, dtype=torch.float32).flatten(), torch.as_tensor(groups).flatten()
     )
     return float((std == 0).double().mean())
+
+
+def reward_advantages(
+    scores: dict[str, torch.Tensor],
+    total: torch.Tensor,
+    groups: torch.Tensor,
+    weights: dict[str, float],
+    *,
+    per_reward: bool,
+    eps: float = 1e-4,
+    clip: float = 5.0,
+    global_std: bool = False,
+) -> torch.Tensor:
+    """[N] advantages of a batch scored by several rewards: with `per_reward` (and more than one reward), each
+    reward's own group advantages mixed with `weights`; otherwise the group advantages of the weighted `total`."""
+    kw = {"eps": eps, "clip": clip, "global_std": global_std}
+    if per_reward and len(weights) > 1:
+        per = {k: group_advantages(scores[k], groups, **kw) for k in weights}
+        return mix_advantages(per, weights)
+    return group_advantages(total, groups, **kw)

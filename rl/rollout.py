@@ -12,6 +12,7 @@ the SDE noise alone, as in DanceGRPO).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -19,9 +20,46 @@ from tqdm.auto import tqdm
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.models.sampling import flow_sigmas, initial_noise, ode_step
 
+from .iteration import iteration_generator
 from .sde import sde_step
 
-__all__ = ["Rollout", "rollout", "sde_window_mask", "step_log_prob"]
+__all__ = [
+    "Rollout",
+    "RolloutConfig",
+    "iteration_rollout",
+    "rollout",
+    "sde_window_mask",
+    "step_kwargs",
+    "step_log_prob",
+]
+
+
+@dataclass
+class RolloutConfig:
+    prompts: list[str] | str = "shapes-train"
+    """a list of prompts, a .txt/.jsonl file, or "shapes-train" (canonical captions of the Shapes train split)"""
+    pool_size: int = 2048
+    """how many prompts of "shapes-train" / the file form the pool"""
+    prompts_per_step: int = 4
+    """prompts per process per iteration"""
+    group_size: int = 8
+    """samples per prompt (G)"""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    """video size (null: the model's generation defaults)"""
+    steps: int = 10
+    """denoising steps of a rollout"""
+    shift: float | None = None
+    guidance_scale: float = 5.0
+    negative_prompt: str = ""
+    sde: Literal["dance", "flow", "cps"] = "dance"
+    noise_level: float = 0.3
+    """η for "dance" and "cps", a for "flow\""""
+    sde_window: list[int] | None = None
+    """[start, end): SDE on these steps only, ODE elsewhere (null: all steps)"""
+    shared_noise: bool = True
+    """one initial noise per group"""
 
 
 @dataclass
@@ -167,3 +205,42 @@ def step_log_prob(
     v = adapter.predict_velocity(x, s, batch.cond, batch.uncond, guidance_scale, model=model).float()
     _, log_prob, mean, std = sde_step(kind, v, s, s_next, x, noise_level=noise_level, prev_sample=x_next)
     return log_prob, mean, std
+
+
+def step_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
+    """How the policy steps: CFG scale, SDE kind and noise level (the same in the rollout and every recomputation)."""
+    return {"guidance_scale": cfg.guidance_scale, "kind": cfg.sde, "noise_level": cfg.noise_level}
+
+
+def iteration_rollout(
+    adapter: VideoModelAdapter,
+    cfg: RolloutConfig,
+    prompts: list[str],
+    size: tuple[int, int, int],
+    shift: float,
+    *,
+    seed: int,
+    step: int,
+    first_index: int = 0,
+    chunk_size: int | None = None,
+    model: torch.nn.Module | None = None,
+) -> Rollout:
+    """Iteration `step`'s rollout of `prompts` (global indices from `first_index`) as `cfg` sets it up: group j's
+    noise comes from `iteration_generator(seed, step, first_index + j, 1)`; `size` is (frames, height, width)."""
+    return rollout(
+        adapter,
+        prompts,
+        group_size=cfg.group_size,
+        num_frames=size[0],
+        height=size[1],
+        width=size[2],
+        num_steps=cfg.steps,
+        shift=shift,
+        negative_prompt=cfg.negative_prompt,
+        sde_window=tuple(cfg.sde_window) if cfg.sde_window else None,
+        shared_noise=cfg.shared_noise,
+        generators=[iteration_generator(seed, step, first_index + j, 1) for j in range(len(prompts))],
+        model=model,
+        chunk_size=chunk_size,
+        **step_kwargs(cfg),
+    )

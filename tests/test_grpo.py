@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from vidpost.config import load_config
 from vidpost.pipelines.grpo import GRPOConfig, main, train
 from vidpost.rewards.base import Reward, RewardOutput, register
+from vidpost.training.runner import TrainResult
 
 PROMPTS = ["a red circle moves right", "a blue square moves left", "a green triangle stays still", "a dot"]
 
@@ -34,13 +35,13 @@ def cfg_for(tmp_path, tiny_wan_dir, grpo_overrides):
 @pytest.mark.parametrize("micro_batch", [1, 6])
 def test_ratio_is_exactly_one_before_the_first_update(micro_batch, cfg_for):
     cfg = cfg_for(f"r{micro_batch}", "train.max_steps=1", f"train.micro_batch={micro_batch}")
-    first = train(cfg)["history"][0]
+    first = train(cfg).history[0]
     assert first["ratio_min"] == 1.0 and first["ratio_max"] == 1.0
     assert first["clip_fraction"] == 0.0 and first["approx_kl"] == 0.0
 
 
 def _lora(result) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(result["final"]) / "pytorch_lora_weights.safetensors"))
+    return load_file(str(Path(result.final) / "pytorch_lora_weights.safetensors"))
 
 
 def test_every_trainable_parameter_changes(tiny_wan_dir, cfg_for):
@@ -54,7 +55,7 @@ def test_every_trainable_parameter_changes(tiny_wan_dir, cfg_for):
     from vidpost.models import load
 
     full = train(cfg_for("full-ft", "train.max_steps=1", "lora.enabled=false", "optim.lr=1e-4"))
-    new = dict(load(full["final"]).transformer.named_parameters())
+    new = dict(load(full.final).transformer.named_parameters())
     old = dict(load(tiny_wan_dir).transformer.named_parameters())
     same = [k for k in old if torch.equal(old[k], new[k])]
     assert not same, f"{len(same)} parameters did not change, e.g. {same[:3]}"
@@ -66,7 +67,7 @@ def test_resume_equals_uninterrupted(cfg_for):
     part = cfg_for("part", "train.max_steps=2", *common)
     train(part)
     resumed = train(cfg_for("part", "train.max_steps=4", *common), resume="latest")
-    assert [h["reward"] for h in resumed["history"]] == [h["reward"] for h in full["history"][2:]]
+    assert [h["reward"] for h in resumed.history] == [h["reward"] for h in full.history[2:]]
     a, b = _lora(full), _lora(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
@@ -94,7 +95,7 @@ def test_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overrides
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
-    for h1, h2 in zip(one["history"], history):
+    for h1, h2 in zip(one.history, history):
         # Float summation order differs (rollout chunks of 6 vs 3 samples, thread counts): equal to float precision.
         assert h1["reward"] == pytest.approx(h2["reward"], rel=1e-5)
     a = _lora(one)
@@ -116,9 +117,11 @@ def test_guard_stops_and_keeps_the_best(tmp_path, cfg_for):
         "checkpoint.every=5",
     )
     result = train(cfg)
-    assert result["steps"] == 2 and "stopped" in result and "guard" in result["stopped"]
-    assert result["best_step"] == 0 and Path(result["best"], "pytorch_lora_weights.safetensors").exists()
-    assert [g["step"] for g in result["guard"]] == [0, 2]
+    assert result.steps == 2 and result.stopped is not None and "guard" in result.stopped
+    assert result.best_step == 0 and Path(result.best, "pytorch_lora_weights.safetensors").exists()
+    assert [g["step"] for g in result.guard] == [0, 2]
+    assert isinstance(result, TrainResult) and result.kind == "lora" and result.final == Path(cfg.output_dir, "final")
+    assert result.metrics["guard/gold"] == result.guard[-1]["gold"]
     assert (tmp_path / "guard" / "curves.png").exists()
 
 
@@ -128,15 +131,15 @@ def test_guard_watch_stops_on_a_falling_extra_metric(cfg_for):
     common = ("guard.every=2", f"guard.prompts={json.dumps(PROMPTS[:2])}", "guard.steps=2", "guard.margin=10")
     cfg = cfg_for("watch", "train.max_steps=6", *common, "guard.watch={temporal: -1}")
     result = train(cfg)
-    assert result["steps"] == 2 and "temporal" in result["stopped"] and "below its best" in result["stopped"]
-    assert Path(result["best"], "pytorch_lora_weights.safetensors").exists()
-    bad = cfg_for("watch-bad", "train.max_steps=1", *common, "guard.watch={graded: 0.1}")
+    assert result.steps == 2 and "temporal" in result.stopped and "below its best" in result.stopped
+    assert Path(result.best, "pytorch_lora_weights.safetensors").exists()
+    # A watched name that is not an extra metric is a config error, raised when the config is loaded.
     with pytest.raises(ValueError, match=r"guard.watch: \['graded'\] not in guard.extra"):
-        train(bad)
+        cfg_for("watch-bad", "train.max_steps=1", *common, "guard.watch={graded: 0.1}")
 
 
 def test_watch_tripped_compares_with_the_best_earlier_entry():
-    from vidpost.pipelines.grpo import watch_tripped
+    from vidpost.training.guard import watch_tripped
 
     h = [{"step": 0, "extra/g": 0.5}, {"step": 10, "extra/g": 0.6}, {"step": 20, "extra/g": 0.56}]
     assert watch_tripped(h, {"g": 0.05}, Path("best")) is None
@@ -173,7 +176,8 @@ def test_nan_reward_stops_with_exit_code_3(tmp_path, tiny_wan_dir, capsys):
         ]
     )
     assert code == 3
-    assert "returned non-finite values" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rewards ['total', 'test_nan'] became nan at step 0" in err and "no checkpoint was saved yet" in err
 
 
 def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):
@@ -227,6 +231,6 @@ def test_several_updates_per_iteration_make_the_clipping_act(cfg_for):
         "optim.lr=1e-2",
         "train.clip_range=1e-4",
     )
-    first = train(cfg)["history"][0]
+    first = train(cfg).history[0]
     assert first["ratio_max"] > 1.0 or first["ratio_min"] < 1.0
     assert first["clip_fraction"] > 0

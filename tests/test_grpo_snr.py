@@ -68,7 +68,7 @@ def test_measured_gradient_is_the_first_training_step(tiny_wan_dir, overrides):
 
     # One AdamW step from the same start (zero-initialised LoRA B, so only B moves) steps by -lr·sign(g).
     run = train(load_config(GRPOConfig, None, [*overrides, "train.max_steps=1"]))
-    lora = load_file(str(Path(run["final"]) / "pytorch_lora_weights.safetensors"))
+    lora = load_file(str(Path(run.final) / "pytorch_lora_weights.safetensors"))
     moved = torch.cat([lora[k].flatten() for k in sorted(lora) if "lora_B" in k])
     assert moved.numel() > 0
     # The measure's parameter order is the transformer's; its LoRA B entries are those that moved.
@@ -82,7 +82,7 @@ def _b_entries(model: Path, overrides: list[str], flat: torch.Tensor) -> torch.T
     """The LoRA-B part of a flattened gradient, in the sorted key order the saved LoRA file is read back in."""
     from vidpost.pipelines.grpo import load_policy
 
-    adapter, *_ = load_policy(load_config(GRPOConfig, None, overrides), "cpu")
+    adapter = load_policy(load_config(GRPOConfig, None, overrides), "cpu").adapter
     named = [(n, p) for n, p in adapter.transformer.named_parameters() if p.requires_grad]
     parts, i = {}, 0
     for n, p in named:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vidpost.models.sampling import ode_step
-from vidpost.rl.advantages import group_advantages, mix_advantages, zero_std_fraction
+from vidpost.rl.advantages import group_advantages, mix_advantages, reward_advantages, zero_std_fraction
+from vidpost.rl.iteration import choose_prompts, choose_steps, iteration_generator, micro_batches, split_updates
 from vidpost.rl.loss import clipped_policy_loss, gaussian_kl, ratio_stats
 from vidpost.rl.sde import KINDS, sde_step
 
@@ -148,3 +149,36 @@ def test_gaussian_kl():
     std = torch.tensor([[0.5], [1.0]])
     assert gaussian_kl(m, ref, std).tolist() == pytest.approx([2.0, 0.5])
     assert gaussian_kl(m, m, std).tolist() == [0.0, 0.0]
+
+
+def test_reward_advantages_mix_per_reward_or_normalise_the_total():
+    groups = torch.tensor([0, 0, 1, 1])
+    scores = {"a": torch.tensor([1.0, 3.0, 0.0, 0.0]), "b": torch.tensor([0.0, 1.0, 2.0, 0.0])}
+    weights = {"a": 1.0, "b": 0.5}
+    total = scores["a"] + 0.5 * scores["b"]
+    mixed = reward_advantages(scores, total, groups, weights, per_reward=True, eps=0.0)
+    expected = group_advantages(scores["a"], groups, eps=0.0) + 0.5 * group_advantages(scores["b"], groups, eps=0.0)
+    assert torch.equal(mixed, expected)
+    assert torch.allclose(mixed, torch.tensor([-1.5, 1.5, 0.5, -0.5]))
+    on_total = reward_advantages(scores, total, groups, weights, per_reward=False, eps=0.0)
+    assert torch.equal(on_total, group_advantages(total, groups, eps=0.0))
+
+
+def test_micro_batches_and_their_split_into_optimizer_steps():
+    micro = micro_batches(7, 3)
+    assert [m.tolist() for m in micro] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [len(part) for part in split_updates(micro, 2)] == [1, 2]
+    assert [len(part) for part in split_updates(micro, 10)] == [1, 1, 1]  # at most one step per micro-batch
+    assert [len(part) for part in split_updates(micro, 0)] == [3]
+
+
+def test_iteration_draws_are_functions_of_seed_and_iteration():
+    pool = [f"p{i}" for i in range(10)]
+    assert choose_prompts(pool, 4, seed=1, step=3) == choose_prompts(pool, 4, seed=1, step=3)
+    assert len(set(choose_prompts(pool, 4, seed=1, step=3))) == 4
+    assert len(choose_prompts(pool[:2], 5, seed=0, step=0)) == 5  # small pool: with replacement
+    sde = torch.tensor([False, True, True, True, False, True])
+    steps = choose_steps(sde, 0.5, iteration_generator(0, 7, 0, 2))
+    assert steps == choose_steps(sde, 0.5, iteration_generator(0, 7, 0, 2))
+    assert len(steps) == 2 and steps == sorted(steps) and all(sde[i] for i in steps)
+    assert len(choose_steps(sde, 0.0, iteration_generator(0, 0, 0, 2))) == 1
