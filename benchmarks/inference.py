@@ -44,6 +44,8 @@ from pathlib import Path
 
 import torch
 
+from vidpost.evaluation.settings import GenerationSettings, resolve_settings
+from vidpost.evaluation.shapes import sample_and_verify
 from vidpost.models import WanAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig, install_attention
 from vidpost.models.base import VideoModelAdapter, read_vidpost_config
@@ -211,7 +213,7 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
 
 def _score(
     adapter: VideoModelAdapter,
-    kw: dict,
+    settings: GenerationSettings,
     items: list[dict],
     seeds: int,
     batch: int,
@@ -219,26 +221,19 @@ def _score(
     baseline: dict[tuple[int, int], torch.Tensor],
     is_baseline: bool,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Sample and score the held-out items (prompt i, seed k → noise seed 1000·k + i): verifier success, graded
+    """Sample and score the held-out items (`vidpost.evaluation.shapes`' seeding): verifier success, graded
     score, `temporal`, and PSNR against `baseline` (which the baseline row fills instead)."""
-    from vidpost.pipelines.shapes_eval import verify_rows
-
-    shape = adapter.latent_shape(1, kw["num_frames"], kw["height"], kw["width"])
     succ, score, temp, psnrs = [], [], [], []
-    for k in range(seeds):
-        for s in range(0, len(items), batch):
-            idx = list(range(s, min(s + batch, len(items))))
-            noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
-            videos = sample(adapter, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
-            res = verify_rows(videos, [items[i]["spec"] for i in idx])
-            succ += [float(r["success"]) for r in res]
-            score += [r["score"] for r in res]
-            temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
-            for j, i in enumerate(idx):
-                if is_baseline:
-                    baseline[(k, i)] = videos[j]
-                else:
-                    psnrs.append(psnr(videos[j], baseline[(k, i)]))
+    captions = [it["caption"] for it in items]
+    for k, idx, videos, res in sample_and_verify(adapter, settings, items, captions, seeds=seeds, batch_size=batch):
+        succ += [float(r["success"]) for r in res]
+        score += [r["score"] for r in res]
+        temp += temporal(videos, [captions[i] for i in idx]).score.tolist()
+        for j, i in enumerate(idx):
+            if is_baseline:
+                baseline[(k, i)] = videos[j]
+            else:
+                psnrs.append(psnr(videos[j], baseline[(k, i)]))
     return succ, score, temp, psnrs
 
 
@@ -258,17 +253,9 @@ def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -
         a = load(path)
         if impl:  # e.g. "shapes:lit": the dense weights with that attention installed, untrained
             install_attention(a, AttentionConfig(impl))
-        gen = read_vidpost_config(path)["generation"]
-        kw = dict(
-            num_frames=gen["num_frames"],
-            height=gen["height"],
-            width=gen["width"],
-            num_inference_steps=gen["steps"],
-            guidance_scale=a.default_guidance_scale,
-            shift=a.default_shift,
-        )
+        settings = resolve_settings(path, a)
         t0 = time.time()
-        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, spec == specs[0])
+        succ, score, temp, psnrs = _score(a, settings, items, seeds, batch, temporal, baseline, spec == specs[0])
         n = len(succ)
         pv = f"{statistics.mean(psnrs):.2f}" if psnrs else "—"
         out.append(
@@ -299,14 +286,16 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
     a = w.adapter
     temporal = build_reward("temporal")
     shape = a.latent_shape(1, w.num_frames, w.height, w.width)
-    kw = dict(
+    settings = GenerationSettings(
         num_frames=w.num_frames,
         height=w.height,
         width=w.width,
-        num_inference_steps=w.steps,
-        guidance_scale=w.guidance,
+        steps=w.steps,
+        guidance=w.guidance,
         shift=w.shift,
+        fps=8,
     )
+    kw = settings.sample_kwargs()
     baseline: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for m in rows:
@@ -314,7 +303,7 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
         # one untimed generation first: torch.compile compiles, caches allocate (same for every row)
         sample(a, [items[0]["caption"]], **kw, seed=0, latents=initial_noise(shape, seed=0))
         t0 = time.time()
-        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, m.is_baseline)
+        succ, score, temp, psnrs = _score(a, settings, items, seeds, batch, temporal, baseline, m.is_baseline)
         if handle is not None:
             handle.remove()
         n = len(succ)

@@ -140,5 +140,11 @@ def make_records(
     return records
 
 
+def slug(text: str, n: int = 40) -> str:
+    """A file-name-safe form of a prompt (lower case, dashes), at most `n` characters."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:n].rstrip("-") or "video"
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
