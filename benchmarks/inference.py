@@ -48,7 +48,7 @@ from vidpost.evaluation.settings import GenerationSettings, resolve_settings
 from vidpost.evaluation.shapes import sample_and_verify
 from vidpost.models import WanAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig, install_attention
-from vidpost.models.base import VideoModelAdapter, read_vidpost_config
+from vidpost.models.base import VideoModelAdapter
 from vidpost.models.sampling import initial_noise, sample
 
 
@@ -132,33 +132,19 @@ def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> l
 class Workload:
     name: str
     adapter: VideoModelAdapter
-    num_frames: int
-    height: int
-    width: int
-    steps: int
-    guidance: float
-    shift: float
+    settings: GenerationSettings
 
 
 def shapes_workload() -> Workload:
     path = resolve_model_path("shapes")
     adapter = load(path)
-    gen = read_vidpost_config(path)["generation"]
-    return Workload(
-        "Shapes (assets/shapes/sft)",
-        adapter,
-        gen["num_frames"],
-        gen["height"],
-        gen["width"],
-        gen["steps"],
-        adapter.default_guidance_scale,
-        adapter.default_shift,
-    )
+    return Workload("Shapes (assets/shapes/sft)", adapter, resolve_settings(path, adapter))
 
 
 def speed_models() -> list[Workload]:
     mini = WanAdapter.tiny(seed=0, num_layers=8, num_heads=4, head_dim=64, ffn_dim=1024, text_dim=64)
-    return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, 33, 128, 128, 20, 5.0, 3.0)]
+    mini_settings = GenerationSettings(num_frames=33, height=128, width=128, steps=20, guidance=5.0, shift=3.0, fps=16)
+    return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, mini_settings)]
 
 
 def _install(adapter: VideoModelAdapter, m: Method, steps: int | None = None):
@@ -181,7 +167,7 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
     shapes_txt = []
     for w in workloads:
         a = w.adapter
-        shape = a.latent_shape(1, w.num_frames, w.height, w.width)
+        shape = a.latent_shape(1, w.settings.num_frames, w.settings.height, w.settings.width)
         grid = a.latent_grid(shape)
         shapes_txt.append(f"{w.name}: latents {list(shape)}, token grid {grid} = {math.prod(grid)} tokens")
         x = initial_noise(shape, seed=0)
@@ -191,9 +177,9 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
         for r in range(repeats + 2):
             for m in rows:
                 handle = _install(a, m)
-                state.set_step(r % w.steps, w.steps, 0.5)
+                state.set_step(r % w.settings.steps, w.settings.steps, 0.5)
                 t0 = time.perf_counter()
-                a.predict_velocity(x, 0.5, cond, uncond, w.guidance)
+                a.predict_velocity(x, 0.5, cond, uncond, w.settings.guidance)
                 dt = time.perf_counter() - t0
                 state.clear_step()
                 if handle is not None:
@@ -285,21 +271,13 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
     w = shapes_workload()
     a = w.adapter
     temporal = build_reward("temporal")
-    shape = a.latent_shape(1, w.num_frames, w.height, w.width)
-    settings = GenerationSettings(
-        num_frames=w.num_frames,
-        height=w.height,
-        width=w.width,
-        steps=w.steps,
-        guidance=w.guidance,
-        shift=w.shift,
-        fps=8,
-    )
+    shape = a.latent_shape(1, w.settings.num_frames, w.settings.height, w.settings.width)
+    settings = w.settings
     kw = settings.sample_kwargs()
     baseline: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for m in rows:
-        handle = _install(a, m, w.steps)
+        handle = _install(a, m, w.settings.steps)
         # one untimed generation first: torch.compile compiles, caches allocate (same for every row)
         sample(a, [items[0]["caption"]], **kw, seed=0, latents=initial_noise(shape, seed=0))
         t0 = time.time()

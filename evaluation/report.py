@@ -204,6 +204,16 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def make_plots(
     out: Path,
     records: list[dict[str, Any]],
@@ -246,11 +256,7 @@ def make_plots(
         ax.set_ylabel("videos", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        f = plots / f"hist_{safe_name(name)}.png"
-        fig.savefig(f)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, plots / f"hist_{safe_name(name)}.png"))
 
     present = [n for n in names if vals(records, n)]
     if present:
@@ -265,11 +271,7 @@ def make_plots(
             ax.set_xticks(range(1, len(data) + 1), list(labels[: len(data)]), fontsize=7)
             ax.set_title(name, fontsize=9)
             ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        f = plots / "box.png"
-        fig.savefig(f)
-        plt.close(fig)
-        files.append(f)
+        files.append(_save(fig, plots / "box.png"))
 
     if other is not None:
         theirs = {r["id"]: r for r in other}
@@ -295,9 +297,5 @@ def make_plots(
                 ax.set_ylabel(labels[0], fontsize=7)
                 ax.set_title(name, fontsize=9)
                 ax.tick_params(labelsize=7)
-            fig.tight_layout()
-            f = plots / "paired.png"
-            fig.savefig(f)
-            plt.close(fig)
-            files.append(f)
+            files.append(_save(fig, plots / "paired.png"))
     return files

@@ -47,6 +47,15 @@ class GenerationSettings:
         return asdict(self)
 
 
+USER_SETTINGS = ("num_frames", "height", "width", "steps", "guidance", "shift", "fps", "negative_prompt")
+
+
+def user_settings(source: Any) -> dict[str, Any]:
+    """The generation settings a command's parsed flags or a config section holds (the attributes named as
+    `resolve_settings`' keywords; absent ones are None), for `resolve_settings(model_dir, adapter, **...)`."""
+    return {k: getattr(source, k, None) for k in USER_SETTINGS}
+
+
 def model_defaults(model_dir: str | Path, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model folder's generation defaults over `fallback` (FALLBACK_DEFAULTS when None)."""
     return {

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vidpost.evaluation.generate import default_dtype, sample_batches
-from vidpost.evaluation.settings import resolve_settings
+from vidpost.evaluation.settings import resolve_settings, user_settings
 
 
 def eval_items(ecfg: Any) -> list[dict[str, Any]]:
@@ -59,16 +59,7 @@ def evaluate(state: Any, ecfg: Any, out: Path, device: str) -> dict[str, Any]:
     items = eval_items(ecfg)
     adapter = load(state.model, lora=state.lora, device=device, dtype=default_dtype(device))
     handle = apply_inference(adapter, state.inference)
-    settings = resolve_settings(
-        resolve_model_path(state.model),
-        adapter,
-        num_frames=ecfg.num_frames,
-        height=ecfg.height,
-        width=ecfg.width,
-        steps=ecfg.steps,
-        guidance=ecfg.guidance,
-        shift=ecfg.shift,
-    )
+    settings = resolve_settings(resolve_model_path(state.model), adapter, **user_settings(ecfg))
     rewards = build_rewards(ecfg.rewards) if ecfg.rewards else None
     guard = build_rewards(ecfg.guard) if ecfg.guard else None
 

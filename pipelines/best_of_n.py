@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from vidpost.evaluation.generate import sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.score import load_reward_spec
-from vidpost.evaluation.settings import GenerationSettings, resolve_settings
+from vidpost.evaluation.settings import GenerationSettings, resolve_settings, user_settings
 from vidpost.models import ModelPathError, load, resolve_model_path
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward", default="verifier", help="comma-separated reward names (weights from --reward-config)")
     p.add_argument("--reward-config", type=Path, help="YAML/JSON reward spec (name → weight or options)")
     p.add_argument("--out", type=Path, default=Path("outputs/best_of_n"))
-    p.add_argument("--frames", type=int)
+    p.add_argument("--frames", "--num-frames", dest="num_frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int)
@@ -98,17 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prompts = args.prompt or [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     try:
-        settings = resolve_settings(
-            model_dir,
-            adapter,
-            num_frames=args.frames,
-            height=args.height,
-            width=args.width,
-            steps=args.steps,
-            guidance=args.guidance,
-            shift=args.shift,
-            validate=False,
-        )
+        settings = resolve_settings(model_dir, adapter, **user_settings(args), validate=False)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -64,6 +64,7 @@ from vidpost.evaluation.report import (
 )
 from vidpost.evaluation.score import load_reward_spec, score_videos
 from vidpost.evaluation.seeds import prompt_seed
+from vidpost.evaluation.settings import user_settings
 from vidpost.evaluation.stats import compare_runs, reward_names, stats, summarise, t_quantile, wilson
 
 __all__ = [  # the evaluation core's functions, re-exported for the callers of this command's module
@@ -208,14 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             records,
             out / "videos",
             lora=args.lora,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            steps=args.steps,
-            guidance=args.guidance,
-            shift=args.shift,
-            fps=args.fps,
-            negative_prompt=args.negative_prompt,
+            **user_settings(args),
             batch_size=args.batch_size,
             device=args.device,
             dtype=DTYPES[args.dtype] if args.dtype else None,

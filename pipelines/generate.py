@@ -35,7 +35,7 @@ from vidpost.config import from_dict, read_yaml, to_dict
 from vidpost.evaluation.generate import DTYPES, default_dtype, sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.seeds import prompt_seed, video_seed
-from vidpost.evaluation.settings import resolve_settings
+from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
@@ -203,18 +203,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     adapter = load(model_dir, dtype=dtype, device=args.device, lora=args.lora)
     if attention is not None:
         install_attention(adapter, attention)
-    settings = resolve_settings(
-        model_dir,
-        adapter,
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        guidance=args.guidance,
-        shift=args.shift,
-        fps=args.fps,
-        negative_prompt=args.negative_prompt,
-    )
+    settings = resolve_settings(model_dir, adapter, **user_settings(args))
     extra = inference_settings(args)
     if extra:
         from vidpost.models.inference import apply_inference
