@@ -26,8 +26,8 @@ each token count on a (T, H, W) grid: SDPA (`F.scaled_dot_product_attention`, th
 teacher's heads and with the heads grouped into `--few-heads` wide heads; interleaved repeats after one warm-up
 round, median and minimum seconds and the SDPA/lit ratio (>1 = lit faster).
 
-`quality`: every method samples the held-out prompts (prompt i, seed k → noise seed 1000·k + i, the same for all
-methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
+`quality`: every method samples the held-out prompts (video k of prompt i: the prompt's own seed + k·100003,
+`vidpost.evaluation.seeds`, the same for all methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
 `temporal` reward, and the PSNR of each video against the stock processors' video of the same prompt and seed.
 """
 
@@ -211,7 +211,7 @@ def _score(
     score, `temporal`, and PSNR against `baseline` (which the baseline row fills instead)."""
     succ, score, temp, psnrs = [], [], [], []
     captions = [it["caption"] for it in items]
-    for k, idx, videos, res in sample_and_verify(adapter, settings, items, captions, seeds=seeds, batch_size=batch):
+    for k, idx, _, videos, res in sample_and_verify(adapter, settings, items, captions, seeds=seeds, batch_size=batch):
         succ += [float(r["success"]) for r in res]
         score += [r["score"] for r in res]
         temp += temporal(videos, [captions[i] for i in idx]).score.tolist()

@@ -1,14 +1,15 @@
 """The Shapes world's evaluation: the verifier's rows, verifier success of a model on the held-out prompts, and
 the model comparison table (`vidpost shapes-eval`, `enhance-eval`, `demo`, `run`, SFT validation, benchmarks).
 
-Every held-out prompt is sampled `seeds` times (video k of prompt i: `shapes_seed(i, k)`, the same for every
-model and every text, so rows of a table differ only in the model or the prompt text) and the Shapes verifier
-scores each video against the prompt's scene spec.
+Every held-out prompt is sampled `seeds` times — video k of prompt i from the noise of the one seeding rule
+(`vidpost.evaluation.seeds`): the prompt's own seed + k·SEED_STRIDE, the same for every model and every text, so
+rows of a table differ only in the model or the prompt text, and the same videos `vidpost eval --prompts
+shapes-heldout` generates — and the Shapes verifier scores each video against the prompt's scene spec. Sizes and
+steps come from `resolve_settings` (the model's `vidpost.json`, else the one fallback table).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,10 +17,11 @@ from typing import Any
 import torch
 
 from vidpost.evaluation.generate import sample_batches
+from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings
+from vidpost.evaluation.stats import wilson
 
 ATTRIBUTES = ("colour", "shape", "size", "direction", "speed", "background", "count", "smoothness", "score")
-SHAPES_FALLBACK = {"num_frames": 17, "height": 64, "width": 64, "steps": 20, "fps": 8}
 
 
 def verify_rows(videos: torch.Tensor, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -30,21 +32,6 @@ def verify_rows(videos: torch.Tensor, specs: list[dict[str, Any]]) -> list[dict[
     cols = verify_batch(videos, [SceneSpec.from_dict(s) for s in specs])
     n = len(videos)
     return [{k: (bool(v[i]) if v.dtype == bool else float(v[i])) for k, v in cols.items()} for i in range(n)]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
-def shapes_seed(i: int, k: int) -> int:
-    """The noise seed of video k of held-out prompt i."""
-    return 1000 * k + i
 
 
 def parse_model(spec: str) -> tuple[str, str | None]:
@@ -61,14 +48,14 @@ def sample_and_verify(
     *,
     seeds: int = 1,
     batch_size: int = 16,
-) -> Iterator[tuple[int, list[int], torch.Tensor, list[dict[str, Any]]]]:
+) -> Iterator[tuple[int, list[int], list[int], torch.Tensor, list[dict[str, Any]]]]:
     """Sample `texts[i]` for every item `seeds` times and verify each video against `items[i]["spec"]` →
-    (k, item indices, videos, verifier rows) per batch."""
+    (k, item indices, noise seeds, videos, verifier rows) per batch."""
     for k in range(seeds):
-        noise_seeds = [shapes_seed(i, k) for i in range(len(items))]
+        noise_seeds = [video_seed(prompt_seed(it.get("seed"), 0, i), k) for i, it in enumerate(items)]
         for start, videos, _ in sample_batches(adapter, texts, noise_seeds, settings, batch_size=batch_size):
             idx = list(range(start, start + len(videos)))
-            yield k, idx, videos, verify_rows(videos, [items[i]["spec"] for i in idx])
+            yield k, idx, [noise_seeds[i] for i in idx], videos, verify_rows(videos, [items[i]["spec"] for i in idx])
 
 
 @torch.no_grad()
@@ -83,6 +70,9 @@ def evaluate_model(
     guidance_scale: float | None = None,
     shift: float | None = None,
     prompts: list[str] | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> dict[str, Any]:
     """Sample and verify; returns {'success', 'ci', per-attribute means, 'videos' (first seed), 'records'}."""
     from vidpost.models import load, resolve_model_path
@@ -92,20 +82,21 @@ def evaluate_model(
     settings = resolve_settings(
         resolve_model_path(base),
         adapter,
+        num_frames=num_frames,
+        height=height,
+        width=width,
         steps=steps,
         guidance=guidance_scale,
         shift=shift,
-        fallback=SHAPES_FALLBACK,
-        validate=False,
     )
     texts = prompts if prompts is not None else [it[prompt_key] for it in items]
     records, first_videos = [], []
     t0 = time.time()
-    for k, idx, videos, results in sample_and_verify(
+    for k, idx, noise_seeds, videos, results in sample_and_verify(
         adapter, settings, items, texts, seeds=seeds, batch_size=batch_size
     ):
-        for i, r in zip(idx, results):
-            records.append({"id": items[i].get("id", i), "seed": k, "prompt": texts[i], **r})
+        for i, s, r in zip(idx, noise_seeds, results):
+            records.append({"id": items[i].get("id", i), "k": k, "seed": s, "prompt": texts[i], **r})
         if k == 0:
             first_videos += list(videos)
     n = len(records)

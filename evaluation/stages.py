@@ -16,18 +16,26 @@ from typing import Any
 import torch
 
 from vidpost.evaluation.generate import default_dtype, sample_batches
+from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import resolve_settings, user_settings
 
 
 def eval_items(ecfg: Any) -> list[dict[str, Any]]:
-    """Held-out items: {id, prompt (what a user types), caption (canonical text, or None), spec (or None), seed}."""
+    """Held-out items: {id, prompt (what a user types), caption (canonical text, or None), spec (or None), seed (the
+    prompt's own seed, else its index: `vidpost.evaluation.seeds`)}."""
     if ecfg.prompts == "shapes-heldout":
         from vidpost.shapes.splits import heldout_prompts
 
         raw = heldout_prompts()
         items = [
-            {"id": it["id"], "prompt": it["prompt_user"], "caption": it["caption"], "spec": it["spec"], "seed": i}
-            for i, it in enumerate(raw)
+            {
+                "id": it["id"],
+                "prompt": it["prompt_user"],
+                "caption": it["caption"],
+                "spec": it["spec"],
+                "seed": it["seed"],
+            }
+            for it in raw
         ]
     else:
         from vidpost.evaluation.prompts import load_prompts
@@ -38,7 +46,7 @@ def eval_items(ecfg: Any) -> list[dict[str, Any]]:
                 "prompt": it["prompt"],
                 "caption": None,
                 "spec": None,
-                "seed": i if it["seed"] is None else it["seed"],
+                "seed": video_seed(prompt_seed(it["seed"], 0, i), 0),
             }
             for i, it in enumerate(load_prompts(ecfg.prompts))
         ]

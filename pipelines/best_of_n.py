@@ -3,7 +3,8 @@
     vidpost best-of-n --model shapes --prompt "a red circle moves to the right" -n 8 --reward verifier --out out/
     vidpost best-of-n --model PATH --prompts prompts.txt -n 16 --reward hps --reward-config rewards.yaml
 
-Candidate k of prompt p uses seed `seed + 1000·p + k`, so a run is reproducible and the best candidate can be
+Candidate k of prompt p uses seed `seed + p + k·100003` (`vidpost.evaluation.seeds`, the rule of every
+command), so a run is reproducible and the best candidate can be
 regenerated alone. Writes `<out>/<index>_<slug>.mp4` (the winner), `candidates.png` (all N per prompt, the
 winner marked) and `best_of_n.json` (every candidate's score and components, the chosen index).
 """
@@ -22,13 +23,9 @@ from tqdm.auto import tqdm
 from vidpost.evaluation.generate import sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.score import load_reward_spec
+from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings, user_settings
 from vidpost.models import ModelPathError, load, resolve_model_path
-
-
-def candidate_seed(seed: int, p_idx: int, k: int) -> int:
-    """The noise seed of candidate k of prompt p_idx."""
-    return seed + 1000 * p_idx + k
 
 
 def best_of_n(
@@ -39,14 +36,15 @@ def best_of_n(
     n: int,
     settings: GenerationSettings,
     seed: int = 0,
+    batch_size: int = 8,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """For each prompt: {prompt, best, scores[N], components{name: [N]}, video (the winner [C, T, H, W])}."""
     results = []
     for p_idx, prompt in enumerate(tqdm(prompts, desc="best-of-n", disable=not progress)):
-        seeds = [candidate_seed(seed, p_idx, k) for k in range(n)]
+        seeds = [video_seed(prompt_seed(None, seed, p_idx), k) for k in range(n)]
         batch = torch.cat(
-            [v.cpu() for _, v, _ in sample_batches(adapter, [prompt] * n, seeds, settings, batch_size=1)]
+            [v.cpu() for _, v, _ in sample_batches(adapter, [prompt] * n, seeds, settings, batch_size=batch_size)]
         )
         out = reward(batch, [prompt] * n)
         best = int(torch.argmax(out.score))
@@ -82,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float)
     p.add_argument("--shift", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="candidates sampled together")
     args = p.parse_args(argv)
     if args.n < 1:
         print("error: -n must be ≥ 1", file=sys.stderr)
@@ -98,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prompts = args.prompt or [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     try:
-        settings = resolve_settings(model_dir, adapter, **user_settings(args), validate=False)
+        settings = resolve_settings(model_dir, adapter, **user_settings(args))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = best_of_n(adapter, prompts, reward, n=args.n, settings=settings, seed=args.seed)
+    results = best_of_n(
+        adapter, prompts, reward, n=args.n, settings=settings, seed=args.seed, batch_size=args.batch_size
+    )
     from vidpost.media.video_io import contact_sheet, write_video
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
     vidpost shapes-eval --models shapes-base shapes [--seeds 2] [--prompt-key caption] [--out results/shapes-eval]
 
 For every model (a preset, a folder, or `folder+lora_folder`), each held-out prompt is sampled with `--seeds`
-seeds (prompt i, seed k → seed 1000·k + i, the same for every model) at the model's default size and steps, and
+seeds (video k of prompt i: the prompt's own seed + k·100003, `vidpost.evaluation.seeds`, the same for every
+model) at the model's default size and steps (its `vidpost.json`, else the Wan 480p recipe), and
 the Shapes verifier scores the video against the prompt's scene spec. Printed and written (markdown + JSON): the
 success rate with a 95% Wilson interval and the mean per-attribute scores; a contact sheet per model shows the
 first prompts. `--prompt-key prompt_user` evaluates the free-form user-style prompts of the same scenes.
@@ -16,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model, markdown_table, verify_rows, wilson
+from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model, markdown_table, verify_rows
+from vidpost.evaluation.stats import wilson
 
 __all__ = ["ATTRIBUTES", "evaluate_model", "main", "markdown_table", "verify_rows", "wilson"]
 
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-key", default="caption", choices=["caption", "prompt_user"])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int)
+    p.add_argument("--frames", "--num-frames", dest="num_frames", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--shift", type=float)
     p.add_argument("--limit", type=int, help="evaluate only the first N held-out prompts")
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                 steps=args.steps,
                 guidance_scale=args.guidance,
                 shift=args.shift,
+                num_frames=args.num_frames,
+                height=args.height,
+                width=args.width,
             )
             results.append(r)
             print(f"{spec}: success {100 * r['success']:.1f}% (n={r['n']})", file=sys.stderr)
