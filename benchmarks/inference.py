@@ -26,8 +26,8 @@ each token count on a (T, H, W) grid: SDPA (`F.scaled_dot_product_attention`, th
 teacher's heads and with the heads grouped into `--few-heads` wide heads; interleaved repeats after one warm-up
 round, median and minimum seconds and the SDPA/lit ratio (>1 = lit faster).
 
-`quality`: every method samples the held-out prompts (prompt i, seed k → noise seed 1000·k + i, the same for all
-methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
+`quality`: every method samples the held-out prompts (video k of prompt i: the prompt's own seed + k·100003,
+`vidpost.evaluation.seeds`, the same for all methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
 `temporal` reward, and the PSNR of each video against the stock processors' video of the same prompt and seed.
 """
 
@@ -44,9 +44,11 @@ from pathlib import Path
 
 import torch
 
+from vidpost.evaluation.settings import GenerationSettings, resolve_settings
+from vidpost.evaluation.shapes import sample_and_verify
 from vidpost.models import WanAdapter, load, resolve_model_path
-from vidpost.models.attention import AttentionConfig, EnhanceAVideoConfig, install_attention
-from vidpost.models.base import VideoModelAdapter, read_vidpost_config
+from vidpost.models.attention import AttentionConfig, EavConfig, install_attention
+from vidpost.models.base import VideoModelAdapter
 from vidpost.models.sampling import initial_noise, sample
 
 
@@ -98,7 +100,7 @@ def extra_methods(names: list[str]) -> list[Method]:
         "compile": Method("torch.compile", None, {"compile": True}),
         "combined": Method(
             "EAV w=2 + FP8 sparse + first-block cache 0.1",
-            AttentionConfig("fp8_sparse", options=fp8_sparse, enhance_a_video=EnhanceAVideoConfig(2.0)),
+            AttentionConfig("fp8_sparse", options=fp8_sparse, eav=EavConfig(2.0)),
             {"cache": {"method": "first_block", "threshold": 0.1}},
         ),
     }
@@ -111,15 +113,13 @@ def extra_methods(names: list[str]) -> list[Method]:
 def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> list[Method]:
     """The table rows: the baseline first, then one row per configuration to compare."""
     rows = [Method("stock diffusers processors", None), Method("vidpost processor, sdpa", AttentionConfig())]
-    rows += [
-        Method(f"Enhance-A-Video w={w:g}", AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w))) for w in weights
-    ]
+    rows += [Method(f"Enhance-A-Video w={w:g}", AttentionConfig(eav=EavConfig(w))) for w in weights]
     if eav_steps is not None:
         a, b = eav_steps
         rows += [
             Method(
                 f"Enhance-A-Video w={w:g}, steps [{a}, {b})",
-                AttentionConfig(enhance_a_video=EnhanceAVideoConfig(w, step_start=a, step_end=b)),
+                AttentionConfig(eav=EavConfig(w, step_start=a, step_end=b)),
             )
             for w in weights
         ]
@@ -130,33 +130,19 @@ def methods(weights: list[float], eav_steps: tuple[int, int] | None = None) -> l
 class Workload:
     name: str
     adapter: VideoModelAdapter
-    num_frames: int
-    height: int
-    width: int
-    steps: int
-    guidance: float
-    shift: float
+    settings: GenerationSettings
 
 
 def shapes_workload() -> Workload:
     path = resolve_model_path("shapes")
     adapter = load(path)
-    gen = read_vidpost_config(path)["generation"]
-    return Workload(
-        "Shapes (assets/shapes/sft)",
-        adapter,
-        gen["num_frames"],
-        gen["height"],
-        gen["width"],
-        gen["steps"],
-        adapter.default_guidance_scale,
-        adapter.default_shift,
-    )
+    return Workload("Shapes (assets/shapes/sft)", adapter, resolve_settings(path, adapter))
 
 
 def speed_models() -> list[Workload]:
     mini = WanAdapter.tiny(seed=0, num_layers=8, num_heads=4, head_dim=64, ffn_dim=1024, text_dim=64)
-    return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, 33, 128, 128, 20, 5.0, 3.0)]
+    mini_settings = GenerationSettings(num_frames=33, height=128, width=128, steps=20, guidance=5.0, shift=3.0, fps=16)
+    return [shapes_workload(), Workload("mini Wan (8 layers, dim 256)", mini, mini_settings)]
 
 
 def _install(adapter: VideoModelAdapter, m: Method, steps: int | None = None):
@@ -179,7 +165,7 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
     shapes_txt = []
     for w in workloads:
         a = w.adapter
-        shape = a.latent_shape(1, w.num_frames, w.height, w.width)
+        shape = a.latent_shape(1, w.settings.num_frames, w.settings.height, w.settings.width)
         grid = a.latent_grid(shape)
         shapes_txt.append(f"{w.name}: latents {list(shape)}, token grid {grid} = {math.prod(grid)} tokens")
         x = initial_noise(shape, seed=0)
@@ -189,9 +175,9 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
         for r in range(repeats + 2):
             for m in rows:
                 handle = _install(a, m)
-                state.set_step(r % w.steps, w.steps, 0.5)
+                state.set_step(r % w.settings.steps, w.settings.steps, 0.5)
                 t0 = time.perf_counter()
-                a.predict_velocity(x, 0.5, cond, uncond, w.guidance)
+                a.predict_velocity(x, 0.5, cond, uncond, w.settings.guidance)
                 dt = time.perf_counter() - t0
                 state.clear_step()
                 if handle is not None:
@@ -211,7 +197,7 @@ def speed(rows: list[Method], workloads: list[Workload], repeats: int) -> str:
 
 def _score(
     adapter: VideoModelAdapter,
-    kw: dict,
+    settings: GenerationSettings,
     items: list[dict],
     seeds: int,
     batch: int,
@@ -219,26 +205,19 @@ def _score(
     baseline: dict[tuple[int, int], torch.Tensor],
     is_baseline: bool,
 ) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Sample and score the held-out items (prompt i, seed k → noise seed 1000·k + i): verifier success, graded
+    """Sample and score the held-out items (`vidpost.evaluation.shapes`' seeding): verifier success, graded
     score, `temporal`, and PSNR against `baseline` (which the baseline row fills instead)."""
-    from vidpost.pipelines.shapes_eval import verify_rows
-
-    shape = adapter.latent_shape(1, kw["num_frames"], kw["height"], kw["width"])
     succ, score, temp, psnrs = [], [], [], []
-    for k in range(seeds):
-        for s in range(0, len(items), batch):
-            idx = list(range(s, min(s + batch, len(items))))
-            noise = torch.cat([initial_noise(shape, seed=1000 * k + i) for i in idx])
-            videos = sample(adapter, [items[i]["caption"] for i in idx], **kw, seed=0, latents=noise)
-            res = verify_rows(videos, [items[i]["spec"] for i in idx])
-            succ += [float(r["success"]) for r in res]
-            score += [r["score"] for r in res]
-            temp += temporal(videos, [items[i]["caption"] for i in idx]).score.tolist()
-            for j, i in enumerate(idx):
-                if is_baseline:
-                    baseline[(k, i)] = videos[j]
-                else:
-                    psnrs.append(psnr(videos[j], baseline[(k, i)]))
+    captions = [it["caption"] for it in items]
+    for k, idx, _, videos, res in sample_and_verify(adapter, settings, items, captions, seeds=seeds, batch_size=batch):
+        succ += [float(r["success"]) for r in res]
+        score += [r["score"] for r in res]
+        temp += temporal(videos, [captions[i] for i in idx]).score.tolist()
+        for j, i in enumerate(idx):
+            if is_baseline:
+                baseline[(k, i)] = videos[j]
+            else:
+                psnrs.append(psnr(videos[j], baseline[(k, i)]))
     return succ, score, temp, psnrs
 
 
@@ -258,17 +237,9 @@ def model_quality(specs: list[str], limit: int | None, seeds: int, batch: int) -
         a = load(path)
         if impl:  # e.g. "shapes:lit": the dense weights with that attention installed, untrained
             install_attention(a, AttentionConfig(impl))
-        gen = read_vidpost_config(path)["generation"]
-        kw = dict(
-            num_frames=gen["num_frames"],
-            height=gen["height"],
-            width=gen["width"],
-            num_inference_steps=gen["steps"],
-            guidance_scale=a.default_guidance_scale,
-            shift=a.default_shift,
-        )
+        settings = resolve_settings(path, a)
         t0 = time.time()
-        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, spec == specs[0])
+        succ, score, temp, psnrs = _score(a, settings, items, seeds, batch, temporal, baseline, spec == specs[0])
         n = len(succ)
         pv = f"{statistics.mean(psnrs):.2f}" if psnrs else "—"
         out.append(
@@ -298,23 +269,17 @@ def quality(rows: list[Method], limit: int | None, seeds: int, batch: int) -> st
     w = shapes_workload()
     a = w.adapter
     temporal = build_reward("temporal")
-    shape = a.latent_shape(1, w.num_frames, w.height, w.width)
-    kw = dict(
-        num_frames=w.num_frames,
-        height=w.height,
-        width=w.width,
-        num_inference_steps=w.steps,
-        guidance_scale=w.guidance,
-        shift=w.shift,
-    )
+    shape = a.latent_shape(1, w.settings.num_frames, w.settings.height, w.settings.width)
+    settings = w.settings
+    kw = settings.sample_kwargs()
     baseline: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for m in rows:
-        handle = _install(a, m, w.steps)
+        handle = _install(a, m, w.settings.steps)
         # one untimed generation first: torch.compile compiles, caches allocate (same for every row)
         sample(a, [items[0]["caption"]], **kw, seed=0, latents=initial_noise(shape, seed=0))
         t0 = time.time()
-        succ, score, temp, psnrs = _score(a, kw, items, seeds, batch, temporal, baseline, m.is_baseline)
+        succ, score, temp, psnrs = _score(a, settings, items, seeds, batch, temporal, baseline, m.is_baseline)
         if handle is not None:
             handle.remove()
         n = len(succ)

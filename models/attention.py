@@ -270,10 +270,6 @@ class AttentionConfig:
         return self.implementation == "sdpa" and not self.options and self.eav is None
 
 
-EnhanceAVideoConfig = EavConfig
-"""Old name of `EavConfig`, kept while callers move to the new one."""
-
-
 # ---- processors ----------------------------------------------------------------------------------------------
 class _VideoAttnProcessor(torch.nn.Module):
     """Shared part of the family processors: context, implementation call, Enhance-A-Video gain."""
@@ -529,7 +525,6 @@ __all__ = [
     "AttentionHandle",
     "AttentionState",
     "EavConfig",
-    "EnhanceAVideoConfig",
     "HunyuanVideoAttnProcessor",
     "WanVideoAttnProcessor",
     "attention_sites",

@@ -3,7 +3,8 @@
     vidpost best-of-n --model shapes --prompt "a red circle moves to the right" -n 8 --reward verifier --out out/
     vidpost best-of-n --model PATH --prompts prompts.txt -n 16 --reward hps --reward-config rewards.yaml
 
-Candidate k of prompt p uses seed `seed + 1000·p + k`, so a run is reproducible and the best candidate can be
+Candidate k of prompt p uses seed `seed + p + k·100003` (`vidpost.evaluation.seeds`, the rule of every
+command), so a run is reproducible and the best candidate can be
 regenerated alone. Writes `<out>/<index>_<slug>.mp4` (the winner), `candidates.png` (all N per prompt, the
 winner marked) and `best_of_n.json` (every candidate's score and components, the chosen index).
 """
@@ -19,10 +20,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.evaluation.generate import sample_batches
+from vidpost.evaluation.prompts import slug
+from vidpost.evaluation.score import load_reward_spec
+from vidpost.evaluation.seeds import prompt_seed, video_seed
+from vidpost.evaluation.settings import GenerationSettings, resolve_settings, user_settings
 from vidpost.models import ModelPathError, load, resolve_model_path
-from vidpost.models.base import read_vidpost_config
-from vidpost.models.sampling import sample
-from vidpost.pipelines.generate import FALLBACK_DEFAULTS, slug
 
 
 def best_of_n(
@@ -31,12 +34,7 @@ def best_of_n(
     reward,
     *,
     n: int,
-    num_frames: int,
-    height: int,
-    width: int,
-    steps: int,
-    guidance_scale: float,
-    shift: float,
+    settings: GenerationSettings,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
@@ -44,30 +42,17 @@ def best_of_n(
     """For each prompt: {prompt, best, scores[N], components{name: [N]}, video (the winner [C, T, H, W])}."""
     results = []
     for p_idx, prompt in enumerate(tqdm(prompts, desc="best-of-n", disable=not progress)):
-        videos = []
-        for start in range(0, n, batch_size):
-            for k in range(start, min(start + batch_size, n)):
-                videos.append(
-                    sample(
-                        adapter,
-                        [prompt],
-                        num_frames=num_frames,
-                        height=height,
-                        width=width,
-                        num_inference_steps=steps,
-                        guidance_scale=guidance_scale,
-                        shift=shift,
-                        seed=seed + 1000 * p_idx + k,
-                    ).cpu()
-                )
-        batch = torch.cat(videos)
+        seeds = [video_seed(prompt_seed(None, seed, p_idx), k) for k in range(n)]
+        batch = torch.cat(
+            [v.cpu() for _, v, _ in sample_batches(adapter, [prompt] * n, seeds, settings, batch_size=batch_size)]
+        )
         out = reward(batch, [prompt] * n)
         best = int(torch.argmax(out.score))
         results.append(
             {
                 "prompt": prompt,
                 "best": best,
-                "seeds": [seed + 1000 * p_idx + k for k in range(n)],
+                "seeds": seeds,
                 "scores": out.score.tolist(),
                 "components": {k: v.tolist() for k, v in out.components.items()},
                 "video": batch[best],
@@ -88,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward", default="verifier", help="comma-separated reward names (weights from --reward-config)")
     p.add_argument("--reward-config", type=Path, help="YAML/JSON reward spec (name → weight or options)")
     p.add_argument("--out", type=Path, default=Path("outputs/best_of_n"))
-    p.add_argument("--frames", type=int)
+    p.add_argument("--frames", "--num-frames", dest="num_frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--shift", type=float)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="candidates sampled together")
     args = p.parse_args(argv)
     if args.n < 1:
         print("error: -n must be ≥ 1", file=sys.stderr)
@@ -102,13 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from vidpost.rewards.base import build_rewards
 
-        spec: dict[str, Any] = {name.strip(): 1.0 for name in args.reward.split(",") if name.strip()}
-        if args.reward_config:
-            import yaml
-
-            loaded = yaml.safe_load(args.reward_config.read_text()) or {}
-            loaded = loaded.get("rewards", loaded)
-            spec = {k: loaded.get(k, v) for k, v in spec.items()} if args.reward else loaded
+        spec = load_reward_spec(args.reward, args.reward_config)
         reward = build_rewards(spec)
         model_dir = resolve_model_path(args.model)
         adapter = load(model_dir, lora=args.lora)
@@ -116,26 +96,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     prompts = args.prompt or [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
-    gen = {**FALLBACK_DEFAULTS, **read_vidpost_config(model_dir).get("generation", {})}
+    try:
+        settings = resolve_settings(model_dir, adapter, **user_settings(args))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     results = best_of_n(
-        adapter,
-        prompts,
-        reward,
-        n=args.n,
-        num_frames=args.frames or gen["num_frames"],
-        height=args.height or gen["height"],
-        width=args.width or gen["width"],
-        steps=args.steps or gen["steps"],
-        guidance_scale=args.guidance if args.guidance is not None else adapter.default_guidance_scale,
-        shift=args.shift if args.shift is not None else adapter.default_shift,
-        seed=args.seed,
+        adapter, prompts, reward, n=args.n, settings=settings, seed=args.seed, batch_size=args.batch_size
     )
     from vidpost.media.video_io import contact_sheet, write_video
 
     args.out.mkdir(parents=True, exist_ok=True)
     sheet, labels = [], []
     for i, r in enumerate(results):
-        write_video(args.out / f"{i:03d}_{slug(r['prompt'])}.mp4", r["video"], fps=gen["fps"])
+        write_video(args.out / f"{i:03d}_{slug(r['prompt'])}.mp4", r["video"], fps=settings.fps)
         for k, v in enumerate(r["candidates"]):
             sheet.append(v)
             labels.append(f"{'* ' if k == r['best'] else ''}{r['prompt'][:40]} [{r['scores'][k]:.3f}]")

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8, help="held-out prompts to generate")
     p.add_argument("--model", default="shapes")
     args = p.parse_args(argv)
+    from vidpost.evaluation.shapes import verify_rows
     from vidpost.media.video_io import contact_sheet, write_video
     from vidpost.models import ModelPathError, resolve_model_path
-    from vidpost.pipelines.shapes_eval import verify_rows
     from vidpost.shapes.splits import heldout_prompts
     from vidpost.shapes.world import SceneSpec, render
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {e}\n-> showing the Shapes world's ground-truth clips for the same prompts instead.\n")
         have_model = False
     if have_model:
-        from vidpost.pipelines.shapes_eval import evaluate_model
+        from vidpost.evaluation.shapes import evaluate_model
 
         r = evaluate_model(args.model, items, seeds=1)
         videos, results = r["videos"], r["records"]

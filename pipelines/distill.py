@@ -51,7 +51,7 @@ from vidpost.models.attention import AttentionConfig, attention_sites, install_a
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas, initial_noise
-from vidpost.pipelines.grpo import load_prompt_pool
+from vidpost.rl.prompts import load_prompt_pool
 from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.lora import upcast_trainable

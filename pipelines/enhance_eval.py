@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vidpost.pipelines.shapes_eval import ATTRIBUTES, evaluate_model, wilson
+from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model
+from vidpost.evaluation.stats import wilson
 
 ZERO_SHOT = ("zero-shot", "default")
 

@@ -4,7 +4,7 @@
     python generate.py --prompts-file prompts.txt --model /path/to/Wan2.1-T2V-1.3B-Diffusers --out outputs/batch/
     vidpost generate ...   (same arguments)
 
-Each prompt i is generated from its own noise, drawn with seed + i, so a prompt's video does not depend on which
+Each prompt i is generated from its own noise, drawn with seed + i (`vidpost.evaluation.seeds`), so a prompt's video does not depend on which
 other prompts share its batch. Sizes are checked before sampling starts: a frame count or resolution the model
 cannot generate exactly is an error naming the nearest valid values. Defaults for size and steps come from the
 model's `vidpost.json` when it has them (the Shapes world models do), else from the Wan 480p recipe.
@@ -14,18 +14,17 @@ video is generated from the rewrite, its JSON records both prompts, and file nam
 
 Inference optimisation (`vidpost.models.attention`): `--attention NAME` picks the attention implementation of the
 video self-attention layers (`sdpa` default, `flash`, or any registered one), `--attention-layers 0,2` limits it to
-those layers (the others keep SDPA), `--enhance-a-video W` turns on Enhance-A-Video with weight W (`--eav-steps`,
+those layers (the others keep SDPA), `--eav W` turns on Enhance-A-Video with weight W (`--eav-steps`,
 `--eav-layers`, `--eav-branches` restrict it). `--attention-config FILE` reads the same settings from the
 `attention:` section of a YAML file (an `AttentionConfig`); the flags override it.
 
-    python generate.py --prompt "a red circle moves to the right" --enhance-a-video 4 --eav-steps 0:10
+    python generate.py --prompt "a red circle moves to the right" --eav 4 --eav-steps 0:10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,14 +32,13 @@ from pathlib import Path
 import torch
 
 from vidpost.config import from_dict, read_yaml, to_dict
+from vidpost.evaluation.generate import DTYPES, default_dtype, sample_batches
+from vidpost.evaluation.prompts import slug
+from vidpost.evaluation.seeds import prompt_seed, video_seed
+from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
-from vidpost.models.base import VideoModelAdapter, read_vidpost_config
-from vidpost.models.sampling import initial_noise, sample
-
-FALLBACK_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "steps": 50, "fps": 16}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +79,7 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
         "--attention-option", action="append", default=[], help="KEY=VALUE option for the implementation (repeat)"
     )
     g.add_argument("--attention-config", type=Path, help="YAML file whose `attention:` section is an AttentionConfig")
-    g.add_argument("--enhance-a-video", type=float, metavar="WEIGHT", help="Enhance-A-Video with this weight (e.g. 4)")
+    g.add_argument("--eav", type=float, metavar="WEIGHT", help="Enhance-A-Video with this weight (e.g. 4)")
     g.add_argument("--eav-layers", help="comma-separated layers Enhance-A-Video applies to (default: all)")
     g.add_argument("--eav-steps", help="START:END — enhance denoising steps in [START, END) (END may be empty)")
     g.add_argument("--eav-branches", help="CFG branches to enhance: cond, uncond or cond,uncond (default both)")
@@ -134,10 +132,10 @@ def attention_config(args: argparse.Namespace) -> AttentionConfig | None:
         key, value = opt.split("=", 1)
         data.setdefault("options", {})[key.strip()] = yaml.safe_load(value)
     eav_flags = (args.eav_layers, args.eav_steps, args.eav_branches)
-    if args.enhance_a_video is not None or any(f is not None for f in eav_flags):
-        eav = dict(data.get("enhance_a_video") or {})
-        if args.enhance_a_video is not None:
-            eav["weight"] = args.enhance_a_video
+    if args.eav is not None or any(f is not None for f in eav_flags):
+        eav = dict(data.get("eav") or {})
+        if args.eav is not None:
+            eav["weight"] = args.eav
         if args.eav_layers:
             eav["layers"] = _int_list(args.eav_layers, "--eav-layers")
         if args.eav_steps:
@@ -148,7 +146,7 @@ def attention_config(args: argparse.Namespace) -> AttentionConfig | None:
             eav["step_end"] = int(end) if end.strip() else None
         if args.eav_branches:
             eav["branches"] = [b.strip() for b in args.eav_branches.split(",") if b.strip()]
-        data["enhance_a_video"] = eav
+        data["eav"] = eav
     if not data:
         return None
     return from_dict(AttentionConfig, data, prefix="attention.")
@@ -185,30 +183,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def slug(text: str, n: int = 40) -> str:
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return s[:n].rstrip("-") or "video"
-
-
 def output_paths(out: Path, prompts: list[str]) -> list[Path]:
     if len(prompts) == 1 and out.suffix in (".mp4", ".gif"):
         return [out]
     folder = out.with_suffix("") if out.suffix in (".mp4", ".gif") else out
     return [folder / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(prompts)]
-
-
-def resolve_settings(args: argparse.Namespace, adapter: VideoModelAdapter, model_dir: Path) -> dict:
-    defaults = {**FALLBACK_DEFAULTS, **read_vidpost_config(model_dir).get("generation", {})}
-    s = {
-        "num_frames": args.num_frames or defaults["num_frames"],
-        "height": args.height or defaults["height"],
-        "width": args.width or defaults["width"],
-        "num_inference_steps": args.steps or defaults["steps"],
-        "guidance_scale": args.guidance if args.guidance is not None else adapter.default_guidance_scale,
-        "shift": args.shift if args.shift is not None else adapter.default_shift,
-    }
-    adapter.validate_size(s["num_frames"], s["height"], s["width"])
-    return s | {"fps": args.fps or defaults["fps"]}
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -218,48 +197,36 @@ def generate(args: argparse.Namespace) -> list[Path]:
     if args.enhance or args.enhancer:
         enhanced = enhance_prompts(prompts, args.enhancer, args.device)
         prompts = [e["text"] for e in enhanced]
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
     t0 = time.time()
     attention = attention_config(args)
     adapter = load(model_dir, dtype=dtype, device=args.device, lora=args.lora)
     if attention is not None:
         install_attention(adapter, attention)
-    settings = resolve_settings(args, adapter, model_dir)
+    settings = resolve_settings(model_dir, adapter, **user_settings(args))
     extra = inference_settings(args)
     if extra:
         from vidpost.models.inference import apply_inference
 
-        apply_inference(adapter, extra, num_inference_steps=settings["num_inference_steps"])
-    fps = settings.pop("fps")
+        apply_inference(adapter, extra, num_inference_steps=settings.steps)
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
     paths = output_paths(args.out, originals)
+    seeds = [video_seed(prompt_seed(None, args.seed, i), 0) for i in range(len(prompts))]
     videos = []
-    for start in range(0, len(prompts), args.batch_size):
-        chunk = prompts[start : start + args.batch_size]
-        shape = adapter.latent_shape(1, settings["num_frames"], settings["height"], settings["width"])
-        noise = torch.cat(
-            [initial_noise(shape, seed=args.seed + start + j, device=adapter.device) for j in range(len(chunk))]
-        )
-        t1 = time.time()
-        out = sample(
-            adapter,
-            chunk,
-            **settings,
-            seed=args.seed + start,
-            negative_prompt=args.negative_prompt,
-            latents=noise,
-            progress=not args.no_progress,
-        )
-        dt = (time.time() - t1) / len(chunk)
+    batches = sample_batches(
+        adapter, prompts, seeds, settings, batch_size=args.batch_size, step_progress=not args.no_progress
+    )
+    for start, out, seconds in batches:
+        dt = seconds / len(out)
         for j, video in enumerate(out.cpu()):
             i = start + j
             path = paths[i]
-            write_video(path, video, fps=fps)
+            write_video(path, video, fps=settings.fps)
             contact_sheet(video, path.with_suffix(".png"), labels=[originals[i]])
-            meta = {"prompt": prompts[i], "seed": args.seed + i, "model": str(model_dir), "lora": args.lora}
+            meta = {"prompt": prompts[i], "seed": seeds[i], "model": str(model_dir), "lora": args.lora}
             if enhanced is not None:
                 meta |= {"original_prompt": originals[i], "enhance": enhanced[i]}
-            meta |= {**settings, "fps": fps}
+            meta |= settings.record()
             if attention is not None:
                 meta["attention"] = to_dict(attention)
             if extra:

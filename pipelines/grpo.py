@@ -369,6 +369,7 @@ def finish(run: _Run, history: list[dict[str, float]], stopped: str | None) -> G
         (out_dir / "history.json").write_text(json.dumps(history) + "\n")
         (out_dir / "guard.json").write_text(json.dumps(run.guard.history, indent=1) + "\n")
         plot_rl_curves(history, run.guard.history, out_dir / "curves.png")
+        result.write(out_dir)
     if hasattr(run.rewards, "close"):
         run.rewards.close()
     acc.end_training()

@@ -43,121 +43,17 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vidpost.config import field_docs, load_config, to_dict
+from vidpost.evaluation.stages import describe, evaluate, write_report
+from vidpost.pipelines.run_config import PipelineConfig, State
 from vidpost.training.runner import ExitCode, TrainResult
 
 STAGES = ("base", "data", "sft", "grpo", "enhance", "optimize")
-
-
-# ---- configuration ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataStage:
-    enabled: bool = True
-    shapes_clips: int = 0
-    """export this many Shapes train-split clips (mp4 + manifest) into the run; 0: use `manifest`"""
-    manifest: str = ""
-    """an existing JSONL/CSV manifest of {video, caption} (real data); used when shapes_clips is 0"""
-
-
-@dataclass
-class TrainStage:
-    enabled: bool = True
-    config: str = ""
-    """the stage's YAML (e.g. configs/shapes/sft-lora.yaml); model/data/output paths are set by the pipeline"""
-    overrides: list[str] = field(default_factory=list)
-    """dotted overrides applied to that YAML (e.g. train.max_steps=200)"""
-
-
-@dataclass
-class EnhanceStage:
-    enabled: bool = True
-    enhancer: str = ""
-    """use this enhancer without training: a causal LM folder, a .gguf file, or "zero-shot" (default SmolLM2)"""
-    sft: str = ""
-    """`vidpost enhance-train sft` YAML (trains a rewriter; ignored when `enhancer` is set)"""
-    sft_overrides: list[str] = field(default_factory=list)
-    grpo: str = ""
-    """optional `vidpost enhance-train grpo` YAML run after sft, against the current video model"""
-    grpo_overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
-class OptimizeStage:
-    enabled: bool = True
-    inference: dict[str, Any] = field(default_factory=dict)
-    """inference settings applied when generating: attention (implementation, layers, options,
-    enhance_a_video), cache, compile — see `vidpost.models.inference`"""
-
-
-@dataclass
-class EvalConfig:
-    prompts: str = "shapes-heldout"
-    """"shapes-heldout" or a prompts file (txt / JSON / JSONL of {id, prompt, caption?, seed?})"""
-    limit: int | None = 32
-    """evaluate the first N prompts (null: all)"""
-    rewards: dict[str, Any] = field(default_factory=lambda: {"verifier": 1.0})
-    """reward spec (name → weight or options, as `vidpost eval`), scored against the caption / user prompt"""
-    guard: dict[str, Any] = field(default_factory=dict)
-    """the guard metric: a reward spec that no stage trains on (empty: none)"""
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    shift: float | None = None
-    """generation settings (null: the model's defaults)"""
-    batch_size: int = 8
-    grid_videos: int = 6
-    """videos per stage kept for the report's side-by-side grid"""
-
-
-@dataclass
-class LaunchConfig:
-    processes: int = 1
-    """processes for the sft and grpo stages (>1: `accelerate launch`)"""
-    accelerate_config: str = ""
-    """accelerate config file for those stages (e.g. configs/accelerate/fsdp.yaml)"""
-    extra_args: list[str] = field(default_factory=list)
-    """more `accelerate launch` arguments (e.g. --cpu, --main_process_port 29511)"""
-
-
-@dataclass
-class PipelineConfig:
-    name: str = "pipeline"
-    run_dir: str = "runs/pipeline"
-    model: str = "shapes-base"
-    """the starting model: a diffusers-format folder or preset"""
-    device: str = ""
-    """cuda or cpu for evaluation and in-process stages; empty: cuda when available"""
-    data: DataStage = field(default_factory=DataStage)
-    sft: TrainStage = field(default_factory=TrainStage)
-    grpo: TrainStage = field(default_factory=TrainStage)
-    enhance: EnhanceStage = field(default_factory=EnhanceStage)
-    optimize: OptimizeStage = field(default_factory=OptimizeStage)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
-
-
-@dataclass
-class State:
-    """What one stage hands to the next."""
-
-    model: str
-    lora: str | None = None
-    enhancer: str | None = None
-    inference: dict[str, Any] = field(default_factory=dict)
-    manifest: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 # ---- hashing and records --------------------------------------------------------------------------------------
@@ -263,9 +159,9 @@ def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bo
     return State(model=str(merged), manifest=state.manifest)
 
 
-def _grpo_weights(result: TrainResult | dict[str, Any] | None, out: Path) -> tuple[Path, bool]:
+def _grpo_weights(result: TrainResult | None, out: Path) -> tuple[Path, bool]:
     """(the weights the GRPO stage hands on: its guard's best or its final ones; whether they are a LoRA), from its
-    TrainResult or stage record; a result without either (a plain dict) falls back to the files in `out`."""
+    TrainResult, else (a launched multi-process run) its stage record, else the files in `out`."""
     if result is None and (out / TrainResult.RECORD).exists():
         result = TrainResult.read(out)
     if isinstance(result, TrainResult):
@@ -288,9 +184,8 @@ def run_grpo(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: b
     else:
         gcfg = load_config(grpo.GRPOConfig, config, overrides)
         result = grpo.train(gcfg, resume="latest" if resume else None)
-        stopped = result.extra.get("stopped") if isinstance(result, TrainResult) else result.get("stopped")
-        if stopped:
-            print(f"grpo: {stopped}", file=sys.stderr)
+        if result.stopped:
+            print(f"grpo: {result.stopped}", file=sys.stderr)
     weights, is_lora = _grpo_weights(result, out)
     if not is_lora:
         return State(model=str(weights), manifest=state.manifest)  # full fine-tuning
@@ -389,216 +284,7 @@ def validate(cfg: PipelineConfig, base: Path) -> list[str]:
     return problems
 
 
-# ---- evaluation ----------------------------------------------------------------------------------------------------
-
-
-def eval_items(ecfg: EvalConfig) -> list[dict[str, Any]]:
-    """Held-out items: {id, prompt (what a user types), caption (canonical text, or None), spec (or None), seed}."""
-    if ecfg.prompts == "shapes-heldout":
-        from vidpost.shapes.splits import heldout_prompts
-
-        raw = heldout_prompts()
-        items = [
-            {"id": it["id"], "prompt": it["prompt_user"], "caption": it["caption"], "spec": it["spec"], "seed": i}
-            for i, it in enumerate(raw)
-        ]
-    else:
-        from vidpost.pipelines.eval import load_prompts
-
-        items = [
-            {
-                "id": it["id"],
-                "prompt": it["prompt"],
-                "caption": None,
-                "spec": None,
-                "seed": i if it["seed"] is None else it["seed"],
-            }
-            for i, it in enumerate(load_prompts(ecfg.prompts))
-        ]
-    return items[: ecfg.limit] if ecfg.limit else items
-
-
-@torch.no_grad()
-def evaluate(state: State, ecfg: EvalConfig, out: Path, device: str) -> dict[str, Any]:
-    """Generate and score the held-out prompts with `state` → the stage's report row (also `out/eval.json`)."""
-    from safetensors.torch import save_file
-
-    from vidpost.media.video_io import contact_sheet
-    from vidpost.models import load, resolve_model_path
-    from vidpost.models.inference import apply_inference
-    from vidpost.models.sampling import initial_noise, sample
-    from vidpost.pipelines.generate import resolve_settings
-    from vidpost.pipelines.shapes_eval import verify_rows
-    from vidpost.rewards.base import build_rewards
-
-    items = eval_items(ecfg)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    adapter = load(state.model, lora=state.lora, device=device, dtype=dtype)
-    handle = apply_inference(adapter, state.inference)
-    ns = argparse.Namespace(
-        num_frames=ecfg.num_frames,
-        height=ecfg.height,
-        width=ecfg.width,
-        steps=ecfg.steps,
-        guidance=ecfg.guidance,
-        shift=ecfg.shift,
-        fps=None,
-    )
-    settings = resolve_settings(ns, adapter, resolve_model_path(state.model))
-    settings.pop("fps")
-    shape = adapter.latent_shape(1, settings["num_frames"], settings["height"], settings["width"])
-    rewards = build_rewards(ecfg.rewards) if ecfg.rewards else None
-    guard = build_rewards(ecfg.guard) if ecfg.guard else None
-
-    user = [it["prompt"] for it in items]
-    rewrites = None
-    if state.enhancer:
-        from vidpost.enhance import Rewriter
-
-        rewriter = Rewriter.from_pretrained(None if state.enhancer in ("zero-shot", "default") else state.enhancer)
-        rewrites = [r.text for r in rewriter.rewrite(user, progress=True)]
-        del rewriter
-    sets = {"user": rewrites or user}
-    if all(it["caption"] for it in items):
-        sets = {"caption": [it["caption"] for it in items], **sets}
-    judge = [it["caption"] or it["prompt"] for it in items]
-    row: dict[str, Any] = {"n": len(items), "settings": settings}
-    grid = None
-    for name, texts in sets.items():
-        videos, seconds = [], 0.0
-        for start in range(0, len(items), ecfg.batch_size):
-            chunk = items[start : start + ecfg.batch_size]
-            noise = torch.cat([initial_noise(shape, seed=it["seed"], device=adapter.device) for it in chunk])
-            t0 = time.perf_counter()
-            v = sample(adapter, texts[start : start + len(chunk)], **settings, seed=0, latents=noise)
-            seconds += time.perf_counter() - t0
-            videos.append(v.float().cpu())
-        videos_t = torch.cat(videos)
-        metrics: dict[str, Any] = {"seconds_per_video": seconds / len(items)}
-        if rewards is not None:
-            r = rewards(videos_t, judge)
-            metrics["reward"] = float(r.score.mean())
-            metrics |= {f"reward.{k}": float(v.float().mean()) for k, v in r.components.items()}
-        if guard is not None:
-            metrics["guard"] = float(guard(videos_t, judge).score.mean())
-        if all(it["spec"] for it in items):
-            ver = verify_rows(videos_t, [it["spec"] for it in items])
-            metrics["success"] = sum(r["success"] for r in ver) / len(ver)
-            metrics["graded"] = sum(r["score"] for r in ver) / len(ver)
-        row[name] = metrics
-        labels = [t[:40] for t in texts[:8]]
-        contact_sheet(list(videos_t[:8]), out / f"sheet-{name}.png", labels=labels)
-        if grid is None or name == "user":
-            grid = videos_t[: ecfg.grid_videos]
-    if rewrites is not None:
-        row["rewrites"] = rewrites
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({"videos": (grid * 255).round().to(torch.uint8).contiguous()}, str(out / "grid.safetensors"))
-    handle.remove()
-    return row
-
-
-# ---- the report ----------------------------------------------------------------------------------------------------
-
-
-def _fmt(x: Any, pct: bool = False) -> str:
-    if x is None:
-        return "—"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-
-
-def report_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    has_caption = any("caption" in r["eval"] for r in rows)
-    reward_keys = sorted(
-        {k for r in rows for s in ("caption", "user") for k in r["eval"].get(s, {}) if k.startswith("reward.")}
-    )
-    reward_keys = [k for k in reward_keys if "/" not in k]  # named rewards, not their sub-components
-    head = ["stage", "what changed"]
-    sets = (["caption"] if has_caption else []) + ["user"]
-    for s in sets:
-        tag = "captions" if s == "caption" else "user prompts"
-        if any("success" in r["eval"].get(s, {}) for r in rows):
-            head += [f"success ({tag})", f"graded ({tag})"]
-        head += [f"{k} ({tag})" for k in reward_keys]
-        if any("guard" in r["eval"].get(s, {}) for r in rows):
-            head += [f"guard ({tag})"]
-    head += ["s / video", "stage time"]
-    body = []
-    for r in rows:
-        line = [r["stage"], r["what"]]
-        for s in sets:
-            m = r["eval"].get(s, {})
-            if any("success" in x["eval"].get(s, {}) for x in rows):
-                line += [_fmt(m.get("success"), True), _fmt(m.get("graded"))]
-            line += [_fmt(m.get(k)) for k in reward_keys]
-            if any("guard" in x["eval"].get(s, {}) for x in rows):
-                line += [_fmt(m.get("guard"))]
-        secs = r["eval"].get("user", {}).get("seconds_per_video")
-        line += [f"{secs:.2f}" if secs is not None else "—", f"{r['seconds']:.0f} s" if r.get("seconds") else "—"]
-        body.append(line)
-    return head, body
-
-
-def describe(stage: str, state: dict[str, Any]) -> str:
-    if stage == "base":
-        return f"`{state['model']}`"
-    if stage == "sft":
-        return f"SFT → `{Path(state['model']).parent.name}/{Path(state['model']).name}`"
-    if stage == "grpo":
-        return f"GRPO LoRA `{Path(state['lora']).name}`" if state.get("lora") else "GRPO (full)"
-    if stage == "enhance":
-        if not state.get("enhancer"):
-            return "no enhancer"
-        e = Path(state["enhancer"])
-        return f"rewriter `{e.parent.name}/{e.name}`" if e.parent.name else f"rewriter `{e}`"
-    if stage == "optimize":
-        return ", ".join(f"{k}: {v}" for k, v in state.get("inference", {}).items()) or "no settings"
-    return stage
-
-
-def write_report(run_dir: Path, cfg: PipelineConfig, rows: list[dict[str, Any]]) -> Path:
-    from safetensors.torch import load_file
-
-    from vidpost.pipelines.eval import make_gif
-
-    head, body = report_rows(rows)
-    md = [f"# {cfg.name}: staged run", "", f"Held-out prompts: `{cfg.eval.prompts}` (first {cfg.eval.limit}).", ""]
-    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md += ["| " + " | ".join(line) + " |" for line in body]
-    md += [
-        "",
-        "Captions: the canonical prompts (model quality); user prompts: what users type, rewritten by the",
-        "enhancer from the enhance stage on. Rewards and the verifier judge against the caption, never the rewrite.",
-    ]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
-
-    grids = [load_file(str(run_dir / r["stage"] / "eval" / "grid.safetensors"))["videos"] for r in rows]
-    k = min(g.shape[0] for g in grids)
-    # one animation: prompts as rows, stages as columns
-    cols = [torch.cat(list(g[:k].float() / 255), dim=2) for g in grids]  # each [3, T, k·H, W]
-    t = min(c.shape[1] for c in cols)
-    mosaic = torch.cat([c[:, :t] for c in cols], dim=3)
-    gif = make_gif(mosaic, size=min(96 * len(rows), 1024), frames=t)
-    (run_dir / "grid.gif").write_bytes(gif)
-    html = [
-        "<!doctype html><meta charset='utf-8'><title>vidpost staged run</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(-n+2){text-align:left}</style>",
-        f"<h1>{cfg.name}: staged run</h1><p>Held-out prompts: <code>{cfg.eval.prompts}</code> "
-        f"(first {cfg.eval.limit}). Run folder: <code>{run_dir}</code>.</p>",
-        "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>",
-    ]
-    html += ["<tr>" + "".join(f"<td>{c}</td>" for c in line) + "</tr>" for line in body]
-    html += ["</table>", "<h2>Videos, stages side by side</h2>"]
-    html += ["<p>" + " | ".join(r["stage"] for r in rows) + " (left to right); one held-out prompt per row.</p>"]
-    html += ["<img src='grid.gif' style='image-rendering:pixelated'>"]
-    html += ["<h2>Per stage</h2>"]
-    for r in rows:
-        sheets = sorted((run_dir / r["stage"] / "eval").glob("sheet-*.png"))
-        html += [f"<h3>{r['stage']}</h3>"] + [f"<img src='{p.relative_to(run_dir)}' width='720'>" for p in sheets]
-    (run_dir / "report.html").write_text("\n".join(html) + "\n")
-    return run_dir / "report.md"
-
+# ---- evaluation (the evaluation core's, `vidpost.evaluation.stages`) ------------------------------------------
 
 # ---- the runner ----------------------------------------------------------------------------------------------------
 

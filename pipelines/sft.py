@@ -211,7 +211,7 @@ def run_validation(
     metrics: dict[str, float] = {}
     labels = list(prompts)
     if specs is not None:
-        from vidpost.pipelines.shapes_eval import ATTRIBUTES, verify_rows
+        from vidpost.evaluation.shapes import ATTRIBUTES, verify_rows
 
         results = verify_rows(videos, specs)
         for key in ("success", *ATTRIBUTES):

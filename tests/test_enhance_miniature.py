@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from vidpost.enhance import Rewriter
 from vidpost.enhance.miniature import REWRITER_SETTINGS, build_miniature, resolve_miniature, shapes_vocabulary
 from vidpost.pipelines import enhance_eval, enhance_train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_sft_from_miniature_then_enhance_eval_table(tmp_path, monkeypatch, capsy
         [
             "sft",
             "--config",
-            "configs/shapes/enhance-sft-mini.yaml",
+            str(ROOT / "configs/shapes/enhance-sft-mini.yaml"),
             f"output_dir={out}",
             "train.max_steps=3",
             "train.batch_size=4",

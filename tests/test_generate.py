@@ -113,22 +113,22 @@ def test_attention_flags_and_config_file(tiny_wan_dir, tmp_path):
         return attention_config(build_parser().parse_args(["--prompt", "x", *argv]))
 
     assert cfg() is None
-    c = cfg("--attention", "flash", "--attention-layers", "0,1", "--enhance-a-video", "4", "--eav-steps", "2:")
+    c = cfg("--attention", "flash", "--attention-layers", "0,1", "--eav", "4", "--eav-steps", "2:")
     assert (c.implementation, c.layers) == ("flash", [0, 1])
-    assert (c.enhance_a_video.weight, c.enhance_a_video.step_start, c.enhance_a_video.step_end) == (4.0, 2, None)
+    assert (c.eav.weight, c.eav.step_start, c.eav.step_end) == (4.0, 2, None)
     yml = tmp_path / "attn.yaml"
-    yml.write_text("attention:\n  enhance_a_video:\n    weight: 2\n    branches: [cond]\n    layer_weights: {1: 0}\n")
+    yml.write_text("attention:\n  eav:\n    weight: 2\n    branches: [cond]\n    layer_weights: {1: 0}\n")
     c = cfg("--attention-config", str(yml), "--eav-layers", "1")
-    assert c.implementation == "sdpa" and c.enhance_a_video.branches == ["cond"]
-    assert c.enhance_a_video.layers == [1] and c.enhance_a_video.layer_weights == {1: 0.0}
-    yml.write_text("attention:\n  enhance_a_video:\n    wieght: 2\n")
-    with pytest.raises(ValueError, match="attention.enhance_a_video.wieght"):
+    assert c.implementation == "sdpa" and c.eav.branches == ["cond"]
+    assert c.eav.layers == [1] and c.eav.layer_weights == {1: 0.0}
+    yml.write_text("attention:\n  eav:\n    wieght: 2\n")
+    with pytest.raises(ValueError, match="attention.eav.wieght"):
         cfg("--attention-config", str(yml))
     out = tmp_path / "eav.mp4"
     argv = ["--prompt", "a red circle", "--model", str(tiny_wan_dir), "--out", str(out), *SIZE]
-    assert main([*argv, "--enhance-a-video", "4", "--eav-branches", "cond", "--attention-layers", "0"]) == 0
+    assert main([*argv, "--eav", "4", "--eav-branches", "cond", "--attention-layers", "0"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["attention"]["enhance_a_video"]["weight"] == 4.0 and meta["attention"]["layers"] == [0]
+    assert meta["attention"]["eav"]["weight"] == 4.0 and meta["attention"]["layers"] == [0]
     assert main([*argv, "--attention", "nope"]) == 2
 
 

@@ -14,7 +14,10 @@ from vidpost.config import load_config
 from vidpost.pipelines import run as pipeline
 from vidpost.training.runner import TrainResult
 
-CONFIGS = sorted(Path("configs").glob("*/pipeline.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT / "configs" / "shapes"
+PIPELINE = str(SHAPES / "pipeline.yaml")
+CONFIGS = sorted((ROOT / "configs").glob("*/pipeline.yaml"))
 
 TINY = [
     "data.shapes_clips=8",
@@ -30,7 +33,7 @@ TINY = [
 
 
 def tiny_cfg(run_dir: Path, *extra: str) -> pipeline.PipelineConfig:
-    return load_config(pipeline.PipelineConfig, "configs/shapes/pipeline.yaml", [f"run_dir={run_dir}", *TINY, *extra])
+    return load_config(pipeline.PipelineConfig, PIPELINE, [f"run_dir={run_dir}", *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def tiny_run(tmp_path_factory):
 
     os.environ.setdefault("VIDPOST_CACHE", str(tmp_path_factory.mktemp("cache")))
     run_dir = tmp_path_factory.mktemp("pipeline")
-    result = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"))
+    result = pipeline.run(tiny_cfg(run_dir), SHAPES)
     return run_dir, result
 
 
@@ -56,11 +59,11 @@ def test_every_pipeline_config_validates_and_dry_runs(capsys):
 
 
 def test_bad_configs_are_refused_with_the_key(tmp_path, capsys):
-    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "sft.bogus=1"]) == 2
+    assert pipeline.main([PIPELINE, "--dry-run", "sft.bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "sft.overrides=[train.nope=3]"]) == 2
+    assert pipeline.main([PIPELINE, "--dry-run", "sft.overrides=[train.nope=3]"]) == 2
     assert "nope" in capsys.readouterr().err
-    assert pipeline.main(["configs/shapes/pipeline.yaml", "--dry-run", "eval.rewards={nosuch: 1}"]) == 2
+    assert pipeline.main([PIPELINE, "--dry-run", "eval.rewards={nosuch: 1}"]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert pipeline.main([str(tmp_path / "missing.yaml")]) == 2
 
@@ -106,7 +109,7 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
 
     for name, fn in list(pipeline.RUNNERS.items()):
         spy(name, fn)
-    again = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"))
+    again = pipeline.run(tiny_cfg(run_dir), SHAPES)
     assert calls == [] and all(a == "skip (done)" for _, _, a in again["plan"])
     assert again["rows"][2]["eval"] == first["rows"][2]["eval"]  # evaluations reused too
 
@@ -116,7 +119,7 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
         "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,"
         "rollout.prompts_per_step=1,rollout.steps=2,train.micro_batch=2,checkpoint.every=0,optim.lr=1e-5]",
     )
-    plan = pipeline.run(changed, Path("configs/shapes"), dry=True)["plan"]
+    plan = pipeline.run(changed, SHAPES, dry=True)["plan"]
     assert [a for _, _, a in plan] == ["skip (done)"] * 3 + ["run"] * 3
 
     # --from reruns that stage and the later ones; an interrupted stage (no record) resumes
@@ -129,16 +132,16 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
         return state
 
     monkeypatch.setitem(pipeline.RUNNERS, "optimize", record_resume)
-    res = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), stop="optimize")
+    res = pipeline.run(tiny_cfg(run_dir), SHAPES, stop="optimize")
     assert seen["resume"] is True
     assert [a for _, _, a in res["plan"]] == ["skip (done)"] * 5 + ["run"]
     calls.clear()
-    plan = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), start="enhance", dry=True)["plan"]
+    plan = pipeline.run(tiny_cfg(run_dir), SHAPES, start="enhance", dry=True)["plan"]
     assert [a for _, _, a in plan] == ["skip (done)"] * 4 + ["run"] * 2
 
 
 def res_hash(run_dir: Path, stage: str) -> str:
-    plan = pipeline.run(tiny_cfg(run_dir), Path("configs/shapes"), dry=True)["plan"]
+    plan = pipeline.run(tiny_cfg(run_dir), SHAPES, dry=True)["plan"]
     return next(h for name, h, _ in plan if name == stage)
 
 
@@ -159,14 +162,14 @@ def test_interrupted_stage_with_another_config_starts_over(tmp_path, monkeypatch
     monkeypatch.setitem(pipeline.RUNNERS, "optimize", record)
     monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: {"n": 0})
     monkeypatch.setattr(pipeline, "write_report", lambda *a, **k: tmp_path / "report.md")
-    pipeline.run(tiny_cfg(tmp_path), Path("configs/shapes"))
+    pipeline.run(tiny_cfg(tmp_path), SHAPES)
     assert seen == {"resume": False, "leftover": False}
     assert not (out / "stage.partial.json").exists() and (out / "stage.json").exists()
 
 
 def test_from_needs_finished_earlier_stages(tmp_path):
     with pytest.raises(ValueError, match="no finished record"):
-        pipeline.run(tiny_cfg(tmp_path / "fresh"), Path("configs/shapes"), start="grpo")
+        pipeline.run(tiny_cfg(tmp_path / "fresh"), SHAPES, start="grpo")
 
 
 def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
@@ -176,7 +179,7 @@ def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
     out = tmp_path / "sft"
     out.mkdir(parents=True)
     TrainResult(kind="full", final=out / "final", steps=2).write(out)  # the stage record the launched run writes
-    state = pipeline.run_sft(cfg, pipeline.State(model="shapes-base"), out, Path("configs/shapes"), resume=True)
+    state = pipeline.run_sft(cfg, pipeline.State(model="shapes-base"), out, SHAPES, resume=True)
     (cmd,) = cmds
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--num_processes" in cmd
     assert cmd[cmd.index("--config_file") + 1] == "configs/accelerate/fsdp.yaml"
@@ -198,7 +201,7 @@ def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path,
         "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
         "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
     )
-    result = pipeline.run(cfg, Path("configs/shapes"), stop="grpo")
+    result = pipeline.run(cfg, SHAPES, stop="grpo")
     assert [a for _, _, a in result["plan"]] == ["run"] * 4
     sft_hist = json.loads((tmp_path / "sft" / "history.json").read_text())
     assert len(sft_hist) == 2 and all(math.isfinite(h["loss"]) for h in sft_hist)
@@ -209,6 +212,6 @@ def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path,
 
 def test_missing_model_fails_before_anything_is_written(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = pipeline.main(["configs/wan2.1-t2v-1.3b/pipeline.yaml", f"run_dir={run_dir}"])
+    rc = pipeline.main([str(ROOT / "configs/wan2.1-t2v-1.3b/pipeline.yaml"), f"run_dir={run_dir}"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     assert not run_dir.exists()

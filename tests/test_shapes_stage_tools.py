@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from vidpost.pipelines.shapes_eval import ATTRIBUTES, evaluate_model, main, markdown_table, wilson
+from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model, markdown_table
+from vidpost.evaluation.stats import wilson
+from vidpost.pipelines.shapes_eval import main
 from vidpost.shapes.splits import heldout_prompts
 
 
@@ -18,7 +20,7 @@ def test_wilson_interval_hand_worked():
 
 def test_evaluate_model_on_a_miniature(tiny_wan_dir):
     items = heldout_prompts()[:3]
-    r = evaluate_model(str(tiny_wan_dir), items, seeds=2, steps=2)
+    r = evaluate_model(str(tiny_wan_dir), items, seeds=2, steps=2, num_frames=17, height=64, width=64)
     assert r["n"] == 6 and len(r["records"]) == 6 and len(r["videos"]) == 3
     assert 0.0 <= r["success"] <= 1.0 and r["ci95"][0] <= r["success"] <= r["ci95"][1]
     for a in ATTRIBUTES:
@@ -29,7 +31,8 @@ def test_evaluate_model_on_a_miniature(tiny_wan_dir):
 
 
 def test_shapes_eval_command_writes_results(tiny_wan_dir, tmp_path):
-    rc = main(["--models", str(tiny_wan_dir), "--limit", "2", "--seeds", "1", "--steps", "2", "--out", str(tmp_path)])
+    args = ["--models", str(tiny_wan_dir), "--limit", "2", "--seeds", "1", "--steps", "2", "--out", str(tmp_path)]
+    rc = main(args + ["--frames", "17", "--height", "64", "--width", "64"])
     assert rc == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results[0]["n"] == 2 and "videos" not in results[0]

@@ -1,0 +1,96 @@
+"""Generation settings, typed and resolved in one place.
+
+`resolve_settings(model_dir, adapter, **user)` takes each setting from the user (a flag or a config value; None or
+0 means "not given"), else from the model folder's defaults (`generation` in its `vidpost.json`; the Shapes world
+models have them), else from `FALLBACK_DEFAULTS` (the Wan 480p recipe). Guidance and shift default to the
+adapter's. The size is checked against what the model can generate exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vidpost.models.base import VideoModelAdapter, read_vidpost_config
+
+FALLBACK_DEFAULTS = {"num_frames": 81, "height": 480, "width": 832, "steps": 50, "fps": 16}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_frames: int
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    shift: float
+    fps: float
+    negative_prompt: str | None = None
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `vidpost.models.sampling.sample` (without seed, latents, prompts)."""
+        return {
+            "num_frames": self.num_frames,
+            "height": self.height,
+            "width": self.width,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance,
+            "shift": self.shift,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What output files record: the sampler's arguments (its names) and the fps."""
+        return self.sample_kwargs() | {"fps": self.fps}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+USER_SETTINGS = ("num_frames", "height", "width", "steps", "guidance", "shift", "fps", "negative_prompt")
+
+
+def user_settings(source: Any) -> dict[str, Any]:
+    """The generation settings a command's parsed flags or a config section holds (the attributes named as
+    `resolve_settings`' keywords; absent ones are None), for `resolve_settings(model_dir, adapter, **...)`."""
+    return {k: getattr(source, k, None) for k in USER_SETTINGS}
+
+
+def model_defaults(model_dir: str | Path, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model folder's generation defaults over `fallback` (FALLBACK_DEFAULTS when None)."""
+    return {
+        **(FALLBACK_DEFAULTS if fallback is None else fallback),
+        **read_vidpost_config(Path(model_dir)).get("generation", {}),
+    }
+
+
+def resolve_settings(
+    model_dir: str | Path,
+    adapter: VideoModelAdapter,
+    *,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    shift: float | None = None,
+    fps: float | None = None,
+    negative_prompt: str | None = None,
+    fallback: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> GenerationSettings:
+    """User value, else the model folder's default, else the fallback table (see the module docstring)."""
+    defaults = model_defaults(model_dir, fallback)
+    s = GenerationSettings(
+        num_frames=num_frames or defaults["num_frames"],
+        height=height or defaults["height"],
+        width=width or defaults["width"],
+        steps=steps or defaults["steps"],
+        guidance=guidance if guidance is not None else adapter.default_guidance_scale,
+        shift=shift if shift is not None else adapter.default_shift,
+        fps=fps or defaults["fps"],
+        negative_prompt=negative_prompt,
+    )
+    if validate:
+        adapter.validate_size(s.num_frames, s.height, s.width)
+    return s
