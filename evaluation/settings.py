@@ -81,14 +81,18 @@ def resolve_settings(
 ) -> GenerationSettings:
     """User value, else the model folder's default, else the fallback table (see the module docstring)."""
     defaults = model_defaults(model_dir, fallback)
+    given = {"num_frames": num_frames, "height": height, "width": width, "steps": steps, "fps": fps, "shift": shift}
+    for name, value in given.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
     s = GenerationSettings(
-        num_frames=num_frames or defaults["num_frames"],
-        height=height or defaults["height"],
-        width=width or defaults["width"],
-        steps=steps or defaults["steps"],
+        num_frames=num_frames if num_frames is not None else defaults["num_frames"],
+        height=height if height is not None else defaults["height"],
+        width=width if width is not None else defaults["width"],
+        steps=steps if steps is not None else defaults["steps"],
         guidance=guidance if guidance is not None else adapter.default_guidance_scale,
         shift=shift if shift is not None else adapter.default_shift,
-        fps=fps or defaults["fps"],
+        fps=fps if fps is not None else defaults["fps"],
         negative_prompt=negative_prompt,
     )
     if validate:

@@ -161,3 +161,47 @@ def test_verifier_skips_checkpoints_whose_forward_is_not_finite(tmp_path):
     assert usable == paths[0]  # 1e3 * 1e36 overflows too: only step 1 passes
     assert (tmp_path / "step_0000003.bad").exists() and (tmp_path / "step_0000002.bad").exists()
     assert latest_checkpoint(tmp_path) == paths[0]
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--num-frames", "--height", "--width"])
+def test_sizes_and_steps_of_zero_are_one_line_errors(tiny_wan_dir, tmp_path, flag, capsys):
+    from vidpost.pipelines.generate import main
+
+    rc = main(["--model", str(tiny_wan_dir), "--prompt", "a dot", flag, "0", "--out", str(tmp_path / "x.mp4")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {flag} must be positive, got 0"
+    ]
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_resume_from_a_missing_folder_is_one_line(tiny_wan_dir, tiny_manifest, tmp_path, capsys):
+    from vidpost.pipelines.sft import main
+
+    args = [f"output_dir={tmp_path}", f"model.path={tiny_wan_dir}", f"data.manifest={tiny_manifest}"]
+    args += ["data.buckets=[[9, 32, 32]]", "train.max_steps=1", "validation.prompts=[]", "log.tensorboard=false"]
+    assert main([*args, "--resume", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and "not a checkpoint folder" in errors[0], err
+
+
+def test_checkpoint_writes_are_synced_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from vidpost.training import checkpoint
+    from vidpost.training.checkpoint import NoDataPosition, save_checkpoint
+
+    events = []
+    monkeypatch.setattr(checkpoint, "fsync_tree", lambda p: events.append(("sync", p.name)))
+    real_replace = os.replace
+    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("rename", a.name)), real_replace(a, b)))
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    save_checkpoint(tmp_path, 3, model, opt, sched, NoDataPosition(), None, 2, {})
+    assert events[:2] == [("sync", "step_0000003.tmp"), ("rename", "step_0000003.tmp")]

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from vidpost.config import config_hash
 from vidpost.media.data import StatefulBatchSampler
 from vidpost.training.ema import EMA
+from vidpost.training.recovery import fsync_dir, fsync_tree
 from vidpost.training.runner import check_finite
 
 
@@ -70,7 +71,9 @@ def save_checkpoint(
     )
     (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
+    fsync_tree(tmp)  # the files are on disk before the folder takes its final name
     os.replace(tmp, final)
+    fsync_dir(ckpt_root)
     steps = sorted(ckpt_root.glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
     for old in steps[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -85,6 +88,11 @@ def load_checkpoint(
     sampler: StatefulBatchSampler,
     ema: EMA | None,
 ) -> int:
+    if not (path / "state.json").is_file():
+        raise ValueError(
+            f"--resume {path}: not a checkpoint folder (no state.json); pass 'latest' or a folder such as "
+            "<output_dir>/checkpoints/step_0000200"
+        )
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
