@@ -387,14 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     code, result = run_stage(GRPOConfig, train, build_parser().parse_args(argv))
-    if result is None:
-        return code
-    if result.stopped:
+    if result is not None and result.stopped:
         print(f"stopped: {result.stopped}", file=sys.stderr)
         return ExitCode.GUARD_STOP
-    if result.final is not None:
+    if result is not None and result.final is not None:
         print(f"done: {result.steps} iterations; weights in {result.final}", file=sys.stderr)
-    return ExitCode.OK
+    return code
 
 
 if __name__ == "__main__":
