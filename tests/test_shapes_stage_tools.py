@@ -60,3 +60,20 @@ def test_demo_falls_back_to_ground_truth_without_assets(monkeypatch, tmp_path, c
     out = capsys.readouterr().out
     assert "make shapes-models" in out and "verifier success: 3/3" in out
     assert (tmp_path / "demo" / "contact_sheet.png").exists()
+
+
+def test_verify_rows_accepts_ground_truth_and_rejects_a_mismatch():
+    """The table's success column is the verifier's: rendered ground truth passes, the same clips under another
+    scene's caption do not (a verifier that always says no, or always yes, fails this)."""
+    import numpy as np
+    import torch
+
+    from vidpost.evaluation.shapes import verify_rows
+    from vidpost.shapes.world import SceneSpec, render
+
+    items = heldout_prompts()[:4]
+    videos = torch.from_numpy(np.stack([render(SceneSpec.from_dict(it["spec"]), seed=it["seed"]) for it in items]))
+    specs = [it["spec"] for it in items]
+    assert all(r["success"] for r in verify_rows(videos, specs))
+    shifted = specs[1:] + specs[:1]
+    assert not any(r["success"] for r in verify_rows(videos, shifted))
