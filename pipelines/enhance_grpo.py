@@ -58,7 +58,7 @@ from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, 
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.runner import TrainResult, non_finite_stop
 from vidpost.training.sampling import video_size_and_shift
-from vidpost.training.tracking import write_config, write_history
+from vidpost.training.tracking import read_history, write_config, write_history
 
 
 @dataclass
@@ -266,6 +266,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps * updates)
     ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler)
     step = ckpt.resume(resume)
+    earlier = read_history(out_dir, step)  # history.json continues the whole run
     pad = rewriter.tokenizer.pad_token_id
     k, T = cfg.sampling.k, cfg.sampling.temperature
     history: list[dict[str, Any]] = []
@@ -384,7 +385,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
             ckpt.save(step)
     bar.close()
     samples_log.close()
-    write_history(out_dir, history)
+    write_history(out_dir, earlier + history)
     final = export_lm(model, rewriter, out_dir / "final")
     result = TrainResult(kind="rewriter", final=final, steps=step, history=history, base_model=cfg.model.path)
     result.write(out_dir)

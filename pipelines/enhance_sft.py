@@ -37,7 +37,7 @@ from vidpost.training.config import CheckpointConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.runner import TrainResult
-from vidpost.training.tracking import write_config, write_history
+from vidpost.training.tracking import read_history, write_config, write_history
 
 
 @dataclass
@@ -85,6 +85,7 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler)
     step = ckpt.resume(resume)
+    earlier = read_history(out_dir, step)  # history.json continues the whole run
     pad = rewriter.tokenizer.pad_token_id
     device = next(model.parameters()).device
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
@@ -122,7 +123,7 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
         if ckpt.due(step):
             ckpt.save(step)
     bar.close()
-    write_history(out_dir, history)
+    write_history(out_dir, earlier + history)
     final = export_lm(model, rewriter, out_dir / "final")
     result = TrainResult(
         kind="rewriter",

@@ -51,7 +51,7 @@ from vidpost.training.ema import EMA
 from vidpost.training.lora import add_lora, export, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.runner import TrainResult, stage_main
-from vidpost.training.tracking import make_accelerator, start_trackers, write_config, write_history
+from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -286,6 +286,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     ckpt = Checkpoints(out_dir, cfg, accelerator.unwrap_model(model), optimizer, scheduler, sampler, ema)
     step = ckpt.resume(resume)
+    earlier = read_history(out_dir, step)  # history.json continues the whole run
     start_trackers(accelerator, cfg.log, "sft", cfg)
 
     batches = iter(sampler)
@@ -342,6 +343,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
             accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
         if accelerator.is_main_process and ckpt.due(step):
             ckpt.save(step)
+            write_history(out_dir, earlier + history)
         if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
             if accelerator.is_main_process:
                 m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
@@ -361,7 +363,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         if cfg.validation.prompts:
             result.metrics = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
             accelerator.log({f"val/{k}": v for k, v in result.metrics.items()}, step=step)
-        write_history(out_dir, history)
+        write_history(out_dir, earlier + history)
         result.write(out_dir)
     accelerator.end_training()
     return result

@@ -3,6 +3,7 @@ traceback, and nothing is silently wrong."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -205,3 +206,31 @@ def test_checkpoint_writes_are_synced_before_the_rename(tmp_path, monkeypatch):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     save_checkpoint(tmp_path, 3, model, opt, sched, NoDataPosition(), None, 2, {})
     assert events[:2] == [("sync", "step_0000003.tmp"), ("rename", "step_0000003.tmp")]
+
+
+def _sft_args(tmp_path, tiny_wan_dir, tiny_manifest, *extra):
+    args = [f"output_dir={tmp_path}", f"model.path={tiny_wan_dir}", f"data.manifest={tiny_manifest}"]
+    args += ["data.buckets=[[9, 32, 32]]", "train.batch_size=2", "validation.prompts=[]", "log.tensorboard=false"]
+    return [*args, "checkpoint.every=1", "checkpoint.keep_last=3", "optim.lr=2e-3", *extra]
+
+
+def test_an_lr_given_on_resume_takes_effect_and_history_continues(tiny_wan_dir, tiny_manifest, tmp_path, capsys):
+    from vidpost.pipelines.sft import main
+
+    assert main(_sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=2")) == 0
+    args = _sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=4", "optim.lr=1e-5")
+    assert main([*args, "--resume", "latest"]) == 0
+    assert "changed on resume: optim.lr 0.002 -> 1e-05, train.max_steps 2 -> 4" in capsys.readouterr().err
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert [h["lr"] for h in history] == [2e-3, 2e-3, 1e-5, 1e-5]
+
+
+def test_a_change_that_cannot_apply_on_resume_is_refused(tiny_wan_dir, tiny_manifest, tmp_path, capsys):
+    from vidpost.pipelines.sft import main
+
+    assert main(_sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=1")) == 0
+    args = _sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=2", "train.seed=5")
+    assert main([*args, "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume with train.seed=5" in err and "Traceback" not in err

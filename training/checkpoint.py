@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vidpost.config import config_hash
+from vidpost.config import config_hash, to_dict
 from vidpost.media.data import StatefulBatchSampler
 from vidpost.training.ema import EMA
-from vidpost.training.recovery import fsync_dir, fsync_tree
+from vidpost.training.recovery import describe_changes, fsync_dir, fsync_tree, rebuild_schedule, resume_changes
 from vidpost.training.runner import check_finite
 
 
@@ -134,6 +134,7 @@ class Checkpoints:
         self.root = Path(out_dir) / "checkpoints"
         self.every, self.keep_last = cfg.checkpoint.every, cfg.checkpoint.keep_last
         self.config_hash = config_hash(cfg)
+        self.config, self.lr = to_dict(cfg), cfg.optim.lr
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
         self.data = data if data is not None else NoDataPosition()
         self.last_good: Path | None = None
@@ -147,9 +148,21 @@ class Checkpoints:
                 print(f"--resume latest: no checkpoint in {self.root}, starting from scratch", file=sys.stderr)
             else:
                 step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema)
+                self._apply_changes(path)
                 print(f"resumed from {path} at {unit} {step}", file=sys.stderr)
         self.last_good = latest_checkpoint(self.root)
         return step
+
+    def _apply_changes(self, path: Path) -> None:
+        """Compare the config the checkpoint was written with (when it recorded one) with this run's: a change to the
+        learning rate, schedule, max_steps or a cadence takes effect and is printed; any other is a ValueError."""
+        saved = json.loads((path / "state.json").read_text()).get("config")
+        if saved is None:
+            return
+        changed = resume_changes(saved, self.config)
+        if changed:
+            rebuild_schedule(self.optimizer, self.scheduler, self.lr)
+            print(describe_changes(changed), file=sys.stderr)
 
     def due(self, step: int) -> bool:
         """Whether `step` is a checkpoint step (every `checkpoint.every`; never when it is 0)."""
@@ -166,7 +179,7 @@ class Checkpoints:
             self.data,
             self.ema,
             self.keep_last,
-            {"config_hash": self.config_hash, **(extra or {})},
+            {"config_hash": self.config_hash, "config": self.config, **(extra or {})},
         )
         return self.last_good
 
