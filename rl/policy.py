@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
-from vidpost.models.base import read_vidpost_config
 from vidpost.training.config import LoraConfig
 from vidpost.training.lora import add_lora
+from vidpost.training.sampling import video_size_and_shift
 
 from .rollout import RolloutConfig
 
@@ -79,14 +79,7 @@ def load_policy(
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[model.dtype]
     model_dir = resolve_model_path(model.path)
     adapter = load(model_dir, dtype=dtype, device=device)
-    gen = read_vidpost_config(model_dir).get("generation", {})
-    size = (
-        rollout.num_frames or gen.get("num_frames", 81),
-        rollout.height or gen.get("height", 480),
-        rollout.width or gen.get("width", 832),
-    )
-    adapter.validate_size(*size)
-    shift = rollout.shift if rollout.shift is not None else adapter.default_shift
+    size, shift = video_size_and_shift(adapter, model_dir, rollout)
     transformer = adapter.transformer
     reference = None
     if lora.enabled:
