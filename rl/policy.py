@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
-from vidpost.training.config import LoraConfig
+from vidpost.training.config import DTYPES, LoraConfig
 from vidpost.training.lora import add_lora
 from vidpost.training.sampling import video_size_and_shift
 
@@ -76,7 +76,7 @@ def load_policy(
 ) -> Policy:
     """The model to align, ready to train (see `Policy`); `kl_reference`: keep a frozen copy of the transformer as
     the KL reference when the whole transformer trains (a LoRA's reference is the model with its adapters off)."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[model.dtype]
+    dtype = DTYPES[model.dtype]
     model_dir = resolve_model_path(model.path)
     adapter = load(model_dir, dtype=dtype, device=device)
     size, shift = video_size_and_shift(adapter, model_dir, rollout)
