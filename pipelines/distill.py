@@ -57,6 +57,7 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimCo
 from vidpost.training.lora import upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.plots import Panel, history_curves, plot_panels
+from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, stage_main
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
@@ -290,7 +291,9 @@ def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
     null = teacher.encode_prompt([""])
-    ckpt = Checkpoints(out_dir, cfg, transformer, optimizer, scheduler)
+    probe_latents = torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(cfg.train.seed))
+    probe = velocity_probe(student, probe_latents.to(teacher.device), teacher.encode_prompt(pool[:1]))
+    ckpt = Checkpoints(out_dir, cfg, transformer, optimizer, scheduler, probe=probe)
     step = ckpt.resume(resume)
     start_trackers(accelerator, cfg.log, "distill", cfg)
     history = read_history(out_dir, step)
@@ -309,7 +312,7 @@ def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
             v_s = student.predict_velocity(x, sig, embeds)
             a_s = taps[1].pop()
             loss, parts = distill_loss(v_s, v_t, a_s, a_t, cfg.train.attn_weight)
-            ckpt.check_finite("distillation loss", float(loss.detach()), step)
+            ckpt.check_finite("distillation loss", float(loss.detach()), step + 1)
             loss.backward()
             grad_norm = None
             if cfg.optim.max_grad_norm:
@@ -318,6 +321,7 @@ def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            ckpt.check_step(step, grad_norm=grad_norm)
             rec = {
                 "loss": float(loss.detach()),
                 **parts,

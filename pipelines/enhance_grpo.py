@@ -56,7 +56,8 @@ from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.training.optim import make_optimizer, make_scheduler
-from vidpost.training.runner import TrainResult, non_finite_stop
+from vidpost.training.recovery import logits_probe
+from vidpost.training.runner import TrainResult
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import read_history, write_config, write_history
 
@@ -264,7 +265,11 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     updates = max(1, cfg.train.updates_per_iteration)
     optimizer = make_optimizer(params, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps * updates)
-    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler)
+    first = rewriter.tokenizer(
+        rewriter.render(rows[0]["prompt"].strip()), add_special_tokens=False, return_tensors="pt"
+    )
+    probe = logits_probe(model, {k: v.to(device) for k, v in first.items()})
+    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler, probe=probe)
     step = ckpt.resume(resume)
     earlier = read_history(out_dir, step)  # history.json continues the whole run
     pad = rewriter.tokenizer.pad_token_id
@@ -300,7 +305,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
             cfg.rewards, video_reward, encoder, videos, users_k, reward_prompts, samples, rewriter.config.max_words
         )
         if not torch.isfinite(total).all():
-            raise non_finite_stop("the reward", float("nan"), step, ckpt.last_good)
+            raise ckpt.stop("reward", float(total[~torch.isfinite(total)][0]), step + 1)
         groups = torch.arange(len(users)).repeat_interleave(k)
         adv = group_advantages(
             total, groups, eps=cfg.train.adv_eps, clip=cfg.train.adv_clip, global_std=cfg.train.global_std
@@ -344,12 +349,13 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
                 chunk_loss += float(loss.detach()) * len(mb) / n_chunk
                 ratios.append(ratio.detach().cpu())
                 lp_new.append(lp.detach().cpu())
-            ckpt.check_finite("the GRPO loss", chunk_loss, step)
+            ckpt.check_finite("GRPO loss", chunk_loss, step + 1)
             loss_total += chunk_loss / n_updates
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            ckpt.check_step(step + 1, grad_norm=grad_norms[-1])
         step += 1
         t_update = time.perf_counter()
 

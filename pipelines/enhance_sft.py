@@ -36,6 +36,7 @@ from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import CheckpointConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult
 from vidpost.training.tracking import read_history, write_config, write_history
 
@@ -83,11 +84,12 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
     write_config(out_dir, cfg)
     optimizer = make_optimizer(params, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler)
-    step = ckpt.resume(resume)
-    earlier = read_history(out_dir, step)  # history.json continues the whole run
     pad = rewriter.tokenizer.pad_token_id
     device = next(model.parameters()).device
+    probe = logits_probe(model, {k: v.to(device) for k, v in collate(kept[:1], pad).items()})
+    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler, probe=probe)
+    step = ckpt.resume(resume)
+    earlier = read_history(out_dir, step)  # history.json continues the whole run
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     history: list[dict[str, Any]] = []
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="enhance sft")
@@ -103,12 +105,13 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
             (nll / total_tokens).backward()
             loss_sum += float(nll.detach())
         loss = loss_sum / total_tokens
-        ckpt.check_finite("loss", loss, step)
+        ckpt.check_finite("loss", loss, step + 1)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        ckpt.check_step(step, grad_norm=grad_norm)
         rec = {
             "step": step,
             "loss": loss,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vidpost.pipelines.enhance_grpo import EnhanceGRPOConfig, train_grpo
 from vidpost.pipelines.enhance_sft import EnhanceSFTConfig, train_sft
-from vidpost.training.runner import ExitCode, add_stage_arguments, run_stage
+from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
 
 __all__ = ["STAGES", "EnhanceGRPOConfig", "EnhanceSFTConfig", "build_parser", "main", "train_grpo", "train_sft"]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_stage_args(build_parser(), argv)
     if args.stage == "data":
         from vidpost.enhance.train import shapes_pairs, write_pairs
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.config import config_hash, to_dict
+from vidpost.config import to_dict
 from vidpost.models import resolve_model_path
 from vidpost.rl.advantages import reward_advantages, zero_std_fraction
 from vidpost.rl.iteration import choose_prompts, choose_steps, iteration_generator, micro_batches, split_updates
@@ -61,13 +60,14 @@ from vidpost.rl.prompts import load_prompt_pool
 from vidpost.rl.rewards import RewardsConfig, build_training_rewards
 from vidpost.rl.rollout import Rollout, RolloutConfig, iteration_rollout, step_kwargs
 from vidpost.rl.update import UpdateStats, grpo_update
-from vidpost.training.checkpoint import NoDataPosition, latest_checkpoint, load_checkpoint, save_checkpoint
+from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
 from vidpost.training.guard import Guard, GuardConfig, stop_everywhere
 from vidpost.training.lora import export
 from vidpost.training.optim import lr_lambda, make_optimizer
-from vidpost.training.runner import ExitCode, TrainResult, add_stage_arguments, non_finite_stop, run_stage
+from vidpost.training.recovery import velocity_probe
+from vidpost.training.runner import ExitCode, TrainResult, add_stage_arguments, parse_stage_args, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -164,8 +164,8 @@ class _Run:
     guard: Guard
     pool: list[str]
     out_dir: Path
+    ckpt: Checkpoints
     step: int = 0
-    last_good: Path | None = None
 
 
 def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
@@ -202,21 +202,28 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
         overlap = sorted(set(cfg.guard.metric) & set(cfg.rewards.spec))
         print(f"warning: guard metric {overlap} is also a training reward", file=sys.stderr)
     pool = load_prompt_pool(cfg.rollout.prompts, cfg.rollout.pool_size)
-    run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir)
-    ckpt_root = out_dir / "checkpoints"
-
-    if resume:
-        path = latest_checkpoint(ckpt_root) if resume == "latest" else Path(resume)
-        if path is None:
-            print(f"--resume latest: no checkpoint in {ckpt_root}, starting from scratch", file=sys.stderr)
-        else:
-            unwrapped = accelerator.unwrap_model(model)
-            run.step = load_checkpoint(path, unwrapped, optimizer, scheduler, NoDataPosition(), ema)
-            guard.load_state_dict(json.loads((path / "state.json").read_text()))
-            print(f"resumed from {path} at iteration {run.step}", file=sys.stderr)
+    probe = make_probe(policy, pool[0], cfg.train.seed, accelerator)
+    unwrapped = accelerator.unwrap_model(model)
+    ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, ema, probe, accelerator.is_main_process)
+    run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
+    run.step = ckpt.resume(resume, unit="iteration")
+    if ckpt.resumed_from is not None:
+        guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
     if log_with:
         accelerator.init_trackers("grpo", config={k: str(v) for k, v in to_dict(cfg).items()})
-    run.last_good = latest_checkpoint(ckpt_root)
+    return run
+
+
+def make_probe(policy: Policy, prompt: str, seed: int, accelerator: Any):
+    """The checkpoint probe: the policy's velocity on fixed noise of the rollout size, conditioned on `prompt`."""
+    adapter = policy.adapter
+    latents = torch.randn(adapter.latent_shape(1, *policy.size), generator=torch.Generator().manual_seed(seed))
+    probe = velocity_probe(adapter, latents.to(accelerator.device), adapter.encode_prompt([prompt]))
+
+    def run() -> torch.Tensor:
+        with accelerator.autocast():
+            return probe()
+
     return run
 
 
@@ -243,7 +250,7 @@ def score(run: _Run, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
     if not torch.isfinite(gathered).all():
         bad = [k for j, k in enumerate(["total", *names]) if not torch.isfinite(gathered[:, j]).all()]
         value = float(gathered[~torch.isfinite(gathered)][0])
-        raise non_finite_stop(f"rewards {bad}", value, run.step, run.last_good)
+        raise run.ckpt.stop(f"rewards {bad}", value, run.step + 1)
     groups = torch.arange(cfg.rollout.prompts_per_step * acc.num_processes).repeat_interleave(cfg.rollout.group_size)
     scores = {k: gathered[:, 1 + j] for j, k in enumerate(names)}
     total = gathered[:, 0]
@@ -270,14 +277,16 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     kw |= {"kl_beta": cfg.train.kl_beta, "model": run.model, "reference": run.policy.reference, "accelerator": acc}
     for part in parts:
         loss = grpo_update(run.policy.adapter, ro, advantages_N, trained, part, stats, **kw)
-        if not math.isfinite(loss):
-            raise non_finite_stop("GRPO loss", loss, run.step, run.last_good)
+        run.ckpt.check_finite("GRPO loss", loss, run.step + 1)
         stats.loss += loss / len(parts)
+        grad_norm = None
         if cfg.optim.max_grad_norm:
-            stats.grad_norms.append(float(acc.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)))
+            grad_norm = float(acc.clip_grad_norm_(run.params, cfg.optim.max_grad_norm))
+            stats.grad_norms.append(grad_norm)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
+        run.ckpt.check_step(run.step + 1, grad_norm=grad_norm)
         if run.ema is not None:
             run.ema.update(acc.unwrap_model(run.model))
     return stats
@@ -304,16 +313,11 @@ def guard(run: _Run) -> str | None:
 
 
 def guard_and_checkpoint(run: _Run) -> str | None:
-    """Step 6 and a checkpoint when due (or when stopping); → the stop message, agreed by every process."""
-    cfg, acc, step = run.cfg, run.accelerator, run.step
-    stopped = guard(run)
-    if acc.is_main_process and cfg.checkpoint.every and (step % cfg.checkpoint.every == 0 or stopped):
-        model, extra = acc.unwrap_model(run.model), {"config_hash": config_hash(cfg), **run.guard.state_dict()}
-        state = (run.optimizer, run.scheduler, NoDataPosition(), run.ema)
-        run.last_good = save_checkpoint(
-            run.out_dir / "checkpoints", step, model, *state, cfg.checkpoint.keep_last, extra
-        )
-    return stop_everywhere(acc, stopped)
+    """Step 6, then a checkpoint when due (or when stopping); → the stop message, agreed by every process."""
+    stopped = stop_everywhere(run.accelerator, guard(run))
+    if run.ckpt.due(run.step) or (stopped and run.cfg.checkpoint.every):
+        run.ckpt.save(run.step, run.guard.state_dict())
+    return stopped
 
 
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
@@ -386,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(GRPOConfig, train, build_parser().parse_args(argv))
+    code, result = run_stage(GRPOConfig, train, parse_stage_args(build_parser(), argv))
     if result is not None and result.stopped:
         print(f"stopped: {result.stopped}", file=sys.stderr)
         return ExitCode.GUARD_STOP

@@ -50,6 +50,7 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraCon
 from vidpost.training.ema import EMA
 from vidpost.training.lora import add_lora, export, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, stage_main
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
@@ -252,6 +253,18 @@ def ensure_cache(cfg: SFTConfig, adapter: VideoModelAdapter, accelerator: Any) -
     return cache_dir
 
 
+def make_probe(adapter: VideoModelAdapter, cache: LatentCache, accelerator: Any):
+    """The checkpoint probe: the velocity on the first cached clip and its caption at three noise levels."""
+    cond = batch_embeds(cache, [0], torch.zeros(1, dtype=torch.bool)).to(accelerator.device)
+    probe = velocity_probe(adapter, cache.latents[0][None].to(accelerator.device), cond)
+
+    def run() -> torch.Tensor:
+        with accelerator.autocast():
+            return probe()
+
+    return run
+
+
 def buckets_of(cfg: SFTConfig) -> list[Bucket]:
     return [Bucket(*b) for b in cfg.data.buckets]
 
@@ -284,7 +297,17 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
     sampler = StatefulBatchSampler(cache.bucket_indices(), global_batch, cfg.train.seed)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    ckpt = Checkpoints(out_dir, cfg, accelerator.unwrap_model(model), optimizer, scheduler, sampler, ema)
+    ckpt = Checkpoints(
+        out_dir,
+        cfg,
+        accelerator.unwrap_model(model),
+        optimizer,
+        scheduler,
+        sampler,
+        ema,
+        probe=make_probe(adapter, cache, accelerator),
+        main=accelerator.is_main_process,
+    )
     step = ckpt.resume(resume)
     earlier = read_history(out_dir, step)  # history.json continues the whole run
     start_trackers(accelerator, cfg.log, "sft", cfg)
@@ -320,7 +343,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
                 accelerator.backward(loss / cfg.train.grad_accum)
             loss_sum += loss.detach().float() / cfg.train.grad_accum
         mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()
-        ckpt.check_finite("loss", mean_loss, step)
+        ckpt.check_finite("loss", mean_loss, step + 1)
         grad_norm = (
             accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
         )
@@ -331,6 +354,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
             ema.update(accelerator.unwrap_model(model))
         step += 1
         steps_done += 1
+        ckpt.check_step(step, grad_norm=grad_norm)
         lr = scheduler.get_last_lr()[0]
         rec = {"loss": mean_loss, "lr": lr, "step_seconds": time.perf_counter() - t_step}
         if grad_norm is not None:
@@ -341,8 +365,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         if step % cfg.log.every == 0 or step == cfg.train.max_steps:
             rec["it_per_s"] = steps_done / (time.time() - t_start)
             accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-        if accelerator.is_main_process and ckpt.due(step):
-            ckpt.save(step)
+        if ckpt.due(step) and ckpt.save(step):
             write_history(out_dir, earlier + history)
         if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
             if accelerator.is_main_process:

@@ -177,7 +177,7 @@ def test_nan_reward_stops_with_exit_code_3(tmp_path, tiny_wan_dir, capsys):
     )
     assert code == 3
     err = capsys.readouterr().err
-    assert "rewards ['total', 'test_nan'] became nan at step 0" in err and "no checkpoint was saved yet" in err
+    assert "rewards ['total', 'test_nan'] became nan at step 1" in err and "no usable checkpoint was saved" in err
 
 
 def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):

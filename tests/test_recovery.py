@@ -156,12 +156,51 @@ def test_verifier_skips_checkpoints_whose_forward_is_not_finite(tmp_path):
         scale = torch.load(path / "w.pt")["scale"]
         with torch.no_grad():
             model.weight.fill_(scale)
+        return [model.weight]
 
     verifier = Verifier(load, lambda: model(torch.full((1, 2), 1e36)))
     usable = verifier.usable(paths)
     assert usable == paths[0]  # 1e3 * 1e36 overflows too: only step 1 passes
     assert (tmp_path / "step_0000003.bad").exists() and (tmp_path / "step_0000002.bad").exists()
     assert latest_checkpoint(tmp_path) == paths[0]
+
+
+def test_a_stop_names_the_newest_checkpoint_that_passes_and_moves_the_others_aside(tmp_path):
+    import torch
+
+    from vidpost.pipelines.sft import SFTConfig
+    from vidpost.training.checkpoint import Checkpoints, NoDataPosition, latest_checkpoint, save_checkpoint
+    from vidpost.training.runner import NonFiniteLoss
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    x = torch.randn(2, 4)
+    ckpts = Checkpoints(tmp_path, SFTConfig(), model, opt, sched, probe=lambda: model(x))
+    assert ckpts.resume(None) == 0
+    ckpts.save(1)
+    ckpts.save(2)
+    with torch.no_grad():  # weights that blew up without overflowing: the probe is finite but 1e6x too large
+        model.weight.mul_(1e6)
+    with pytest.raises(NonFiniteLoss, match=r"probe batch became .*x the RMS it had at the start.* at step 3"):
+        ckpts.save(3)
+    assert not (tmp_path / "checkpoints" / "step_0000003").exists()
+    # what a version without the probe would have written (the stop above put step 2's weights back in the model):
+    with torch.no_grad():
+        model.weight.mul_(1e6)
+    save_checkpoint(tmp_path / "checkpoints", 3, model, opt, sched, NoDataPosition(), None, 5, {})
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss) as stop:
+        ckpts.check_step(4, loss=1.0, grad_norm=2.0)
+    message = str(stop.value)
+    assert "trainable weights became non-finite at step 4" in message
+    assert "step_0000002; resume from it with a lower optim.lr" in message
+    assert (tmp_path / "checkpoints" / "step_0000003.bad").exists()
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_0000002"
+    with pytest.raises(NonFiniteLoss, match="gradient norm became inf at step 5"):
+        ckpts.check_step(5, loss=1.0, grad_norm=torch.tensor(float("inf")))
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--num-frames", "--height", "--width"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,17 +128,34 @@ def test_lora_loads_in_stock_diffusers_and_matches_our_sampler(tiny_wan_dir, tin
     assert (ours - plain).abs().max() > 1e-3  # the LoRA really changes the output
 
 
-def test_nan_loss_stops_with_last_good_checkpoint(tiny_wan_dir, tiny_manifest, tmp_path):
+def test_a_blow_up_keeps_a_verified_checkpoint_and_resumes_with_a_lower_lr(
+    tiny_wan_dir, tiny_manifest, tmp_path, capsys
+):
+    """The user's case: the weights blow up after a good checkpoint; the stop names a checkpoint whose forward pass
+    is finite (never one written after the blow-up), and resuming from it with a lower lr finishes."""
     from vidpost.pipelines.sft import main
 
-    args = _args(tmp_path, tiny_wan_dir, tiny_manifest, **{"checkpoint.every": 1, "train.max_steps": 20})
-    rc = main([*args, "optim.lr=1e12", "optim.max_grad_norm=0", "lora.enabled=false"])
-    assert rc == 3
-    ckpts = sorted((tmp_path / "checkpoints").glob("step_*"))
-    assert ckpts and all((c / "state.json").exists() for c in ckpts)
-    weights = load_file(str(ckpts[-1] / "trainable.safetensors"))
+    extra = {"checkpoint.every": 2, "train.max_steps": 2, "lora.enabled": "false", "optim.max_grad_norm": 0}
+    args = _args(tmp_path, tiny_wan_dir, tiny_manifest, **extra)
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "latest", "optim.lr=1e6", "train.max_steps=12"]) == 3
+    err = capsys.readouterr().err
+    line = re.search(r"error: [^\r\n]*", err).group(0)
+    assert "lower optim.lr" in line, line
+    named = Path(re.search(r"finite forward pass\): (\S+);", line).group(1))
+    assert named.name == "step_0000002", line
+    newer = [p for p in (tmp_path / "checkpoints").glob("step_*[0-9]") if p.name > named.name]
+    assert not newer, f"a checkpoint written after the blow-up was kept: {newer}"
+    weights = load_file(str(named / "trainable.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
-    assert not (tmp_path / "final").exists()
+
+    assert main([*args, "--resume", "latest", "optim.lr=1e-4", "train.max_steps=6"]) == 0
+    assert "optim.lr 0.001 -> 0.0001" in capsys.readouterr().err
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 6
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) for r in history)
 
 
 def _run(args, env=None, **kw):

@@ -1,13 +1,16 @@
 """Resumable checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG, data position and EMA,
-written atomically (`step_N.tmp/`, then renamed) with the newest `keep_last` kept; `Checkpoints` is a stage's
-checkpoint folder (resume, save every N steps, the last good checkpoint)."""
+written atomically (`step_N.tmp/`, fsynced, then renamed) with the newest `keep_last` kept; `Checkpoints` is a
+stage's checkpoint folder: resume (with the config changes a resume may make), save every N steps, and the
+non-finite stop, which names the newest checkpoint whose weights still give a finite forward pass."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,21 @@ from safetensors.torch import load_file, save_file
 from vidpost.config import config_hash, to_dict
 from vidpost.media.data import StatefulBatchSampler
 from vidpost.training.ema import EMA
-from vidpost.training.recovery import describe_changes, fsync_dir, fsync_tree, rebuild_schedule, resume_changes
-from vidpost.training.runner import check_finite
+from vidpost.training.recovery import (
+    Verifier,
+    describe_changes,
+    fsync_dir,
+    fsync_tree,
+    nonfinite,
+    probe_problem,
+    probe_rms,
+    rebuild_schedule,
+    resume_changes,
+    stop_message,
+    weight_max,
+    weight_problem,
+)
+from vidpost.training.runner import NonFiniteLoss
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -80,6 +96,19 @@ def save_checkpoint(
     return final
 
 
+def load_trainable(path: Path, model: torch.nn.Module) -> list[torch.Tensor]:
+    """Copy a checkpoint's trainable weights into `model`; → them."""
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {path} does not match the model (e.g. {missing[0]}); was the config changed?")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].dtype))
+    return list(weights.values())
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -94,14 +123,7 @@ def load_checkpoint(
             "<output_dir>/checkpoints/step_0000200"
         )
     state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ValueError(f"checkpoint {path} does not match the model (e.g. {missing[0]}); was the config changed?")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].dtype))
+    load_trainable(path, model)
     # Our own files; weights_only refuses anything but tensors and plain containers.
     training = torch.load(path / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(training["optimizer"])
@@ -116,10 +138,16 @@ def load_checkpoint(
 
 
 class Checkpoints:
-    """A stage's `checkpoints/` folder: resume from it, save every `checkpoint.every` steps, and the last good one
-    (named when a non-finite value stops the run). `cfg` is the stage config (its `checkpoint` section, and its hash
-    recorded in every checkpoint); `data` is the sampler whose position is saved (`NoDataPosition` when the data order
-    is a function of (seed, step))."""
+    """A stage's `checkpoints/` folder: resume from it, save every `checkpoint.every` steps, and stop a run whose loss,
+    gradient norm or weights became non-finite.
+
+    `cfg` is the stage config (its `checkpoint` section; the whole config is recorded in every checkpoint and compared
+    on resume); `data` is the sampler whose position is saved (`NoDataPosition` when the data order is a function of
+    (seed, step)); `probe` runs the model on one fixed, cached batch and returns its output: a checkpoint is written
+    only when that output is finite and within `recovery.PROBE_LIMIT`x the RMS it had on the weights the run started
+    from, and the stop verifies the checkpoints again (newest first) and names the newest that passes, moving the
+    others aside (`step_N.bad`). `main`: whether this process writes (the others only probe
+    and stop with it)."""
 
     def __init__(
         self,
@@ -130,6 +158,8 @@ class Checkpoints:
         scheduler: Any,
         data: StatefulBatchSampler | NoDataPosition | None = None,
         ema: EMA | None = None,
+        probe: Callable[[], torch.Tensor] | None = None,
+        main: bool = True,
     ) -> None:
         self.root = Path(out_dir) / "checkpoints"
         self.every, self.keep_last = cfg.checkpoint.every, cfg.checkpoint.keep_last
@@ -137,7 +167,14 @@ class Checkpoints:
         self.config, self.lr = to_dict(cfg), cfg.optim.lr
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
         self.data = data if data is not None else NoDataPosition()
+        self.probe, self.main = probe, main
+        self.reference: float | None = None
+        """the probe RMS of the weights the run started from (kept in every checkpoint as `probe_rms`)"""
+        self.weight_reference: float | None = None
+        """the largest trainable weight the run started from (kept in every checkpoint as `weight_max`)"""
         self.last_good: Path | None = None
+        self.resumed_from: Path | None = None
+        """the checkpoint `resume` restored"""
 
     def resume(self, resume: str | None, unit: str = "step") -> int:
         """`resume` is None, "latest" or a checkpoint folder → the step to continue from (0: from scratch)."""
@@ -149,9 +186,23 @@ class Checkpoints:
             else:
                 step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema)
                 self._apply_changes(path)
+                self.resumed_from = path
                 print(f"resumed from {path} at {unit} {step}", file=sys.stderr)
         self.last_good = latest_checkpoint(self.root)
+        self._set_reference()
         return step
+
+    def _set_reference(self) -> None:
+        """The probe RMS and largest weight the checks compare with: those the run's checkpoints recorded (its
+        starting weights'), else the current weights' (a run from scratch, or a checkpoint that recorded none)."""
+        if self.resumed_from is not None:
+            state = json.loads((self.resumed_from / "state.json").read_text())
+            self.reference, self.weight_reference = state.get("probe_rms"), state.get("weight_max")
+        if self.weight_reference is None:
+            self.weight_reference = weight_max(self._trainable())
+        if self.reference is None and self.probe is not None:
+            with torch.no_grad():
+                self.reference = probe_rms(self.probe())
 
     def _apply_changes(self, path: Path) -> None:
         """Compare the config the checkpoint was written with (when it recorded one) with this run's: a change to the
@@ -168,8 +219,17 @@ class Checkpoints:
         """Whether `step` is a checkpoint step (every `checkpoint.every`; never when it is 0)."""
         return bool(self.every) and step % self.every == 0
 
-    def save(self, step: int, extra: dict[str, Any] | None = None) -> Path:
-        """Write `step_N/` (with the config hash and `extra` in its state.json); it becomes the last good one."""
+    def save(self, step: int, extra: dict[str, Any] | None = None) -> Path | None:
+        """Probe the weights (every process), then write `step_N/` (the main process; with the config and `extra` in
+        its state.json); it becomes the last good one. A probe that fails (`recovery.probe_problem`) stops the run
+        instead."""
+        if self.probe is not None:
+            with torch.no_grad():
+                problem = probe_problem(probe_rms(self.probe()), self.reference)
+            if problem is not None:
+                raise self.stop("forward pass on the probe batch", problem, step)
+        if not self.main:
+            return None
         self.last_good = save_checkpoint(
             self.root,
             step,
@@ -179,10 +239,46 @@ class Checkpoints:
             self.data,
             self.ema,
             self.keep_last,
-            {"config_hash": self.config_hash, "config": self.config, **(extra or {})},
+            {
+                "config_hash": self.config_hash,
+                "config": self.config,
+                "probe_rms": self.reference,
+                "weight_max": self.weight_reference,
+                **(extra or {}),
+            },
         )
         return self.last_good
 
     def check_finite(self, what: str, value: float, step: int) -> None:
-        """Stop the run (`NonFiniteLoss`, naming the last good checkpoint) when `value` is not finite."""
-        check_finite(what, value, step, self.last_good)
+        """Stop the run when `value` (the loss, a reward, ...) is NaN or infinite."""
+        if not math.isfinite(value):
+            raise self.stop(what, value, step)
+
+    def check_step(self, step: int, *, loss: float | None = None, grad_norm: Any = None) -> None:
+        """After an optimizer step: stop the run when its loss, its gradient norm or a trainable weight is not
+        finite."""
+        what = nonfinite(loss=loss, grad_norm=grad_norm)
+        if what == "loss":
+            raise self.stop(what, loss, step)
+        if what == "gradient norm":
+            raise self.stop(what, float(grad_norm), step)
+        problem = weight_problem(weight_max(self._trainable()), self.weight_reference)
+        if problem is not None:
+            raise self.stop("trainable weights", problem, step)
+
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def stop(self, what: str, value: Any, step: int) -> NonFiniteLoss:
+        """The error that stops the run at `step` (the step being taken, from 1): names the newest checkpoint verified by a finite probe (the main process
+        verifies and moves failing ones aside) and suggests a lower learning rate."""
+        usable = self.last_good
+        if self.main and self.root.is_dir():
+            candidates = sorted(
+                (p for p in self.root.glob("step_*[0-9]") if (p / "state.json").exists()),
+                key=lambda p: int(p.name.split("_")[1]),
+            )
+            candidates = [p for p in candidates if int(p.name.split("_")[1]) < step]
+            load = lambda p: load_trainable(p, self.model)  # noqa: E731
+            usable = Verifier(load, self.probe, self.reference, self.weight_reference).usable(candidates)
+        return NonFiniteLoss(stop_message(what, value, step, usable))

@@ -2,9 +2,10 @@
 
 - `nonfinite(loss=, grad_norm=, params=)` names the first non-finite quantity of a step (loss, gradient norm, or a
   trainable weight after the optimizer step), or returns None.
-- A checkpoint is *verified* when a forward pass of its weights on one fixed batch (the trainer's `probe`) is finite;
-  `Verifier.usable(...)` finds the newest checkpoint that passes, moving those that fail aside to `step_N.bad` so
-  `--resume latest` never picks them.
+- A checkpoint is *verified* when a forward pass of its weights on one fixed batch (the trainer's `probe`) is finite
+  and within `PROBE_LIMIT`× the RMS the same probe had on the weights the run started from (weights that blew up
+  but have not overflowed yet fail too); `Verifier.usable(...)` finds the newest checkpoint that passes, moving
+  those that fail aside to `step_N.bad` so `--resume latest` never picks them.
 - `resume_changes(saved, new)` compares the config a checkpoint was written with and the one given on resume: keys
   in `RESUMABLE` (learning rate and schedule, step budget, checkpoint / logging / validation / guard cadence, output
   paths) may change and are reported; any other change is a `ValueError` naming the key.
@@ -107,17 +108,71 @@ def nonfinite(
     return None
 
 
-class Verifier:
-    """Finds the newest usable checkpoint: `probe()` runs the model (with the checkpoint's weights loaded by
-    `load(path)`) on a fixed batch and returns its output; a non-finite output fails the checkpoint."""
+PROBE_LIMIT = 100.0
+"""A probe output whose RMS exceeds this multiple of the run's reference (the weights it started from) fails."""
 
-    def __init__(self, load: Callable[[Path], None], probe: Callable[[], torch.Tensor]):
+
+def probe_rms(out: torch.Tensor) -> float:
+    """The RMS of a probe's output (inf when it is not finite or overflows)."""
+    out = out.detach().double()
+    return float(out.pow(2).mean().sqrt()) if torch.isfinite(out).all() else math.inf
+
+
+def probe_problem(rms: float, reference: float | None, limit: float = PROBE_LIMIT) -> str | None:
+    """Why a probe output of this RMS fails — not finite, or more than `limit`× the reference's — or None."""
+    if not math.isfinite(rms):
+        return "non-finite"
+    if reference is not None and rms > limit * max(reference, 1e-12):
+        return f"{rms / max(reference, 1e-12):.3g}x the RMS it had at the start (limit {limit:g}x)"
+    return None
+
+
+WEIGHT_LIMIT = 1e4
+"""A trainable weight larger than this multiple of max(1, the largest trainable weight the run started from) means
+the weights blew up (normalised layers can keep the forward pass finite long after that)."""
+
+
+def weight_max(params: Iterable[torch.Tensor]) -> float:
+    """The largest |w| over `params` (nan when one is NaN, inf when one is infinite; 0 with none)."""
+    with torch.no_grad():
+        peaks = [p.detach().abs().amax().float() for p in params if p.numel()]
+        return float(torch.stack(peaks).nan_to_num(nan=math.inf).amax()) if peaks else 0.0
+
+
+def weight_problem(peak: float, reference: float | None, limit: float = WEIGHT_LIMIT) -> str | None:
+    """Why trainable weights whose largest |w| is `peak` fail — not finite, or more than `limit`× max(1, reference)
+    — or None."""
+    if not math.isfinite(peak):
+        return "non-finite"
+    bound = limit * max(reference or 0.0, 1.0)
+    if peak > bound:
+        return f"as large as {peak:.3g} (limit {bound:.3g}: {limit:g}x max(1, the largest at the start))"
+    return None
+
+
+class Verifier:
+    """Finds the newest usable checkpoint: `load(path)` puts a checkpoint's trainable weights into the model and
+    returns them; `probe()` runs the model on a fixed batch and returns its output. Weights that fail `weight_problem`
+    (against `weight_reference`, the largest weight the run started from) or an output that fails `probe_problem`
+    (against `reference`, the run's probe RMS at its start) fail the checkpoint."""
+
+    def __init__(
+        self,
+        load: Callable[[Path], Iterable[torch.Tensor]],
+        probe: Callable[[], torch.Tensor] | None,
+        reference: float | None = None,
+        weight_reference: float | None = None,
+    ):
         self.load, self.probe = load, probe
+        self.reference, self.weight_reference = reference, weight_reference
 
     @torch.no_grad()
     def passes(self, path: Path) -> bool:
-        self.load(path)
-        return bool(torch.isfinite(self.probe()).all())
+        """Whether the checkpoint's trainable weights (returned by `load(path)`, which also puts them in the model)
+        are within bounds and the probe's output on them is."""
+        if weight_problem(weight_max(self.load(path)), self.weight_reference) is not None:
+            return False
+        return self.probe is None or probe_problem(probe_rms(self.probe()), self.reference) is None
 
     def usable(self, candidates: list[Path]) -> Path | None:
         """The newest of `candidates` (oldest first) that passes; the newer ones that fail are renamed `*.bad`."""
@@ -126,6 +181,30 @@ class Verifier:
                 return path
             os.replace(path, path.with_name(path.name + ".bad"))
         return None
+
+
+def velocity_probe(
+    adapter: Any,
+    latents: torch.Tensor,
+    cond: Any,
+    model: torch.nn.Module | None = None,
+    sigmas: tuple[float, ...] = (0.2, 0.5, 0.8),
+    seed: int = 0,
+) -> Callable[[], torch.Tensor]:
+    """A video model's probe: its velocity on one clean latent ([1, C, F, H, W], e.g. the first cached clip) noised
+    with fixed noise at each of `sigmas`, conditioned on `cond` (one prompt's embeddings)."""
+    latents = latents.detach()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(latents)
+    x = torch.cat([(1 - s) * latents + s * noise for s in sigmas])
+    sigma = torch.tensor(sigmas, dtype=torch.float32, device=latents.device)
+    cond = cond.repeat_interleave(len(sigmas))
+    return lambda: adapter.predict_velocity(x, sigma, cond, model=model)
+
+
+def logits_probe(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """A language model's probe: its logits on one fixed, tokenized batch."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    return lambda: model(**inputs).logits
 
 
 def stop_message(what: str, value: Any, step: int, usable: Path | None) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import enum
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,19 +29,7 @@ class ExitCode(enum.IntEnum):
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def non_finite_stop(what: str, value: float, step: int, last_good: Path | None) -> NonFiniteLoss:
-    """The error that stops a run when `what` (the loss, a reward, ...) became `value` at `step`."""
-    where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved yet"
-    return NonFiniteLoss(f"{what} became {value} at step {step}; stopping ({where})")
-
-
-def check_finite(what: str, value: float, step: int, last_good: Path | None) -> None:
-    """Raise `non_finite_stop` when `value` is NaN or infinite."""
-    if not math.isfinite(value):
-        raise non_finite_stop(what, value, step, last_good)
+    """A non-finite loss, gradient norm, reward or weight stopped the run (`Checkpoints.stop` words the message)."""
 
 
 @dataclass
@@ -108,6 +95,18 @@ def add_stage_arguments(p: argparse.ArgumentParser, preset: str) -> None:
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
 
 
+def parse_stage_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`p.parse_args`, with dotted overrides allowed anywhere (also after `--resume latest`)."""
+    args, rest = p.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [r for r in rest if r.startswith("-") or "=" not in r or not takes_overrides]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if rest:
+        args.overrides = [*(args.overrides or []), *rest]
+    return args
+
+
 def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """`--help-config`, or load the config and train; → (exit code, result). Exit 3: a non-finite loss; 2: a bad
     config or input (the message is printed)."""
@@ -131,7 +130,7 @@ def stage_main(cls: type, train_fn: Any, argv: list[str] | None, name: str, desc
     `run_stage`); on success it names what the stage `produced` ("weights", "student", ...) and where. → exit code."""
     p = argparse.ArgumentParser(prog=f"vidpost {name}", description=description)
     add_stage_arguments(p, f"configs/<model>/{name}.yaml")
-    code, result = run_stage(cls, train_fn, p.parse_args(argv))
+    code, result = run_stage(cls, train_fn, parse_stage_args(p, argv))
     if isinstance(result, TrainResult) and result.final is not None:
         print(f"done: {result.steps} steps; {produced} in {result.final}", file=sys.stderr)
     return code
