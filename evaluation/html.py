@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 
 from vidpost.evaluation.gifs import png_uri, thumb_uri
-from vidpost.evaluation.report import compare_rows, fmt, load_run, safe_name, summary_rows, summary_table_rows
+from vidpost.evaluation.report import (
+    compare_rows,
+    fmt,
+    load_run,
+    ranking_sentence,
+    safe_name,
+    summary_rows,
+    summary_table_rows,
+)
 from vidpost.evaluation.stats import finite, reward_names
 
 _TEMPLATE = r"""<!doctype html>
@@ -59,6 +67,7 @@ details summary{cursor:pointer;color:#3b6fb6}
 {% endfor %}</table></details>{% endif %}
 
 {% if comparison %}<h2 id="compare">Comparison: {{ labels[0] }} vs {{ labels[1] }}</h2>
+{% if ranking %}<p><b>{{ ranking }}</b></p>{% endif %}
 <p>Other run: <code>{{ other_dir }}</code>. {{ comparison.n_common }} videos in both runs
 ({{ comparison.only_this|length }} only in this run, {{ comparison.only_other|length }} only in the other).</p>
 <table class="stats"><tr><th>reward</th><th>pairs</th><th>{{ labels[0] }}</th><th>{{ labels[1] }}</th>
@@ -129,8 +138,7 @@ def write_report(
         other = {}
     labels = _labels(out, other_dir)
     names = reward_names(records, run["weights"])
-    show_total = len(names) > 1 or any(w != 1 for w in run["weights"].values())
-    rows_keys = names + (["total"] if show_total else [])
+    rows_keys = names + (["total"] if run["weighted"] else [])
 
     def value(rec: dict | None, key: str) -> float | None:
         if rec is None:
@@ -157,7 +165,7 @@ def write_report(
             sign = "" if d is None or abs(d) <= 1e-12 else ("pos" if d > 0 else "neg")
             scores.append(
                 {
-                    "name": key,
+                    "name": "weighted total" if key == "total" else key,
                     "this": fmt(a),
                     "other": fmt(b),
                     "delta": "–" if d is None else f"{d:+.3g}",
@@ -185,6 +193,9 @@ def write_report(
             component_rows=component_rows,
             comparison=comparison,
             compare_rows=compare_rows(comparison) if comparison else [],
+            ranking=ranking_sentence(comparison["ranking"], labels)
+            if comparison and comparison.get("ranking")
+            else "",
             other_dir=str(other_dir) if other_dir else "",
             labels=labels,
             plots=plots,

@@ -41,9 +41,10 @@ def dump_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_scores(out: Path, records: list[dict[str, Any]], weights: dict[str, float]) -> None:
-    """`scores.json` (the records, video paths relative to `out`) and `scores.csv` (one row per video: id,
-    prompt_id, prompt, seed, status, error, video, total, then each reward and its `<reward>/<component>`s)."""
+def write_scores(out: Path, records: list[dict[str, Any]], weights: dict[str, float], weighted: bool = False) -> None:
+    """`scores.json` (the records, video paths relative to `out`; `weighted`: whether the user gave the weights) and
+    `scores.csv` (one row per video: id, prompt_id, prompt, seed, status, error, video, with `weighted` the weighted
+    total, then each reward and its `<reward>/<component>`s)."""
     names = reward_names(records, weights)
     comps = component_names(records, names)
     rows = []
@@ -52,8 +53,8 @@ def write_scores(out: Path, records: list[dict[str, Any]], weights: dict[str, fl
         row["video"] = _rel(rec.get("video"), out)
         row |= {"total": rec.get("total"), "scores": rec.get("scores", {}), "components": rec.get("components", {})}
         rows.append(row)
-    dump_json(out / "scores.json", {"weights": weights, "records": rows})
-    columns = ["id", "prompt_id", "prompt", "seed", "status", "error", "video", "total"]
+    dump_json(out / "scores.json", {"weights": weights, "weighted": weighted, "records": rows})
+    columns = ["id", "prompt_id", "prompt", "seed", "status", "error", "video"] + (["total"] if weighted else [])
     for name in names:
         columns += [name] + [c for c in comps if c.startswith(f"{name}/")]
     with open(out / "scores.csv", "w", newline="") as f:
@@ -73,7 +74,7 @@ def write_scores(out: Path, records: list[dict[str, Any]], weights: dict[str, fl
 
 
 def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A previous eval output folder: `{dir, records, weights, summary}` (video paths made absolute)."""
+    """A previous eval output folder: `{dir, records, weights, weighted, summary}` (video paths made absolute)."""
     run_dir = Path(run_dir)
     f = run_dir / "scores.json"
     if not f.is_file():
@@ -84,7 +85,14 @@ def load_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         if rec.get("video") and not Path(rec["video"]).is_absolute():
             rec["video"] = str((run_dir / rec["video"]).resolve())
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    return {"dir": run_dir, "records": records, "weights": data.get("weights", {}), "summary": summary}
+    weighted = bool(data.get("weighted", False))
+    return {
+        "dir": run_dir,
+        "records": records,
+        "weights": data.get("weights", {}),
+        "weighted": weighted,
+        "summary": summary,
+    }
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -102,9 +110,9 @@ def _ci(ci: Sequence[float] | None) -> str:
 def summary_rows(
     by_name: dict[str, dict[str, Any]], weights: dict[str, float] | None = None, total: dict[str, Any] | None = None
 ) -> list[dict[str, str]]:
-    """Formatted table rows of `stats` per name (+ a `total` row when given)."""
+    """Formatted table rows of `stats` per name (+ a `weighted total` row when given)."""
     rows = []
-    entries = list(by_name.items()) + ([("total", total)] if total else [])
+    entries = list(by_name.items()) + ([("weighted total", total)] if total else [])
     for name, s in entries:
         rows.append(
             {
@@ -124,9 +132,9 @@ def summary_rows(
 
 
 def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    weights = summary["weights"]
-    show_total = len(summary["rewards"]) > 1 or any(w != 1 for w in weights.values())
-    return summary_rows(summary["rewards"], weights, summary["total"] if show_total else None)
+    """Each reward on its own; the weighted total only when the user gave weights."""
+    weights = summary["weights"] if summary.get("weighted") else None
+    return summary_rows(summary["rewards"], weights, summary.get("total") if summary.get("weighted") else None)
 
 
 def compare_rows(comparison: dict[str, Any]) -> list[dict[str, str]]:
@@ -137,7 +145,7 @@ def compare_rows(comparison: dict[str, Any]) -> list[dict[str, str]]:
             continue
         rows.append(
             {
-                "reward": name,
+                "reward": "weighted total" if name == "total" else name,
                 "n": str(c["n"]),
                 "this": fmt(c["mean_this"]),
                 "other": fmt(c["mean_other"]),
@@ -177,6 +185,27 @@ def summary_markdown(summary: dict[str, Any], comparison: dict[str, Any] | None 
     return "\n".join(lines) + "\n"
 
 
+def run_labels(this_dir: str | None, other_dir: str | None) -> tuple[str, str]:
+    """The two runs' names in a comparison: their folder names, when both are known and differ."""
+    a, b = Path(this_dir or "").name, Path(other_dir or "").name
+    return (a, b) if a and b and a != b else ("this run", "the other run")
+
+
+def ranking_sentence(ranking: dict[str, Any], labels: tuple[str, str] = ("this run", "the other run")) -> str:
+    """The comparison's headline: which run ranks first, by the rewards in order (the first one listed is the
+    primary), and the reward and paired difference that decided it."""
+    order = ", then ".join(ranking["order"])
+    if ranking["winner"] is None:
+        return f"Ranking by {order}: no reward separates the runs (every paired 95% CI contains 0)."
+    first, second = labels if ranking["winner"] == "this" else labels[::-1]
+    d = ranking["delta"] if ranking["winner"] == "this" else -ranking["delta"]
+    lo, hi = ranking["delta_ci95"] if ranking["winner"] == "this" else [-x for x in ranking["delta_ci95"][::-1]]
+    return (
+        f"Ranking by {order}: {first} ranks above {second}, decided by {ranking['decided_by']} "
+        f"(Δ {d:+.4g}, 95% CI [{fmt(lo)}, {fmt(hi)}])."
+    )
+
+
 def compare_markdown(comparison: dict[str, Any]) -> str:
     lines = [
         f"{comparison['n_common']} videos in both runs ({len(comparison['only_this'])} only in this, "
@@ -185,6 +214,9 @@ def compare_markdown(comparison: dict[str, Any]) -> str:
         "| reward | pairs | this | other | Δ (this − other) | 95% CI | win rate | W/T/L |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if comparison.get("ranking"):
+        labels = run_labels(comparison.get("this_dir"), comparison.get("other_dir"))
+        lines = [f"**{ranking_sentence(comparison['ranking'], labels)}**", "", *lines]
     for r in compare_rows(comparison):
         if r["n"] == "0":
             lines.append(f"| {r['reward']} | 0 | – | – | – | – | – | – |")

@@ -45,6 +45,12 @@ def load_reward_spec(names: str | Sequence[str] | None, config: str | os.PathLik
     return cfg
 
 
+def spec_is_weighted(spec: dict[str, Any]) -> bool:
+    """Whether the user gave any reward a weight (a number, or `weight:` in its options): only then is there a
+    weighted total — rewards of different scales are never summed with a default weight of 1."""
+    return any(isinstance(v, (int, float)) or (isinstance(v, dict) and "weight" in v) for v in spec.values())
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -70,6 +76,7 @@ def score_videos(
     records: list[dict[str, Any]],
     rewards: Any,
     *,
+    weighted: bool = False,
     batch_size: int = 8,
     thumbs_dir: Path | None = None,
     gif_size: int = 128,
@@ -78,7 +85,8 @@ def score_videos(
 ) -> list[dict[str, Any]]:
     """Read each record's `video`, score it with every reward of `rewards` (a `WeightedReward`) and fill in, in
     place: `status` ("ok", "missing", "unreadable", "reward_error"), `error`, `scores` {reward: value},
-    `components` {reward: {component: value}} and `total` (the weighted sum; None unless every reward scored).
+    `components` {reward: {component: value}} and `total` (with `weighted`, the user's weights: the weighted sum,
+    None unless every reward scored; else None).
     Consecutive videos of equal shape are scored together, up to `batch_size`. With `thumbs_dir` an animated
     GIF of each readable video is written there as `<id>.gif`."""
     names, weights = list(rewards.rewards), rewards.weights
@@ -101,7 +109,8 @@ def score_videos(
             rec["status"] = "reward_error" if errors else "ok"
             rec["error"] = "; ".join(errors)
             values = [rec["scores"].get(n) for n in names]
-            rec["total"] = None if None in values else sum(weights[n] * v for n, v in zip(names, values))
+            scored = weighted and None not in values
+            rec["total"] = sum(weights[n] * v for n, v in zip(names, values)) if scored else None
         batch.clear()
 
     bar = tqdm(records, desc="scoring", unit="video", disable=not progress)

@@ -126,9 +126,9 @@ def component(rec: dict[str, Any], key: str) -> float | None:
     return rec.get("components", {}).get(name, {}).get(comp)
 
 
-def summarise(records: list[dict[str, Any]], weights: dict[str, float]) -> dict[str, Any]:
-    """Statistics per reward (`rewards`), of the weighted `total` and per component (`components`), over the
-    videos that have the value; counts and the list of failures."""
+def summarise(records: list[dict[str, Any]], weights: dict[str, float], weighted: bool = False) -> dict[str, Any]:
+    """Statistics per reward (`rewards`), per component (`components`) and, when the user gave weights
+    (`weighted`), of the weighted `total`, over the videos that have the value; counts and the list of failures."""
     names = reward_names(records, weights)
     failures = [
         {k: r.get(k) for k in ("id", "prompt_id", "prompt", "video", "status", "error")}
@@ -141,9 +141,10 @@ def summarise(records: list[dict[str, Any]], weights: dict[str, float]) -> dict[
         "n_failed": len(failures),
         "n_prompts": len({r["prompt_id"] for r in records}),
         "weights": dict(weights),
+        "weighted": weighted,
         "ci_method": CI_METHOD,
         "rewards": {n: stats([r.get("scores", {}).get(n) for r in records]) for n in names},
-        "total": stats([r.get("total") for r in records]),
+        **({"total": stats([r.get("total") for r in records])} if weighted else {}),
         "components": {c: stats([component(r, c) for r in records]) for c in component_names(records, names)},
         "failures": failures,
     }
@@ -154,7 +155,7 @@ def compare_runs(
     other: list[dict[str, Any]],
     names: Sequence[str],
     *,
-    include_total: bool = True,
+    include_total: bool = False,
 ) -> dict[str, Any]:
     """Join two runs' records on video id; per reward (and `total`), over the pairs both scored: mean of this,
     of other, `delta` = mean paired difference (this − other) with `delta_ci95` (t), wins / ties / losses and
@@ -204,7 +205,21 @@ def compare_runs(
             "losses": n - wins - int(ties),
             "win_rate": (wins + 0.5 * ties) / n,
         }
+    result["ranking"] = rank_runs(result["rewards"], list(names))
     return result
+
+
+def rank_runs(by_reward: dict[str, dict[str, Any]], order: list[str]) -> dict[str, Any]:
+    """Which run ranks first, by the rewards in `order` (the primary first): the first reward whose paired
+    difference has a 95% CI excluding 0 decides; `winner` is "this", "other" or None (no reward separates them).
+    Rewards are never summed for the ranking."""
+    for name in order:
+        c = by_reward.get(name, {})
+        ci = c.get("delta_ci95")
+        if ci and (ci[0] > 0 or ci[1] < 0):
+            winner = "this" if ci[0] > 0 else "other"
+            return {"order": order, "winner": winner, "decided_by": name, "delta": c["delta"], "delta_ci95": ci}
+    return {"order": order, "winner": None, "decided_by": None}
 
 
 def finite(x: Any) -> float | None:

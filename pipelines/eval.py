@@ -23,7 +23,9 @@ never stops the run.
 Rewards (`--rewards a,b,c`, `--reward-config FILE`): registry names of `vidpost.rewards` (`verifier`,
 `verifier_binary`, `temporal`, `motion`, and with a weights `path`: `clip`, `hps`, `pickscore`, `aesthetic`,
 `videoalign`, ...). The config (YAML or JSON) maps a name to its weight or to `{weight, type, path, ...}` options,
-at top level or under `rewards:`; without `--rewards` every reward it names is used. `total` is the weighted sum.
+at top level or under `rewards:`; without `--rewards` every reward it names is used. Each reward is reported and
+compared on its own (rewards of different scales are never summed); a weighted `total` is added only when the
+config gives weights, and is labelled "weighted total".
 
 Outputs in `--out`: `scores.csv` / `scores.json` (per video: id, prompt, seed, status, error, each reward's score
 and its components, total), `summary.json` / `summary.md`, `plots/*.png`, `thumbs/<id>.gif`, `prompts.jsonl`,
@@ -36,6 +38,8 @@ t-interval for the mean, mean ± t(0.975, n − 1)·s/√n; a metric whose value
 Wilson score interval for its rate. `--compare` joins the two runs on video id; per reward over the pairs that
 both scored: the mean paired difference (this − other) with its 95% t-interval, and the win rate, the fraction
 of pairs where this run scores higher, ties counting one half (higher is taken to be better for every reward).
+The comparison's headline ranks the runs by the rewards in the order given, the first (e.g. `verifier` in
+`--rewards verifier,temporal,motion`) being the primary: the first reward whose paired 95% CI excludes 0 decides.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from vidpost.evaluation.report import (
     summary_markdown,
     write_scores,
 )
-from vidpost.evaluation.score import load_reward_spec, score_videos
+from vidpost.evaluation.score import load_reward_spec, score_videos, spec_is_weighted
 from vidpost.evaluation.seeds import prompt_seed
 from vidpost.evaluation.settings import user_settings
 from vidpost.evaluation.stats import compare_runs, reward_names, stats, summarise, t_quantile, wilson
@@ -129,10 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _finish(
-    args: argparse.Namespace, out: Path, records: list[dict], weights: dict[str, float], run_info: dict
+    args: argparse.Namespace,
+    out: Path,
+    records: list[dict],
+    weights: dict[str, float],
+    run_info: dict,
+    weighted: bool = False,
 ) -> dict[str, Any]:
     """Write scores, summary, comparison, plots and the report for scored records."""
-    summary = summarise(records, weights)
+    summary = summarise(records, weights, weighted)
     summary["run"] = run_info
     if args.title:
         summary["title"] = args.title
@@ -140,10 +149,11 @@ def _finish(
     if args.compare is not None:
         other_run = load_run(args.compare)
         other = other_run["records"]
-        same_weights = dict(other_run["weights"]) == dict(weights)
+        same_weights = weighted and other_run["weighted"] and dict(other_run["weights"]) == dict(weights)
         names = [n for n in reward_names(records, weights) if n in reward_names(other, other_run["weights"])]
         comparison = compare_runs(records, other, names, include_total=same_weights)
         comparison["other_dir"] = str(args.compare.resolve())
+        comparison["this_dir"] = str(out.resolve())
         dump_json(out / "compare.json", comparison)
         (out / "compare.md").write_text(compare_markdown(comparison) + "\n")
     else:
@@ -166,9 +176,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("give --videos DIR or --model PATH (or --out an existing eval folder to re-report)")
         prev = load_run(out)
         info = prev["summary"].get("run", {}) | {"re-reported": _dt.datetime.now().isoformat(timespec="seconds")}
-        return _finish(args, out, prev["records"], prev["weights"], info)
+        return _finish(args, out, prev["records"], prev["weights"], info, prev["weighted"])
 
     spec = load_reward_spec(args.rewards, args.reward_config)
+    weighted = spec_is_weighted(spec)
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.videos is not None and not args.videos.is_dir():
@@ -191,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     run_info: dict[str, Any] = {
         "prompts": args.prompts or f"(files in {args.videos})",
-        "rewards": ", ".join(f"{n} ×{w:g}" for n, w in rewards.weights.items()),
+        "rewards": ", ".join(f"{n} ×{w:g}" for n, w in rewards.weights.items()) if weighted else ", ".join(spec),
         "reward_config": args.reward_config,
         "device": args.device,
         "command": "vidpost eval " + " ".join(getattr(args, "argv", [])),
@@ -229,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     score_videos(
         records,
         rewards,
+        weighted=weighted,
         batch_size=args.score_batch_size,
         thumbs_dir=thumbs,
         gif_size=args.gif_size,
@@ -236,8 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress=progress,
     )
     run_info["seconds_per_video (scoring)"] = round((time.time() - t0) / max(1, len(records)), 3)
-    write_scores(out, records, rewards.weights)
-    return _finish(args, out, load_run(out)["records"], rewards.weights, run_info)
+    write_scores(out, records, rewards.weights, weighted)
+    return _finish(args, out, load_run(out)["records"], rewards.weights, run_info, weighted)
 
 
 def main(argv: list[str] | None = None) -> int:

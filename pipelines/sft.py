@@ -241,6 +241,23 @@ def batch_embeds(cache: LatentCache, idx: list[int], drop: torch.Tensor) -> Prom
     )
 
 
+def check_data(cfg: SFTConfig) -> None:
+    """Before loading the model: a run without a latent cache needs a manifest that exists (the message names the
+    command that makes one)."""
+    cache_dir = Path(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
+    if (cache_dir / "summary.json").exists():
+        return
+    if not cfg.data.manifest:
+        raise ValueError(f"data.manifest is empty and no latent cache exists at {cache_dir}")
+    manifest = Path(cfg.data.manifest)
+    if not manifest.exists():
+        raise ValueError(
+            f"data.manifest {manifest} does not exist: make the Shapes clips with `vidpost shapes export --out "
+            f"{manifest.parent} --split train --n 4000` (or `vidpost shapes-models --stage data`), or set "
+            "data.manifest=<your JSONL/CSV of video,caption>"
+        )
+
+
 def ensure_cache(cfg: SFTConfig, adapter: VideoModelAdapter, accelerator: Any) -> Path:
     cache_dir = Path(cfg.data.cache_dir or Path(cfg.output_dir) / "cache")
     if accelerator.is_main_process and not (cache_dir / "summary.json").exists():
@@ -274,6 +291,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(cfg.train.seed)
+    check_data(cfg)
     model_dir = resolve_model_path(cfg.model.path)
     adapter = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
     for b in buckets_of(cfg):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from vidpost.evaluation.report import ranking_sentence, summary_table_rows
 from vidpost.media.video_io import probe_video, write_video
 from vidpost.pipelines.eval import (
     compare_runs,
@@ -21,6 +22,7 @@ from vidpost.pipelines.eval import (
     main,
     score_videos,
     stats,
+    summarise,
     t_quantile,
     wilson,
 )
@@ -140,6 +142,39 @@ class FlakyReward(Reward):
         return RewardOutput(videos.mean(dim=(1, 2, 3, 4)), {"max": videos.flatten(1).amax(1)})
 
 
+def test_the_headline_ranks_by_the_primary_reward_and_never_sums_scales():
+    """The worse model on the verifier must not win because an unbounded reward (motion ≈ 1–13) dominates a sum."""
+    this, other = [], []
+    for i in range(16):
+        this.append(
+            {
+                "id": str(i),
+                "prompt_id": str(i),
+                "prompt": "p",
+                "scores": {"verifier": 0.75 + 0.01 * (i % 3), "motion": 2.0 + i % 2},
+            }
+        )
+        other.append(
+            {
+                "id": str(i),
+                "prompt_id": str(i),
+                "prompt": "p",
+                "scores": {"verifier": 0.45 + 0.01 * (i % 4), "motion": 6.0 + i % 3},
+            }
+        )
+    c = compare_runs(this, other, ["verifier", "motion"])
+    assert set(c["rewards"]) == {"verifier", "motion"}  # no unweighted total
+    assert c["rewards"]["motion"]["delta"] < -3  # motion alone prefers the other run
+    assert c["ranking"]["winner"] == "this" and c["ranking"]["decided_by"] == "verifier"
+    sentence = ranking_sentence(c["ranking"], ("sft", "base"))
+    assert sentence.startswith("Ranking by verifier, then motion: sft ranks above base, decided by verifier (Δ +0.29")
+    assert ranking_sentence(compare_runs(other, this, ["verifier", "motion"])["ranking"], ("base", "sft")).startswith(
+        "Ranking by verifier, then motion: sft ranks above base"
+    )
+    summary = summarise(this, {"verifier": 1.0, "motion": 1.0})
+    assert "total" not in summary and [r["reward"] for r in summary_table_rows(summary)] == ["verifier", "motion"]
+
+
 def test_a_reward_failing_on_one_video_fails_only_that_video(tmp_path):
     records = []
     for i, level in enumerate([0.5, 0.0, 0.25]):
@@ -148,7 +183,7 @@ def test_a_reward_failing_on_one_video_fails_only_that_video(tmp_path):
     rewards = WeightedReward(
         {"flaky": FlakyReward(), "temporal": build_reward("temporal")}, {"flaky": 2, "temporal": 1}
     )
-    score_videos(records, rewards, batch_size=3, thumbs_dir=tmp_path / "thumbs", progress=False)
+    score_videos(records, rewards, weighted=True, batch_size=3, thumbs_dir=tmp_path / "thumbs", progress=False)
     assert [r["status"] for r in records] == ["ok", "reward_error", "ok"]
     assert "cannot score a black video" in records[1]["error"] and records[1]["scores"]["flaky"] is None
     assert records[1]["scores"]["temporal"] is not None and records[1]["total"] is None
@@ -177,7 +212,8 @@ def test_generate_score_rescore_and_compare_with_itself(tiny_wan_dir, tmp_path):
     assert [r["prompt_id"] for r in rows] == ["000", "000", "001", "001", "002", "002"]
     assert [int(r["seed"]) for r in rows] == [10, 100013, 11, 100014, 12, 100015]
     assert rows[0]["motion"] != rows[1]["motion"]  # different seeds, different videos
-    assert {"temporal", "motion", "temporal/frame_to_prev", "motion/flow", "total"} <= set(rows[0])
+    assert {"temporal", "motion", "temporal/frame_to_prev", "motion/flow"} <= set(rows[0])
+    assert "total" not in rows[0]  # no weights given: rewards of different scales are not summed
     check_summary_matches_csv(gen, ["temporal", "motion"])
     html = check_html(gen, ids)
     assert html.count('<div class="prompt"') == 3  # one grid row per prompt, its two videos in it
@@ -192,14 +228,10 @@ def test_generate_score_rescore_and_compare_with_itself(tiny_wan_dir, tmp_path):
     assert rc == 0
     rows2 = read_csv(again / "scores.csv")
     for a, b in zip(rows, rows2):
-        assert (a["seed"], a["temporal"], a["motion"], a["total"]) == (
-            b["seed"],
-            b["temporal"],
-            b["motion"],
-            b["total"],
-        )
+        assert (a["seed"], a["temporal"], a["motion"]) == (b["seed"], b["temporal"], b["motion"])
     comparison = json.loads((again / "compare.json").read_text())
-    assert comparison["n_common"] == 6 and set(comparison["rewards"]) == {"temporal", "motion", "total"}
+    assert comparison["n_common"] == 6 and set(comparison["rewards"]) == {"temporal", "motion"}
+    assert comparison["ranking"] == {"order": ["temporal", "motion"], "winner": None, "decided_by": None}
     for c in comparison["rewards"].values():
         assert (c["n"], c["delta"], c["win_rate"], c["ties"]) == (6, 0.0, 0.5, 6)
     html = check_html(again, ids + ids)  # both runs' videos side by side
@@ -256,8 +288,12 @@ def test_videos_dir_with_failures_verifier_and_compare(tmp_path):
         expected = 2 * float(r["verifier"]) + float(r["temporal"]) + 0.5 * float(r["motion"])
         assert float(r["total"]) == pytest.approx(expected, rel=1e-9)
     check_summary_matches_csv(b, ["motion", "verifier", "temporal"])
+    summary_b = json.loads((b / "summary.json").read_text())
+    assert summary_b["weighted"] and summary_b["total"]["n"] == 4
+    assert "| weighted total | " in (b / "summary.md").read_text()
     comparison = json.loads((b / "compare.json").read_text())
-    assert set(comparison["rewards"]) == {"motion", "verifier", "temporal"}  # weights differ: no `total`
+    assert set(comparison["rewards"]) == {"motion", "verifier", "temporal"}  # A gave no weights: no `total`
+    assert comparison["ranking"]["order"] == ["motion", "verifier", "temporal"]  # the config's order
     by_id = {r["id"]: r for r in rows}
     for name, c in comparison["rewards"].items():
         pairs = [(float(r[name]), float(by_id[r["id"]][name])) for r in rows_b if r[name] and by_id[r["id"]][name]]
@@ -273,7 +309,7 @@ def test_videos_dir_with_failures_verifier_and_compare(tmp_path):
     # Compare a finished run with itself, without re-scoring: Δ 0 and win rate ½ everywhere.
     assert main(["--out", str(a), "--compare", str(a)]) == 0
     comparison = json.loads((a / "compare.json").read_text())
-    assert set(comparison["rewards"]) == {"verifier", "temporal", "motion", "total"}
+    assert set(comparison["rewards"]) == {"verifier", "temporal", "motion"}
     for c in comparison["rewards"].values():
         assert (c["n"], c["delta"], c["win_rate"]) == (3, 0.0, 0.5)
     assert read_csv(a / "scores.csv") == rows  # re-reporting leaves the scores alone

@@ -168,7 +168,9 @@ def test_shapes_eval(tmp_path):
     args = ["--prompts", "shapes-heldout", "--model", "shapes", "--rewards", "verifier,temporal,motion"]
     args += ["--out", str(out), "--limit", "2", "--steps", "6", "--seeds", "2", "--batch-size", "4"]
     args += ["--no-progress"]
-    # A fresh process: sampling results depend (at float rounding) on state earlier tests leave in this one.
-    subprocess.run([sys.executable, "-m", "vidpost.cli", "eval", *args], check=True, capture_output=True)
+    # A fresh process (sampling results depend, at float rounding, on state earlier tests leave in this one) on one
+    # thread (the CPU kernels' reductions split by thread count and timing).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "vidpost.cli", "eval", *args], check=True, capture_output=True, env=env)
     rows = json.loads((out / "scores.json").read_text())
     check("shapes_eval", {"scores": rows})

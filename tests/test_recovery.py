@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -273,3 +276,64 @@ def test_a_change_that_cannot_apply_on_resume_is_refused(tiny_wan_dir, tiny_mani
     assert main([*args, "--resume", "latest"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume with train.seed=5" in err and "Traceback" not in err
+
+
+def test_a_missing_manifest_names_the_command_that_makes_it_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    from vidpost.pipelines import sft
+
+    monkeypatch.setattr(sft, "load", lambda *a, **k: pytest.fail("the model was loaded before the data was checked"))
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "shapes" / "sft-lora.yaml")
+    assert sft.main(["--config", config, f"output_dir={tmp_path}", f"data.manifest={tmp_path}/data/m.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"vidpost shapes export --out {tmp_path}/data --split train" in err and "data.manifest=" in err
+
+
+def test_a_trained_lora_carries_its_base_and_warns_on_another(tiny_wan_dir, tiny_manifest, two_bases, tmp_path):
+    from vidpost.pipelines.sft import main
+
+    args = [f"output_dir={tmp_path}", f"model.path={tiny_wan_dir}", f"data.manifest={tiny_manifest}"]
+    args += ["data.buckets=[[9, 32, 32]]", "train.max_steps=1", "validation.prompts=[]", "log.tensorboard=false"]
+    assert main(args) == 0
+    lora = tmp_path / "final"
+    assert lora_base(lora)["fingerprint"] == model_fingerprint(tiny_wan_dir)
+    _, other, _ = two_bases
+    with pytest.warns(LoraBaseMismatch, match="wan-b"):
+        load(other, lora=lora)
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny_wan_dir, tiny_manifest, tmp_path, capsys):
+    """The process dies with step 3's files written but not yet renamed into place: `--resume latest` takes step 2,
+    and the run finishes with the whole history."""
+    from vidpost.pipelines.sft import main
+
+    args = _sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=4")
+    marker = tmp_path / "writing"
+    script = f"""
+import pathlib, sys, time
+from vidpost.training import checkpoint
+real = checkpoint.fsync_tree
+def slow(path):
+    if path.name == "step_0000003.tmp":
+        pathlib.Path({str(marker)!r}).write_text("in the write")
+        time.sleep(600)
+    real(path)
+checkpoint.fsync_tree = slow
+from vidpost.pipelines.sft import main
+sys.exit(main({args!r}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the run never reached its third checkpoint"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_0000001", "step_0000002", "step_0000003.tmp"]
+    assert main([*args, "--resume", "latest"]) == 0
+    assert f"resumed from {root / 'step_0000002'} at step 2" in capsys.readouterr().err
+    assert not (root / "step_0000003.tmp").exists() and (root / "step_0000004").is_dir()
+    assert [h["step"] for h in json.loads((tmp_path / "history.json").read_text())] == [1, 2, 3, 4]

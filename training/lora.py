@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from vidpost.models import VideoModelAdapter, resolve_model_path
+from vidpost.models.provenance import stamp_lora
 from vidpost.training.config import LoraConfig
 from vidpost.training.ema import EMA
 
@@ -45,7 +46,8 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export(adapter: VideoModelAdapter, cfg: Any, path: Path, ema: EMA | None = None) -> Path:
-    """LoRA → diffusers LoRA file; full → complete diffusers model dir (with the frozen parts of the base).
+    """LoRA → diffusers LoRA file, stamped with the base it was trained on (`models.provenance`); full → complete
+    diffusers model dir (with the frozen parts of the base).
     `cfg` is any stage config with `lora.enabled` and `model.path` (SFT, GRPO). With `ema`, its weights are copied
     into the transformer first (and exported)."""
     if ema is not None:
@@ -53,8 +55,10 @@ def export(adapter: VideoModelAdapter, cfg: Any, path: Path, ema: EMA | None = N
     if path.exists():
         shutil.rmtree(path)
     if cfg.lora.enabled:
+        base = resolve_model_path(cfg.model.path).resolve()
         adapter.save_lora(path, lora_state_dict(adapter.transformer))
-        (path / "base_model.txt").write_text(str(resolve_model_path(cfg.model.path).resolve()) + "\n")
+        stamp_lora(path, base)  # the base's name and fingerprint in the file's header
+        (path / "base_model.txt").write_text(str(base) + "\n")
     else:
         adapter.save_pretrained(path)
     return path
