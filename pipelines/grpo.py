@@ -68,6 +68,7 @@ from vidpost.training.lora import export
 from vidpost.training.optim import lr_lambda, make_optimizer
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import ExitCode, TrainResult, add_stage_arguments, parse_stage_args, run_stage
+from vidpost.training.tracking import read_history, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ def guard_and_checkpoint(run: _Run) -> str | None:
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
     run = set_up(cfg, resume)
     acc = run.accelerator
+    earlier = read_history(run.out_dir, run.step)  # history.json continues the whole run
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc="grpo", disable=not acc.is_main_process)
     if run.step == 0:
@@ -344,14 +346,19 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
         if run.step % cfg.log.every == 0 or run.step == cfg.train.max_steps:
             acc.log({f"train/{k}": v for k, v in rec.items()}, step=run.step)
         stopped = guard_and_checkpoint(run)
+        if acc.is_main_process and run.ckpt.due(run.step):
+            write_history(run.out_dir, earlier + history)
         if stopped:
             break
     bar.close()
-    return finish(run, history, stopped)
+    return finish(run, history, stopped, earlier)
 
 
-def finish(run: _Run, history: list[dict[str, float]], stopped: str | None) -> GRPOResult:
-    """Export `final/` (EMA weights when kept), write history.json, guard.json and curves.png; → the result."""
+def finish(
+    run: _Run, history: list[dict[str, float]], stopped: str | None, earlier: list[dict[str, float]]
+) -> GRPOResult:
+    """Export `final/` (EMA weights when kept), write history.json (`earlier` steps, then this invocation's),
+    guard.json and curves.png; → the result."""
     cfg, acc, out_dir = run.cfg, run.accelerator, run.out_dir
     acc.wait_for_everyone()
     result = GRPOResult(
@@ -370,9 +377,9 @@ def finish(run: _Run, history: list[dict[str, float]], stopped: str | None) -> G
         result.final = export(run.policy.adapter, cfg, out_dir / "final")
         if (out_dir / "best").exists():
             result.best, result.best_step = out_dir / "best", run.guard.best_step
-        (out_dir / "history.json").write_text(json.dumps(history) + "\n")
+        write_history(out_dir, earlier + history)
         (out_dir / "guard.json").write_text(json.dumps(run.guard.history, indent=1) + "\n")
-        plot_rl_curves(history, run.guard.history, out_dir / "curves.png")
+        plot_rl_curves(earlier + history, run.guard.history, out_dir / "curves.png")
         result.write(out_dir)
     if hasattr(run.rewards, "close"):
         run.rewards.close()

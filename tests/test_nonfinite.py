@@ -73,5 +73,10 @@ def test_every_trainer_recovers_from_a_blow_up(
     weights = load_file(str(named / "trainable.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
 
-    assert vidpost([*base, "--resume", "latest", "optim.lr=1e-5", "train.max_steps=3"]) == 0, capsys.readouterr().err
+    assert vidpost([*base, "--resume", "latest", "optim.lr=1e-5", "train.max_steps=3"]) == 0
+    err = capsys.readouterr().err
+    assert "changed on resume: optim.lr 0.001 -> 1e-05, train.max_steps 1 -> 3" in err, err[-3000:]
     assert json.loads((out / "result.json").read_text())["steps"] == 3
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]  # the whole run: the good step, then the two after the resume
+    assert [h["lr"] for h in history][1:] == [1e-5, 1e-5]
