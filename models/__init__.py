@@ -72,6 +72,8 @@ def family_of(path: Path) -> type[VideoModelAdapter]:
 class LoraBaseMismatch(UserWarning):
     """A LoRA is applied to another base model than the one it was trained on."""
 
+    one_line = True  # the CLI prints it as one `warning: ...` line
+
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()

@@ -10,6 +10,9 @@ Subcommands:
 - `render --caption TEXT --out FILE.mp4 [--seed 0] [--frames] [--height] [--width] [--fps]`: one clip of a
   canonical caption.
 - `write-heldout [--version v1]`: regenerate the committed held-out JSON from `splits.heldout_prompts`.
+- `ceiling [--model shapes] [--mutations 3] [--limit N] [--json]`: the ruler's ceiling on the held-out clips —
+  the verifier's success on the ground truth and on the model's VAE reconstructions of it, per attribute, and its
+  false success on one-attribute mutations of both (`vidpost.evaluation.ceiling`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="training stream (train split only)")
     p.add_argument("--crf", type=int, default=10, help="H.264 constant quality (lower = better)")
+
+    p = sub.add_parser("ceiling", help="the verifier on held-out ground truth and its VAE reconstructions")
+    p.add_argument("--model", default="shapes", help="model folder or preset, or a VAE folder (default shapes)")
+    p.add_argument("--mutations", type=int, default=3, help="one-attribute mutations per clip (default 3)")
+    p.add_argument("--limit", type=int, help="only the first N held-out clips")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     p = sub.add_parser("verifier-stats", help="measure the verifier's success and false-success rates")
     p.add_argument("--n", type=int, default=300, help="number of scenes (default 300)")
@@ -120,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         video = render(spec, num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
         write_clip(args.out, video, fps=args.fps)
         print(args.out)
+        return 0
+    if args.command == "ceiling":
+        import json
+
+        from vidpost.evaluation.ceiling import ceiling_table, shapes_ceiling
+
+        result = shapes_ceiling(args.model, mutations=args.mutations, limit=args.limit)
+        print(json.dumps(result, indent=1) if args.json else ceiling_table(result))
         return 0
     if args.command == "write-heldout":
         from .splits import write_heldout_json

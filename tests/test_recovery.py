@@ -276,6 +276,10 @@ def test_a_change_that_cannot_apply_on_resume_is_refused(tiny_wan_dir, tiny_mani
     assert main([*args, "--resume", "latest"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume with train.seed=5" in err and "Traceback" not in err
+    # a change of the weights' shapes is refused the same way (not a shape mismatch while loading)
+    args = _sft_args(tmp_path, tiny_wan_dir, tiny_manifest, "train.max_steps=2", "lora.rank=8")
+    assert main([*args, "--resume", "latest"]) == 2
+    assert "cannot resume with lora.rank=8" in capsys.readouterr().err
 
 
 def test_a_missing_manifest_names_the_command_that_makes_it_before_loading_the_model(tmp_path, capsys, monkeypatch):

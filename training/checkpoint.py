@@ -184,8 +184,11 @@ class Checkpoints:
             if path is None:
                 print(f"--resume latest: no checkpoint in {self.root}, starting from scratch", file=sys.stderr)
             else:
+                changed = self._changes(path)  # before loading: a refused change must not meet a shape mismatch
                 step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema)
-                self._apply_changes(path)
+                if changed:
+                    rebuild_schedule(self.optimizer, self.scheduler, self.lr)
+                    print(describe_changes(changed), file=sys.stderr)
                 self.resumed_from = path
                 print(f"resumed from {path} at {unit} {step}", file=sys.stderr)
         self.last_good = latest_checkpoint(self.root)
@@ -204,16 +207,13 @@ class Checkpoints:
             with torch.no_grad():
                 self.reference = probe_rms(self.probe())
 
-    def _apply_changes(self, path: Path) -> None:
-        """Compare the config the checkpoint was written with (when it recorded one) with this run's: a change to the
-        learning rate, schedule, max_steps or a cadence takes effect and is printed; any other is a ValueError."""
-        saved = json.loads((path / "state.json").read_text()).get("config")
-        if saved is None:
-            return
-        changed = resume_changes(saved, self.config)
-        if changed:
-            rebuild_schedule(self.optimizer, self.scheduler, self.lr)
-            print(describe_changes(changed), file=sys.stderr)
+    def _changes(self, path: Path) -> list[tuple[str, Any, Any]]:
+        """Compare the config the checkpoint was written with (when it recorded one) with this run's: → the changes
+        to the learning rate, schedule, max_steps or a cadence (applied after the restore); any other change is a
+        ValueError naming the key."""
+        state = path / "state.json"
+        saved = json.loads(state.read_text()).get("config") if state.is_file() else None
+        return [] if saved is None else resume_changes(saved, self.config)
 
     def due(self, step: int) -> bool:
         """Whether `step` is a checkpoint step (every `checkpoint.every`; never when it is 0)."""

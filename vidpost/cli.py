@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
@@ -59,8 +60,26 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line_warnings() -> None:
+    """Warnings meant for the user (a category with `one_line = True`, e.g. a LoRA on another base) print as one
+    `warning: ...` line; every other warning keeps Python's format."""
+    default = warnings.showwarning
+    if getattr(default, "vidpost", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if getattr(category, "one_line", False):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.vidpost = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _one_line_warnings()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
