@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vidpost.models import load
 from vidpost.pipelines.demo import main as demo
@@ -67,3 +68,37 @@ def test_vocabulary_covers_captions():
     words = shapes_vocabulary()
     for w in ("red", "circle", "moves", "background", "diamond", "quickly"):
         assert w in words
+
+
+def test_vae_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    """A VAE run killed mid-phase continues from `<out>.ckpt` and ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from vidpost.pipelines import shapes_vae
+
+    monkeypatch.setattr(shapes_vae, "_vae_report", lambda vae, seed: (0.0, [], [0.0] * 16, [1.0] * 16))
+    monkeypatch.setattr(shapes_vae, "reconstruction_verifier_success", lambda vae: {"success": 0.0})
+    kw = {"steps": 3, "image_steps": 3, "sharpen_steps": 2, "batch_size": 1, "image_batch_size": 2, "frames": 5}
+    kw["ckpt_every"] = 2
+    whole = shapes_vae.train_vae(tmp_path / "whole", **kw)
+
+    real, calls = shapes_vae._render_batch, []
+
+    def dies_in_the_video_phase(*a):
+        calls.append(1)
+        if len(calls) == 6:  # image steps 1-3, video steps 1-2 (a checkpoint after 2), then video step 3 dies
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(shapes_vae, "_render_batch", dies_in_the_video_phase)
+    with pytest.raises(KeyboardInterrupt):
+        shapes_vae.train_vae(tmp_path / "cut", **kw)
+    assert not (tmp_path / "cut").exists()
+    assert torch.load(tmp_path / "cut.ckpt", weights_only=False)["step"] == 2  # mid-phase: the video phase's step 2
+    monkeypatch.setattr(shapes_vae, "_render_batch", real)
+    cut = shapes_vae.train_vae(tmp_path / "cut", **kw)
+    assert not (tmp_path / "cut.ckpt").exists()
+    a = load_file(str(whole / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(cut / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((cut / "config.json").read_text())["scale_factor_spatial"] == 4
