@@ -118,13 +118,19 @@ def train_vae(
     sharpen_steps: int = 0,
     edge_weight: float = 1.0,
     ckpt_every: int = 100,
+    start_from: Path | None = None,
 ) -> Path:
     """Train the Shapes VAE (module doc): `image_steps` on single frames (batch `image_batch_size`), then `steps` on
     `frames`-frame clips, then `sharpen_steps` more on clips at half the lr with the edge term. Every `ckpt_every`
     steps the whole state (weights, optimizer, schedule, the clip generator, the log) goes to `<out>.ckpt`; a run
-    that finds it continues from it and ends with the weights an uninterrupted run would have."""
+    that finds it continues from it and ends with the weights an uninterrupted run would have. `start_from`: a
+    trained VAE folder to continue training (e.g. with `image_steps=0`: more clip and edge steps)."""
     torch.manual_seed(seed)
     vae = make_vae(spatial, base_dim)
+    if start_from is not None:
+        from diffusers import AutoencoderKLWan
+
+        vae.load_state_dict(AutoencoderKLWan.from_pretrained(start_from).state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")
     phases = (
