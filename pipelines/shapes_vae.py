@@ -38,27 +38,31 @@ import torch
 from tqdm.auto import tqdm
 
 NUM_FRAMES, HEIGHT, WIDTH = 17, 64, 64
-ARCHITECTURES = {4: ([1, 2, 2], [True, True]), 8: ([1, 2, 2, 2], [False, True, True])}
-"""spatial compression → (dim_mult, temperal_downsample) of the `AutoencoderKLWan`"""
+ARCHITECTURES = {
+    (4, 4): ([1, 2, 2], [True, True]),
+    (4, 2): ([1, 2, 2], [False, True]),
+    (8, 4): ([1, 2, 2, 2], [False, True, True]),
+}
+"""(spatial, temporal) compression → (dim_mult, temperal_downsample) of the `AutoencoderKLWan`"""
 
 
-def make_vae(spatial: int = 4, base_dim: int = 16) -> torch.nn.Module:
-    """A fresh Shapes VAE with `spatial`× (4 or 8) spatial and 4× temporal compression, 16 latent channels."""
+def make_vae(spatial: int = 4, base_dim: int = 16, temporal: int = 4) -> torch.nn.Module:
+    """A fresh Shapes VAE with `spatial`× and `temporal`× compression (`ARCHITECTURES`), 16 latent channels."""
     from diffusers import AutoencoderKLWan
 
-    if spatial not in ARCHITECTURES:
-        raise ValueError(f"spatial compression must be one of {sorted(ARCHITECTURES)}, got {spatial}")
-    dim_mult, temporal = ARCHITECTURES[spatial]
+    if (spatial, temporal) not in ARCHITECTURES:
+        raise ValueError(f"(spatial, temporal) compression must be one of {sorted(ARCHITECTURES)}")
+    dim_mult, temporal_down = ARCHITECTURES[spatial, temporal]
     return AutoencoderKLWan(
         base_dim=base_dim,
         z_dim=16,
         dim_mult=dim_mult,
         num_res_blocks=1,
-        temperal_downsample=temporal,
+        temperal_downsample=temporal_down,
         latents_mean=[0.0] * 16,
         latents_std=[1.0] * 16,
         scale_factor_spatial=spatial,
-        scale_factor_temporal=4,
+        scale_factor_temporal=temporal,
     )
 
 
@@ -119,18 +123,22 @@ def train_vae(
     edge_weight: float = 1.0,
     ckpt_every: int = 100,
     start_from: Path | None = None,
+    temporal: int = 4,
 ) -> Path:
     """Train the Shapes VAE (module doc): `image_steps` on single frames (batch `image_batch_size`), then `steps` on
     `frames`-frame clips, then `sharpen_steps` more on clips at half the lr with the edge term. Every `ckpt_every`
     steps the whole state (weights, optimizer, schedule, the clip generator, the log) goes to `<out>.ckpt`; a run
     that finds it continues from it and ends with the weights an uninterrupted run would have. `start_from`: a
-    trained VAE folder to continue training (e.g. with `image_steps=0`: more clip and edge steps)."""
+    trained VAE folder to continue training (e.g. with `image_steps=0`: more clip and edge steps); its weights are
+    taken where names and shapes match (so a 4×-temporal VAE can start a 2×-temporal one)."""
     torch.manual_seed(seed)
-    vae = make_vae(spatial, base_dim)
+    vae = make_vae(spatial, base_dim, temporal)
     if start_from is not None:
         from diffusers import AutoencoderKLWan
 
-        vae.load_state_dict(AutoencoderKLWan.from_pretrained(start_from).state_dict())
+        own = vae.state_dict()
+        given = AutoencoderKLWan.from_pretrained(start_from).state_dict()
+        vae.load_state_dict({k: v for k, v in given.items() if k in own and own[k].shape == v.shape}, strict=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")
     phases = (

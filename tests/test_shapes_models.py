@@ -102,3 +102,16 @@ def test_vae_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, 
     b = load_file(str(cut / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((cut / "config.json").read_text())["scale_factor_spatial"] == 4
+
+
+@pytest.mark.parametrize(
+    ("spatial", "temporal", "latent"), [(4, 4, (5, 16, 16)), (4, 2, (9, 16, 16)), (8, 4, (5, 8, 8))]
+)
+def test_vae_architectures_compress_as_named(spatial, temporal, latent):
+    from vidpost.pipelines.shapes_vae import make_vae
+
+    vae = make_vae(spatial, base_dim=4, temporal=temporal).eval()
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 17, 64, 64)).latent_dist.mode()
+        assert tuple(z.shape[2:]) == latent and vae.decode(z).sample.shape == (1, 3, 17, 64, 64)
+    assert (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal) == (spatial, temporal)
