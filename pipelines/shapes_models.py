@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-image-steps", type=int, default=1500, help="VAE steps on single frames first (batch 16)")
     p.add_argument("--vae-sharpen-steps", type=int, default=300, help="last VAE steps with the edge loss")
     p.add_argument("--vae-spatial", type=int, choices=[4, 8], default=4, help="VAE spatial compression (default 4)")
+    p.add_argument("--vae-temporal", type=int, choices=[2, 4], default=4, help="VAE temporal compression (default 4)")
     p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, not a usable model)")
     p.add_argument("overrides", nargs="*", help="dotted overrides passed to both SFT runs")
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             image_steps=3 if args.quick else args.vae_image_steps,
             sharpen_steps=3 if args.quick else args.vae_sharpen_steps,
             spatial=args.vae_spatial,
+            temporal=args.vae_temporal,
         )
     if "init" in stages and not (work / "init" / "model_index.json").exists():
         build_init(work / "vae", work / "init")
