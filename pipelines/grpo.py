@@ -203,7 +203,12 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
         overlap = sorted(set(cfg.guard.metric) & set(cfg.rewards.spec))
         print(f"warning: guard metric {overlap} is also a training reward", file=sys.stderr)
     pool = load_prompt_pool(cfg.rollout.prompts, cfg.rollout.pool_size)
-    probe = make_probe(policy, pool[0], cfg.train.seed, accelerator)
+    # the checkpoint probe: the policy's velocity on fixed noise of the rollout size, conditioned on the first prompt
+    noise = torch.randn(
+        policy.adapter.latent_shape(1, *policy.size), generator=torch.Generator().manual_seed(cfg.train.seed)
+    )
+    cond = policy.adapter.encode_prompt(pool[:1])
+    probe = velocity_probe(policy.adapter, noise.to(accelerator.device), cond, autocast=accelerator.autocast)
     unwrapped = accelerator.unwrap_model(model)
     ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, ema, probe, accelerator.is_main_process)
     run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
@@ -212,19 +217,6 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
         guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
     if log_with:
         accelerator.init_trackers("grpo", config={k: str(v) for k, v in to_dict(cfg).items()})
-    return run
-
-
-def make_probe(policy: Policy, prompt: str, seed: int, accelerator: Any):
-    """The checkpoint probe: the policy's velocity on fixed noise of the rollout size, conditioned on `prompt`."""
-    adapter = policy.adapter
-    latents = torch.randn(adapter.latent_shape(1, *policy.size), generator=torch.Generator().manual_seed(seed))
-    probe = velocity_probe(adapter, latents.to(accelerator.device), adapter.encode_prompt([prompt]))
-
-    def run() -> torch.Tensor:
-        with accelerator.autocast():
-            return probe()
-
     return run
 
 

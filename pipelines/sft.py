@@ -270,18 +270,6 @@ def ensure_cache(cfg: SFTConfig, adapter: VideoModelAdapter, accelerator: Any) -
     return cache_dir
 
 
-def make_probe(adapter: VideoModelAdapter, cache: LatentCache, accelerator: Any):
-    """The checkpoint probe: the velocity on the first cached clip and its caption at three noise levels."""
-    cond = batch_embeds(cache, [0], torch.zeros(1, dtype=torch.bool)).to(accelerator.device)
-    probe = velocity_probe(adapter, cache.latents[0][None].to(accelerator.device), cond)
-
-    def run() -> torch.Tensor:
-        with accelerator.autocast():
-            return probe()
-
-    return run
-
-
 def buckets_of(cfg: SFTConfig) -> list[Bucket]:
     return [Bucket(*b) for b in cfg.data.buckets]
 
@@ -323,7 +311,13 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         scheduler,
         sampler,
         ema,
-        probe=make_probe(adapter, cache, accelerator),
+        # the checkpoint probe: the first cached clip and its caption at three noise levels
+        probe=velocity_probe(
+            adapter,
+            cache.latents[0][None].to(accelerator.device),
+            batch_embeds(cache, [0], torch.zeros(1, dtype=torch.bool)).to(accelerator.device),
+            autocast=accelerator.autocast,
+        ),
         main=accelerator.is_main_process,
     )
     step = ckpt.resume(resume)

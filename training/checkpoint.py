@@ -52,10 +52,15 @@ class NoDataPosition:
         pass
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
+def completed_checkpoints(ckpt_root: Path) -> list[Path]:
+    """The complete `step_N/` folders (with their state.json; not `.tmp` or `.bad`), oldest first."""
     done = [p for p in ckpt_root.glob("step_*") if p.is_dir() and p.name[len("step_") :].isdigit()]
-    done = [p for p in done if (p / "state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+    return sorted((p for p in done if (p / "state.json").exists()), key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = completed_checkpoints(ckpt_root)
+    return done[-1] if done else None
 
 
 def save_checkpoint(
@@ -274,11 +279,7 @@ class Checkpoints:
         verifies and moves failing ones aside) and suggests a lower learning rate."""
         usable = self.last_good
         if self.main and self.root.is_dir():
-            candidates = sorted(
-                (p for p in self.root.glob("step_*[0-9]") if (p / "state.json").exists()),
-                key=lambda p: int(p.name.split("_")[1]),
-            )
-            candidates = [p for p in candidates if int(p.name.split("_")[1]) < step]
+            candidates = [p for p in completed_checkpoints(self.root) if int(p.name.split("_")[1]) < step]
             load = lambda p: load_trainable(p, self.model)  # noqa: E731
             usable = Verifier(load, self.probe, self.reference, self.weight_reference).usable(candidates)
         return NonFiniteLoss(stop_message(what, value, step, usable))

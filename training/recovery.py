@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -190,15 +191,22 @@ def velocity_probe(
     model: torch.nn.Module | None = None,
     sigmas: tuple[float, ...] = (0.2, 0.5, 0.8),
     seed: int = 0,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> Callable[[], torch.Tensor]:
     """A video model's probe: its velocity on one clean latent ([1, C, F, H, W], e.g. the first cached clip) noised
-    with fixed noise at each of `sigmas`, conditioned on `cond` (one prompt's embeddings)."""
+    with fixed noise at each of `sigmas`, conditioned on `cond` (one prompt's embeddings), inside `autocast()` (the
+    trainer's mixed precision, e.g. `accelerator.autocast`)."""
     latents = latents.detach()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(latents)
     x = torch.cat([(1 - s) * latents + s * noise for s in sigmas])
     sigma = torch.tensor(sigmas, dtype=torch.float32, device=latents.device)
     cond = cond.repeat_interleave(len(sigmas))
-    return lambda: adapter.predict_velocity(x, sigma, cond, model=model)
+
+    def probe() -> torch.Tensor:
+        with autocast():
+            return adapter.predict_velocity(x, sigma, cond, model=model)
+
+    return probe
 
 
 def logits_probe(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callable[[], torch.Tensor]:
