@@ -196,3 +196,17 @@ def bert_dir(tmp_path_factory):
     BertModel(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def write_pairs(tmp_path, monkeypatch) -> Callable[[list[tuple[str, str]]], Path]:
+    """`write_pairs([(prompt, target), ...])`: a rewriter pairs file in `tmp_path` (each target also its reward
+    prompt), with the rewriter cache (`VIDPOST_CACHE`) moved into `tmp_path`."""
+    monkeypatch.setenv("VIDPOST_CACHE", str(tmp_path / "vidpost-cache"))
+
+    def write(pairs: list[tuple[str, str]]) -> Path:
+        f = tmp_path / "pairs.jsonl"
+        f.write_text("".join(json.dumps({"prompt": p, "target": t, "reward_prompt": t}) + "\n" for p, t in pairs))
+        return f
+
+    return write

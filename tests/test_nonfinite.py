@@ -20,11 +20,8 @@ PAIRS = [("red circle right", "a red circle moves to the right"), ("dog grass", 
 
 
 @pytest.fixture
-def pairs_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("VIDPOST_CACHE", str(tmp_path / "vidpost-cache"))
-    f = tmp_path / "pairs.jsonl"
-    f.write_text("".join(json.dumps({"prompt": p, "target": t, "reward_prompt": t}) + "\n" for p, t in PAIRS))
-    return f
+def pairs_file(write_pairs):
+    return write_pairs(PAIRS)
 
 
 def _distill(out, tiny_wan_dir, **_):
