@@ -3,16 +3,22 @@
     vidpost shapes-models --out assets/shapes [--stage vae|init|data|base|sft|all] [--quick]
 
 Stages (each writes its folder and is skipped when that folder is complete, so the command resumes):
-1. `vae`   — a miniature `AutoencoderKLWan` (`--vae-spatial` 4 (default) or 8 × spatial, 4× temporal
-             compression, 16 latent channels) trained as an autoencoder on procedurally rendered clips: single
-             frames (1500 steps, batch 16), then 17-frame clips (800 steps, batch 4), then 300 steps with an edge
-             term (`vidpost.pipelines.shapes_vae`, which documents the losses and what did not work). It writes a
-             checkpoint every 100 steps and resumes from it. The report records the verifier's success on its
-             reconstructions of the held-out clips: the ceiling for every model built on this VAE.
+1. `vae`   — a miniature `AutoencoderKLWan` (4× spatial and, by default, 2× temporal compression, 16 latent
+             channels; `--vae-spatial 8` / `--vae-temporal 4` for the coarser ones) trained as an autoencoder on
+             procedurally rendered clips (`vidpost.pipelines.shapes_vae`, which documents the losses and what did
+             not work), in phases that each write a checkpoint every 100 steps and resume from it:
+             `vae-t4/` — a 4×-temporal VAE: single frames (1500 steps, batch 16), then 17-frame clips (800 steps,
+             batch 4), then 300 steps with an edge term; `vae-t4-edge/` — 600 more clip steps and 400 edge steps
+             (edge weight 2); `vae/` — the 2×-temporal VAE started from those weights (every tensor whose name
+             and shape match), 500 clip and 200 edge steps. With `--vae-temporal 4` the first phase writes `vae/`
+             and is the only one. `--vae-from FOLDER` takes a trained VAE instead. The report records the
+             verifier's success on its reconstructions of held-out clips: the ceiling for every model built on it
+             (`vidpost shapes ceiling` measures it on the held-out split).
 2. `init`  — assembles a complete diffusers `WanPipeline` folder: the trained VAE, a frozen randomly initialised
              UMT5 encoder with a tokenizer built in memory over the Shapes vocabulary, and a randomly initialised
-             `WanTransformer3DModel` whose patches cover 8×8 pixels whatever the VAE (1×4×4 latent cells with a 4×
-             VAE, 1×2×2 with an 8× one), so it sees 5×4×4 tokens per clip either way.
+             `WanTransformer3DModel` whose patches cover 16×16 pixels whatever the VAE (1×4×4 latent cells with a
+             4× VAE, 1×2×2 with an 8× one): 4×4 tokens per latent frame, 9×4×4 per 17-frame clip with the 2×
+             temporal VAE (5×4×4 with a 4× one).
 3. `data`  — exports the Shapes train split as mp4 + manifest (the same format the SFT stage reads for real data).
 4. `base`  — "pretraining": `vidpost sft` with full fine-tuning of the random transformer on the *noisy* captions
              (some wrong, vague or missing, like web alt-text) → `base/`, a complete model folder.
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vidpost.pipelines.shapes_vae import HEIGHT, NUM_FRAMES, WIDTH, train_vae
+from vidpost.pipelines.shapes_vae import ARCHITECTURES, HEIGHT, NUM_FRAMES, WIDTH, train_vae
 from vidpost.training.runner import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,14 +61,14 @@ def shapes_vocabulary() -> list[str]:
 
 
 def build_init(vae_dir: Path, out: Path, *, seed: int = 0) -> Path:
-    """A complete WanPipeline folder: trained VAE + frozen random UMT5 + random transformer (6 blocks, 4×32; patches
-    of 8×8 pixels)."""
+    """A complete WanPipeline folder: trained VAE + frozen random UMT5 + random transformer (6 blocks, 4×32; every
+    patch covers 16×16 pixels of a frame, so a 64×64 frame is 4×4 tokens whatever the VAE)."""
     from diffusers import AutoencoderKLWan
 
     from vidpost.models import WanAdapter
 
     vae = AutoencoderKLWan.from_pretrained(vae_dir)
-    patch = 8 // int(vae.config.scale_factor_spatial)  # every token covers 8×8 pixels
+    patch = 16 // int(vae.config.scale_factor_spatial)  # every token covers 16×16 pixels
     adapter = WanAdapter.tiny(
         seed,
         words=shapes_vocabulary(),
@@ -126,6 +132,50 @@ def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, capti
     tmp.replace(dst)
 
 
+def build_vae(
+    work: Path,
+    *,
+    spatial: int,
+    temporal: int,
+    steps: int,
+    image_steps: int,
+    sharpen_steps: int,
+    quick: bool = False,
+) -> Path:
+    """Stage 1 of the module doc → `work/vae`. Each phase is skipped when its folder is complete and resumes from
+    its checkpoint otherwise."""
+    first = work / ("vae" if temporal == 4 else "vae-t4")
+    if not (first / "config.json").exists():
+        train_vae(first, steps=steps, image_steps=image_steps, sharpen_steps=sharpen_steps, spatial=spatial)
+    if temporal == 4:
+        return first
+    edge = work / "vae-t4-edge"
+    n = (lambda k: 3) if quick else (lambda k: k)
+    if not (edge / "config.json").exists():
+        train_vae(
+            edge,
+            steps=n(600),
+            sharpen_steps=n(400),
+            edge_weight=2.0,
+            seed=5,
+            start_from=first,
+            spatial=spatial,
+        )
+    final = work / "vae"
+    if not (final / "config.json").exists():
+        train_vae(
+            final,
+            steps=n(500),
+            sharpen_steps=n(200),
+            edge_weight=2.0,
+            seed=7,
+            start_from=edge,
+            spatial=spatial,
+            temporal=temporal,
+        )
+    return final
+
+
 def run_sft(config: Path, overrides: list[str]) -> Path:
     from vidpost.config import load_config
     from vidpost.pipelines.sft import SFTConfig, train
@@ -138,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "assets" / "shapes")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "shapes-models", help="data, caches and logs")
     p.add_argument("--stage", choices=["vae", "init", "data", "base", "sft", "all"], default="all")
-    p.add_argument("--vae-steps", type=int, default=800, help="VAE steps on 17-frame clips (batch 4)")
-    p.add_argument("--vae-image-steps", type=int, default=1500, help="VAE steps on single frames first (batch 16)")
-    p.add_argument("--vae-sharpen-steps", type=int, default=300, help="last VAE steps with the edge loss")
+    p.add_argument("--vae-steps", type=int, default=800, help="first VAE phase: steps on 17-frame clips (batch 4)")
+    p.add_argument("--vae-image-steps", type=int, default=1500, help="first VAE phase: single-frame steps first")
+    p.add_argument("--vae-sharpen-steps", type=int, default=300, help="first VAE phase: last steps with edge loss")
     p.add_argument("--vae-spatial", type=int, choices=[4, 8], default=4, help="VAE spatial compression (default 4)")
-    p.add_argument("--vae-temporal", type=int, choices=[2, 4], default=4, help="VAE temporal compression (default 4)")
+    p.add_argument("--vae-temporal", type=int, choices=[2, 4], default=2, help="VAE temporal compression (default 2)")
+    p.add_argument("--vae-from", type=Path, help="a trained VAE folder to use instead of training one")
     p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, not a usable model)")
     p.add_argument("overrides", nargs="*", help="dotted overrides passed to both SFT runs")
@@ -152,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
     quick = ["train.max_steps=3", "checkpoint.every=0", "validation.max_prompts=2", "validation.steps=2"]
     extra = (quick if args.quick else []) + args.overrides
     t0 = time.time()
+    if (args.vae_spatial, args.vae_temporal) not in ARCHITECTURES:
+        p.error(f"--vae-spatial/--vae-temporal must be one of {sorted(ARCHITECTURES)}")
+    if args.vae_from is not None and not (args.vae_from / "config.json").is_file():
+        p.error(f"--vae-from {args.vae_from}: no VAE there (config.json missing)")
     if "vae" in stages and not (work / "vae" / "config.json").exists():
-        train_vae(
-            work / "vae",
-            steps=3 if args.quick else args.vae_steps,
-            image_steps=3 if args.quick else args.vae_image_steps,
-            sharpen_steps=3 if args.quick else args.vae_sharpen_steps,
-            spatial=args.vae_spatial,
-            temporal=args.vae_temporal,
-        )
+        if args.vae_from is not None:
+            shutil.copytree(args.vae_from, work / "vae")
+        else:
+            build_vae(
+                work,
+                spatial=args.vae_spatial,
+                temporal=args.vae_temporal,
+                steps=3 if args.quick else args.vae_steps,
+                image_steps=3 if args.quick else args.vae_image_steps,
+                sharpen_steps=3 if args.quick else args.vae_sharpen_steps,
+                quick=args.quick,
+            )
     if "init" in stages and not (work / "init" / "model_index.json").exists():
         build_init(work / "vae", work / "init")
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():

@@ -13,11 +13,15 @@ Subcommands:
 - `ceiling [--model shapes] [--mutations 3] [--limit N] [--json]`: the ruler's ceiling on the held-out clips —
   the verifier's success on the ground truth and on the model's VAE reconstructions of it, per attribute, and its
   false success on one-attribute mutations of both (`vidpost.evaluation.ceiling`).
+- `headroom [--model shapes] [--seeds 8] [--limit N] [--json] [--out DIR]`: a model's best-of-k headroom on
+  the held-out prompts and how many of its successful videos survive the mp4 → VAE round trip
+  (`vidpost.evaluation.headroom`).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
@@ -45,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="shapes", help="model folder or preset, or a VAE folder (default shapes)")
     p.add_argument("--mutations", type=int, default=3, help="one-attribute mutations per clip (default 3)")
     p.add_argument("--limit", type=int, help="only the first N held-out clips")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    p = sub.add_parser("headroom", help="best-of-k headroom of a model and the VAE round trip of its successes")
+    p.add_argument("--model", default="shapes", help="model folder or preset (default shapes)")
+    p.add_argument("--seeds", type=int, default=8, help="samples per held-out prompt (default 8)")
+    p.add_argument("--limit", type=int, help="only the first N held-out prompts")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", type=Path, help="keep the round-tripped mp4 files and headroom.json here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     p = sub.add_parser("verifier-stats", help="measure the verifier's success and false-success rates")
@@ -93,8 +105,19 @@ def _rate(entry: tuple[float, int] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the Shapes-world CLI; returns the process exit code."""
+    """Run the Shapes-world CLI; returns the process exit code (2 with a one-line error for bad input: a model
+    path that does not exist, a bad argument value)."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as e:  # ModelPathError is a ValueError
+        import sys
+
+        print(f"vidpost shapes {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from .export import export
 
@@ -137,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
 
         result = shapes_ceiling(args.model, mutations=args.mutations, limit=args.limit)
         print(json.dumps(result, indent=1) if args.json else ceiling_table(result))
+        return 0
+    if args.command == "headroom":
+        import json
+
+        from vidpost.evaluation.headroom import headroom_table, shapes_headroom
+
+        r = shapes_headroom(args.model, seeds=args.seeds, limit=args.limit, batch_size=args.batch_size, out=args.out)
+        print(json.dumps(r, indent=1) if args.json else headroom_table(r))
         return 0
     if args.command == "write-heldout":
         from .splits import write_heldout_json
