@@ -26,6 +26,8 @@ Stages (each writes its folder and is skipped when that folder is complete, so t
              (9000 steps, unshifted logit-normal timesteps), then `sft-motion.yaml` (4500 steps with the
              timesteps shifted like the sampler's, shift 3, which is what teaches direction of motion) → `sft/`.
 The SFT configs of steps 4–5 live in configs/shapes/{pretrain,sft,sft-motion}.yaml; this command only sets paths.
+Each SFT phase resumes from its latest checkpoint (`<work>/<config>/checkpoints`), and a phase whose
+`<work>/<config>/final/` is complete is not rerun (copying a finished phase's model folder there skips it).
 """
 
 from __future__ import annotations
@@ -233,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                 recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
             final = start_from
             for config in configs:  # each phase continues from the previous one's weights, on the same cache
+                if (work / config / "final" / "model_index.json").exists():  # a finished phase is not rerun
+                    final = work / config / "final"
+                    continue
                 overrides = [
                     f"output_dir={work / config}",
                     f"model.path={final}",

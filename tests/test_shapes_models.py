@@ -56,6 +56,34 @@ def test_rerun_skips_finished_stages(quick_assets, capsys):
     assert (quick_assets / "assets" / "shapes" / "sft" / "transformer").stat().st_mtime_ns == before
 
 
+def test_finished_sft_phases_are_not_rerun(quick_assets, tmp_path, monkeypatch):
+    """A stage whose phases' final/ folders are complete (e.g. copied from a committed model) only reassembles its
+    output: no phase trains again."""
+    import shutil
+
+    from vidpost.pipelines import shapes_models
+
+    out = tmp_path / "shapes"
+    shutil.copytree(quick_assets / "assets" / "shapes" / "base", out / "base")
+    monkeypatch.setattr(shapes_models, "run_sft", lambda *a: pytest.fail(f"a finished phase ran again: {a}"))
+    assert build(["--out", str(out), "--work", str(quick_assets / "work"), "--quick", "--stage", "sft"]) == 0
+    shipped = out / "sft" / "transformer" / "diffusion_pytorch_model.safetensors"
+    second = quick_assets / "work" / "sft-motion" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert shipped.read_bytes() == second.read_bytes()
+
+
+def test_vae_from_and_a_bad_architecture_are_checked_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build(
+            ["--out", str(tmp_path / "a"), "--work", str(tmp_path / "w"), "--vae-spatial", "8", "--vae-temporal", "2"]
+        )
+    assert "must be one of [(4, 2), (4, 4), (8, 4)]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build(["--out", str(tmp_path / "a"), "--work", str(tmp_path / "w"), "--vae-from", str(tmp_path)])
+    assert "no VAE there (config.json missing)" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_demo_uses_the_built_model(quick_assets, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("VIDPOST_ASSETS", str(quick_assets / "assets"))
     assert demo(["--out", str(tmp_path), "--n", "2"]) == 0
