@@ -204,6 +204,7 @@ BUILTIN: dict[str, str] = {
     "verifier": "verifier",
     "verifier_binary": "verifier",
     "threshold": "threshold",
+    "brightness": "brightness",
 }
 
 #: name → factory(**config) → Reward. Each reward module registers itself on import.

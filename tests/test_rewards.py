@@ -166,3 +166,24 @@ def test_reward_server_reports_worker_errors():
 
     with pytest.raises(RuntimeError, match="failed to build"):
         RewardServer({"hps": {"weight": 1.0, "path": "/nonexistent/hps"}}, start_timeout=120)
+
+
+def test_brightness_is_the_mean_pixel_value_with_a_gradient_and_a_sign():
+    from vidpost.rewards.base import build_reward, build_rewards
+
+    videos = torch.zeros(2, 3, 2, 4, 4)
+    videos[0] = 0.25
+    videos[1, 1] = 0.9  # green only: mean 0.3, luma 0.587·0.9
+    out = build_reward("brightness")(videos, ["", ""])
+    assert out.score.tolist() == pytest.approx([0.25, 0.3])
+    assert out.components["luma"].tolist() == pytest.approx([0.25, 0.587 * 0.9])
+    assert build_reward("brightness", sign=-1)(videos, ["", ""]).score.tolist() == pytest.approx([-0.25, -0.3])
+    mixed = build_rewards({"brightness": 1.0})(videos, ["", ""])
+    assert mixed.score.tolist() == pytest.approx([0.25, 0.3])
+    x = videos.clone().requires_grad_(True)
+    reward = build_reward("brightness")
+    assert reward.differentiable
+    reward._score(x, ["", ""]).score.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 1 / (3 * 2 * 4 * 4)))
+    with pytest.raises(ValueError, match="sign must be 1 or -1"):
+        build_reward("brightness", sign=2)
