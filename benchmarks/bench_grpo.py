@@ -7,7 +7,8 @@ verifier reward, SDE sampling with log-probs) with the guard and checkpoints off
 per-iteration timings (the first iteration discarded as warm-up) the median seconds of sampling (SDE rollout +
 VAE decode), reward and update (log-prob recomputation + backward + optimizer step), their shares, and videos/s
 (videos per iteration / median iteration time). `--model` takes any model folder (e.g. a Wan2.1-1.3B with random
-weights on a GPU, with --device cuda and the size flags).
+weights, with the size flags). The trainer runs where accelerate puts it: the GPU when one is visible
+(`CUDA_VISIBLE_DEVICES=` for the CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ def main() -> None:
     p.add_argument("--frames", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--device", default="")
     args = p.parse_args()
     from vidpost.config import load_config
     from vidpost.pipelines.grpo import GRPOConfig, train
@@ -48,8 +48,6 @@ def main() -> None:
         for key, value in (("num_frames", args.frames), ("height", args.height), ("width", args.width)):
             if value is not None:
                 overrides.append(f"rollout.{key}={value}")
-        if args.device:
-            overrides.append(f"model.device={args.device}")
         cfg = load_config(GRPOConfig, args.config, overrides)
         t0 = time.perf_counter()
         result = train(cfg)
