@@ -203,6 +203,7 @@ BUILTIN: dict[str, str] = {
     "motion": "motion",
     "verifier": "verifier",
     "verifier_binary": "verifier",
+    "verifier_soft": "verifier_soft",
     "threshold": "threshold",
     "brightness": "brightness",
 }
