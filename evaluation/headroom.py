@@ -47,17 +47,19 @@ def shapes_headroom(
     batch_size: int = 16,
     out: Path | None = None,
 ) -> dict[str, Any]:
-    """The module doc's measurements on the held-out prompts (the first `limit` of them)."""
+    """The module doc's measurements on the held-out prompts (the first `limit` of them) for `model` (a folder or
+    preset, or `model+lora`)."""
     from vidpost.evaluation.settings import resolve_settings
-    from vidpost.evaluation.shapes import sample_and_verify, verify_rows
+    from vidpost.evaluation.shapes import parse_model, sample_and_verify, verify_rows
     from vidpost.models import load, resolve_model_path
     from vidpost.shapes.splits import heldout_prompts
 
-    if seeds < 2:
-        raise ValueError(f"--seeds must be at least 2 to measure best-of-k headroom (got {seeds})")
+    if seeds < 2 or (limit is not None and limit < 1):
+        raise ValueError(f"seeds must be ≥ 2 and limit ≥ 1 (got seeds={seeds}, limit={limit})")
     items = heldout_prompts()[:limit] if limit else heldout_prompts()
-    adapter = load(model)
-    settings = resolve_settings(resolve_model_path(model), adapter)
+    base, lora = parse_model(model)
+    adapter = load(base, lora=lora)
+    settings = resolve_settings(resolve_model_path(base), adapter)
     success = np.zeros((len(items), seeds), dtype=bool)
     graded = np.zeros((len(items), seeds))
     kept: list[bool] = []
@@ -95,6 +97,7 @@ def shapes_headroom(
     if out is not None:
         import json
 
+        Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "headroom.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

@@ -26,8 +26,10 @@ Stages (each writes its folder and is skipped when that folder is complete, so t
              (9000 steps, unshifted logit-normal timesteps), then `sft-motion.yaml` (4500 steps with the
              timesteps shifted like the sampler's, shift 3, which is what teaches direction of motion) → `sft/`.
 The SFT configs of steps 4–5 live in configs/shapes/{pretrain,sft,sft-motion}.yaml; this command only sets paths.
-Each SFT phase resumes from its latest checkpoint (`<work>/<config>/checkpoints`), and a phase whose
-`<work>/<config>/final/` is complete is not rerun (copying a finished phase's model folder there skips it).
+Each SFT phase resumes from its latest checkpoint (`<work>/<config>/checkpoints`); a finished phase is not rerun, and
+a phase folder that started from another model than the current one (a rebuilt VAE or base) is discarded
+(`run_phase`). A stage whose output folder (`<out>/base`, `<out>/sft`) exists is skipped: delete it to rebuild it
+from the work folder (`make shapes-models` does), and delete the work folder to start from scratch.
 """
 
 from __future__ import annotations
@@ -134,6 +136,56 @@ def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, capti
     tmp.replace(dst)
 
 
+def fingerprint(model_dir: Path) -> str:
+    """sha256 of a model folder's weights (its transformer's and VAE's, or a VAE folder's own) → 16 hex digits."""
+    import hashlib
+
+    h = hashlib.sha256()
+    names = ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+    for name in [*names, "diffusion_pytorch_model.safetensors"]:
+        f = Path(model_dir) / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def vae_architecture(vae_dir: Path) -> tuple[int, int]:
+    """(spatial, temporal) compression of a VAE folder's `AutoencoderKLWan` config."""
+    cfg = json.loads((Path(vae_dir) / "config.json").read_text())
+    return int(cfg.get("scale_factor_spatial", 8)), int(cfg.get("scale_factor_temporal", 4))
+
+
+def discard_stale(phase_dir: Path, start: Path) -> None:
+    """Remove a phase folder whose `start.json` records another starting model than `start` (a rebuilt VAE or
+    base): its checkpoints, cache and final model belong to that other model."""
+    stamp = phase_dir / "start.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("start_from") != fingerprint(start):
+        print(f"shapes models: {phase_dir} started from another model; running the phase again", file=sys.stderr)
+        shutil.rmtree(phase_dir)
+
+
+def run_phase(config: str, start: Path, work: Path, overrides: list[str]) -> Path:
+    """One SFT phase of a stage (`configs/shapes/<config>.yaml`) from the model `start` → its final model folder.
+
+    `<work>/<config>/start.json` records the fingerprint of the model the phase started from: a folder started
+    from another model is discarded (`discard_stale`) and the phase runs again; a finished phase
+    (`final/phase.json` with the same fingerprint, e.g. a model folder copied there) is not rerun. Otherwise
+    `vidpost sft` resumes the phase from its latest checkpoint."""
+    phase_dir, start_fp = work / config, fingerprint(start)
+    discard_stale(phase_dir, start)
+    done = phase_dir / "final" / "phase.json"
+    if done.exists() and json.loads(done.read_text()).get("start_from") == start_fp:
+        return phase_dir / "final"
+    phase_dir.mkdir(parents=True, exist_ok=True)
+    stamp = json.dumps({"config": config, "start_from": start_fp}) + "\n"
+    (phase_dir / "start.json").write_text(stamp)
+    cfg = ROOT / "configs" / "shapes" / f"{config}.yaml"
+    final = run_sft(cfg, [f"output_dir={phase_dir}", f"model.path={start}", *overrides])
+    (final / "phase.json").write_text(stamp)
+    return final
+
+
 def build_vae(
     work: Path,
     *,
@@ -193,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-steps", type=int, default=800, help="first VAE phase: steps on 17-frame clips (batch 4)")
     p.add_argument("--vae-image-steps", type=int, default=1500, help="first VAE phase: single-frame steps first")
     p.add_argument("--vae-sharpen-steps", type=int, default=300, help="first VAE phase: last steps with edge loss")
-    p.add_argument("--vae-spatial", type=int, choices=[4, 8], default=4, help="VAE spatial compression (default 4)")
+    p.add_argument(
+        "--vae-spatial",
+        type=int,
+        choices=[4, 8],
+        default=4,
+        help="VAE spatial compression (default 4; 8 needs --vae-temporal 4)",
+    )
     p.add_argument("--vae-temporal", type=int, choices=[2, 4], default=2, help="VAE temporal compression (default 2)")
     p.add_argument("--vae-from", type=Path, help="a trained VAE folder to use instead of training one")
     p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
@@ -205,13 +263,27 @@ def main(argv: list[str] | None = None) -> int:
     quick = ["train.max_steps=3", "checkpoint.every=0", "validation.max_prompts=2", "validation.steps=2"]
     extra = (quick if args.quick else []) + args.overrides
     t0 = time.time()
-    if (args.vae_spatial, args.vae_temporal) not in ARCHITECTURES:
+    arch = (args.vae_spatial, args.vae_temporal)
+    if arch not in ARCHITECTURES:
         p.error(f"--vae-spatial/--vae-temporal must be one of {sorted(ARCHITECTURES)}")
-    if args.vae_from is not None and not (args.vae_from / "config.json").is_file():
-        p.error(f"--vae-from {args.vae_from}: no VAE there (config.json missing)")
-    if "vae" in stages and not (work / "vae" / "config.json").exists():
+    if args.vae_from is not None:
+        if not (args.vae_from / "config.json").is_file():
+            p.error(f"--vae-from {args.vae_from}: no VAE there (config.json missing)")
+        if vae_architecture(args.vae_from) != arch:
+            p.error(
+                f"--vae-from {args.vae_from} is a {vae_architecture(args.vae_from)} VAE, not {arch} (--vae-spatial/--vae-temporal)"
+            )
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").exists():
+        if vae_architecture(vae_dir) != arch:
+            p.error(
+                f"{vae_dir} is a {vae_architecture(vae_dir)} VAE, not {arch}: pass its flags or use another --work"
+            )
+        if args.vae_from is not None and fingerprint(args.vae_from) != fingerprint(vae_dir):
+            p.error(f"{vae_dir} holds another VAE than --vae-from {args.vae_from}: use another --work")
+    if "vae" in stages and not (vae_dir / "config.json").exists():
         if args.vae_from is not None:
-            shutil.copytree(args.vae_from, work / "vae")
+            shutil.copytree(args.vae_from, vae_dir)
         else:
             build_vae(
                 work,
@@ -222,31 +294,29 @@ def main(argv: list[str] | None = None) -> int:
                 sharpen_steps=3 if args.quick else args.vae_sharpen_steps,
                 quick=args.quick,
             )
-    if "init" in stages and not (work / "init" / "model_index.json").exists():
-        build_init(work / "vae", work / "init")
+    init = work / "init"
+    if "init" in stages and (init / "model_index.json").exists() and fingerprint(init / "vae") != fingerprint(vae_dir):
+        print(f"shapes models: {init} holds another VAE than {vae_dir}; assembling it again", file=sys.stderr)
+        shutil.rmtree(init)
+    if "init" in stages and not (init / "model_index.json").exists():
+        build_init(vae_dir, init)
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():
         export_data(work / "data", args.clips or (64 if args.quick else 4000))
     manifest = work / "data" / "manifest.jsonl"
-    phases = {"base": (["pretrain"], work / "init"), "sft": (["sft", "sft-motion"], out / "base")}
+    phases = {"base": (["pretrain"], init), "sft": (["sft", "sft-motion"], out / "base")}
     for stage, (configs, start_from) in phases.items():
         if stage in stages and not (out / stage / "model_index.json").exists():
             pretrain_cache, sft_cache = work / "pretrain" / "cache", work / "sft" / "cache"
-            if stage == "sft" and (pretrain_cache / "summary.json").exists() and not sft_cache.exists():
-                recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
             final = start_from
-            for config in configs:  # each phase continues from the previous one's weights, on the same cache
-                if (work / config / "final" / "model_index.json").exists():  # a finished phase is not rerun
-                    final = work / config / "final"
-                    continue
-                overrides = [
-                    f"output_dir={work / config}",
-                    f"model.path={final}",
-                    f"data.manifest={manifest}",
-                    f"data.cache_dir={work / configs[0] / 'cache'}",
-                ]
-                final = run_sft(ROOT / "configs" / "shapes" / f"{config}.yaml", [*overrides, *extra])
+            for i, config in enumerate(configs):  # each phase continues from the previous one's weights
+                discard_stale(work / config, final)
+                if stage == "sft" and i == 0 and (pretrain_cache / "summary.json").exists() and not sft_cache.exists():
+                    recaption_cache(pretrain_cache, sft_cache, start_from, manifest, "caption")
+                cache = f"data.cache_dir={work / configs[0] / 'cache'}"  # the stage's phases share one cache
+                final = run_phase(config, final, work, [f"data.manifest={manifest}", cache, *extra])
             shutil.rmtree(out / stage, ignore_errors=True)
             shutil.copytree(final, out / stage)
+            (out / stage / "phase.json").unlink(missing_ok=True)
             _write_generation_defaults(out / stage)
     print(f"shapes models: done in {(time.time() - t0) / 60:.1f} min -> {out}", file=sys.stderr)
     return ExitCode.OK

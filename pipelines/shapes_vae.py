@@ -148,9 +148,16 @@ def train_vae(
     )
     state: dict[str, Any] = {"phase": 0, "step": 0, "log": []}
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # our own file: numpy generator state and the log
-        vae.load_state_dict(state["vae"])
-        print(f"VAE: resuming phase {phases[state['phase']][0]} at step {state['step']} from {ckpt}", file=sys.stderr)
+        saved = torch.load(ckpt, weights_only=False)  # our own file: numpy generator state and the log
+        own = vae.state_dict()
+        if set(saved["vae"]) == set(own) and all(saved["vae"][k].shape == v.shape for k, v in own.items()):
+            state = saved
+            vae.load_state_dict(state["vae"])
+            print(
+                f"VAE: resuming phase {phases[state['phase']][0]} at step {state['step']} from {ckpt}", file=sys.stderr
+            )
+        else:
+            print(f"VAE: {ckpt} holds another architecture; starting this VAE from scratch", file=sys.stderr)
     log: list[dict[str, float]] = state["log"]
     for index, (phase, n, clip_frames, batch, phase_lr, edges) in enumerate(phases):
         if n <= 0 or index < state["phase"]:

@@ -1,9 +1,9 @@
-"""`brightness`: the mean pixel value of a video, in [0, 1] — the RL stage's positive control.
+"""`brightness`: the mean pixel value of a video, in [0, 1] (× `sign`) — the RL stage's positive control.
 
 A reward every policy can raise (make everything lighter) and lower (`weight: -1.0`, or `sign: -1`), with no
 weights, no prompt and a gradient (`differentiable`). An RL method that does not move it within a small budget, or
 moves it the wrong way when it is negated, is broken whatever it does on a real reward. Components: `luma` (Rec.
-601 luma mean, the same clip's perceived brightness).
+601 luma mean, the same clip's perceived brightness; never negated).
 """
 
 from __future__ import annotations

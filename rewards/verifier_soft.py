@@ -7,8 +7,8 @@ video [B, 3, T, H, W] in [0, 1] and the scene parsed from each canonical caption
 - background b: the per-channel median of the frame border (⌈S/32⌉ px, all frames); score
   1 − |mean(b) − mean(expected)| / 0.45, floored at 0 (the verifier's);
 - each object's soft coverage, read like the verifier's through the hue of the deviation d = p − b from the
-  background (robust to blur, washing out and colour shifts): a pixel is chromatic by the soft gate of
-  ‖chroma(d)‖/‖d‖ > 0.25 (chroma: d minus its grey component) and its colour is the softmax over the
+  background (robust to blur, washing out and colour shifts): a pixel is chromatic by the soft gates of
+  ‖chroma(d)‖/‖d‖ > 0.25 (chroma: d minus its grey component) and ‖d‖ > 0.08, and its colour is the softmax over the
   chromatic palette of κ·cos(chroma(d), chroma(colour)) (κ = `kappa`, 30: a soft nearest hue); white is
   "not chromatic and brighter than b by 0.1". Coverage m = membership · clip(level / r, 0, 1) with level the
   projection of d on the object's colour − b and r its 98th percentile over members (the object's contrast,
@@ -18,9 +18,10 @@ video [B, 3, T, H, W] in [0, 1] and the scene parsed from each canonical caption
   smoothness scores exactly as the verifier grades them from D and the fit's residual rms;
 - size: extent = √(found-weighted mean M_t / fill(shape)) / S, graded like the verifier's (log-Gaussian);
 - count: strong foreground f = sigmoid((‖p − b‖ − θ)/0.03), θ = max(`FG_THRESHOLD`, 0.3·99th percentile of
-  ‖p − b‖) as the verifier's, outside every object's soft disc (radius 0.75·extent·S + 0.05·S around its
+  ‖p − b‖) like the verifier's (which smooths by a 3×3 box first; the percentile here is over at most 2²⁰
+  evenly spaced pixels), outside every object's soft disc (radius 0.75·extent·S + 0.05·S around its
   centroid); score exp(−median_t Σ f·(1 − disc) / a).
-Shape is not read (no cheap differentiable template match). Score: the mean of the seven attributes
+Soft steps subtract their floor, so pixels far from a threshold weigh exactly 0. Shape is not read (no cheap differentiable template match). Score: the mean of the seven attributes
 (`ATTRIBUTES_SOFT`), averaged over objects; components: each attribute. A prompt that does not parse scores 0
 (`unparsed`). `differentiable = True`: `_score` keeps the graph (the registry's `__call__` runs it without).
 """
@@ -43,6 +44,14 @@ _LOG_SIGMA = 0.15
 
 def _log_score(value: torch.Tensor, target: float) -> torch.Tensor:
     return torch.exp(-(torch.log(value.clamp_min(1e-6) / target) ** 2) / (2 * _LOG_SIGMA**2))
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile of the flattened x, on at most 2²⁰ evenly spaced elements (torch.quantile refuses more than
+    2²⁴, and a full-size video has more)."""
+    x = x.flatten()
+    step = max(1, x.numel() // (1 << 20))
+    return torch.quantile(x[::step], q)
 
 
 def _gate(x: torch.Tensor, threshold: float, width: float) -> torch.Tensor:
@@ -93,7 +102,7 @@ def soft_scene_scores(video: torch.Tensor, spec: SceneSpec, *, kappa: float = 30
             member = chromatic * hue_share[_CHROMATIC.index(obj.colour)]
         level = torch.einsum("c,cthw->thw", target / target.norm().clamp_min(1e-3), d)
         strong = level[member > 0.5]
-        ref = torch.quantile(strong, 0.98) if strong.numel() >= 4 else target.norm()
+        ref = _quantile(strong, 0.98) if strong.numel() >= 4 else target.norm()
         m = member * (level / ref.clamp_min(1e-3)).clamp(0, 1)  # soft coverage [T, H, W]
         mass = m.sum((1, 2))
         found = torch.sigmoid((mass - area) / (area / 4))
@@ -125,7 +134,7 @@ def soft_scene_scores(video: torch.Tensor, spec: SceneSpec, *, kappa: float = 30
         dy = ys[None, :, None] - centre[:, 1, None, None]
         disc = torch.sigmoid(radius - torch.sqrt(dx**2 + dy**2 + 1e-10))
         covered = torch.maximum(covered, disc * found[:, None, None])
-    strong = max(FG_THRESHOLD, 0.3 * float(torch.quantile(dist.detach().flatten()[::7], 0.99)))
+    strong = max(FG_THRESHOLD, 0.3 * float(_quantile(dist.detach(), 0.99)))
     extra = (_gate(dist, strong, 0.03) * (1 - covered)).sum((1, 2)).median()
     scores["count"].append(torch.exp(-extra / area))
     return {a: torch.stack(v).mean() for a, v in scores.items()}

@@ -27,6 +27,8 @@ reference's `ghuber` transform; the objective is PPO's clipped surrogate on rati
 
     loss = mean( max(−A·ratio, −A·clip(ratio, 1 − c, 1 + c)) ) + β·mean‖v_θ − v_ref‖²
 
+(`awm_loss` is the first term; the caller adds `velocity_kl`, as for NFT.)
+
 In the reference lp_old is the current forward pass (on-policy: ratio ≡ 1 and the gradient is A·∇lp, an
 advantage-weighted flow-matching loss); with lp_old from the sampling policy (Flow-Factory) the clip acts.
 

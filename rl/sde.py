@@ -19,10 +19,10 @@ of x_{i+1} under N(μ, std²), **reduced by the mean over all non-batch elements
 exact joint log-density; the mean keeps ratios and KL in a range independent of the latent size, as DanceGRPO
 and Flow-GRPO do). It includes the −log std − ½·log 2π terms, which cancel in ratios between policies with the
 same std. Where std = 0 (noise level 0, or σ_{i+1} = 0 for "cps") the step is deterministic and `log_prob` is 0.
-"dance" is **not** deterministic at the last step: its std η·√(σ_i − σ_{i+1}) is largest there on a short
-schedule (`flow_sigmas(10, 3.0)` ends σ 0.25 → 0: at η = 0.5 the final latent keeps noise of sd 0.25), so a
-rollout that should end clean ends noisy unless the last steps are taken as ODE steps (`sde_window`) or "cps" is
-used. Everything is computed in float32.
+"dance" and "flow" are **not** deterministic at the last step: dance's std η·√(σ_i − σ_{i+1}) is largest there
+on a short schedule (`flow_sigmas(10, 3.0)` ends σ 0.25 → 0: at η = 0.5 the final latent keeps noise of sd 0.25)
+and flow's a·√(σ_i/(1 − σ_i))·√σ_i is not 0 either, so a rollout that should end clean ends noisy unless the last
+steps are taken as ODE steps (`sde_window`) or "cps" is used. Everything is computed in float32.
 """
 
 from __future__ import annotations

@@ -27,6 +27,18 @@ from typing import Any
 __all__ = ["main"]
 
 
+def _at_least(low: int):
+    """An argparse type: an integer ≥ `low`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low} (got {value})")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidpost shapes", description="The Shapes world: data, verifier, splits.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
     p = sub.add_parser("headroom", help="best-of-k headroom of a model and the VAE round trip of its successes")
-    p.add_argument("--model", default="shapes", help="model folder or preset (default shapes)")
-    p.add_argument("--seeds", type=int, default=8, help="samples per held-out prompt (default 8)")
-    p.add_argument("--limit", type=int, help="only the first N held-out prompts")
+    p.add_argument("--model", default="shapes", help="model folder or preset, or MODEL+LORA (default shapes)")
+    p.add_argument("--seeds", type=_at_least(2), default=8, help="samples per held-out prompt (default 8)")
+    p.add_argument("--limit", type=_at_least(1), help="only the first N held-out prompts")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", type=Path, help="keep the round-tripped mp4 files and headroom.json here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -105,12 +117,14 @@ def _rate(entry: tuple[float, int] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the Shapes-world CLI; returns the process exit code (2 with a one-line error for bad input: a model
-    path that does not exist, a bad argument value)."""
+    """Run the Shapes-world CLI; returns the process exit code (2 with a one-line error for bad input: a bad
+    argument value, a model path that does not exist)."""
     args = _parser().parse_args(argv)
+    from vidpost.models.base import ModelPathError
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as e:  # ModelPathError is a ValueError
+    except ModelPathError as e:
         import sys
 
         print(f"vidpost shapes {args.command}: error: {e}", file=sys.stderr)

@@ -86,8 +86,14 @@ def test_round_trip_writes_one_mp4_per_video_and_returns_decoded_clips(tiny_wan_
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["a_0.mp4", "b_1.mp4"]
 
 
-def test_headroom_refuses_a_single_seed_in_one_line(capsys):
-    assert main(["headroom", "--seeds", "1"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "vidpost shapes headroom: error: --seeds must be at least 2 to measure best-of-k headroom (got 1)"
+def test_headroom_refuses_bad_counts_and_a_missing_model_in_one_line(capsys):
+    for args in (["--seeds", "1"], ["--limit", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(["headroom", *args])
+        assert e.value.code == 2
+        assert f"argument {args[0]}: must be at least" in capsys.readouterr().err
+    assert main(["headroom", "--model", "no/such/model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("vidpost shapes headroom: error: model path no/such/model does not exist") and "\n" not in err
     )

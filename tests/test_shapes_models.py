@@ -5,6 +5,7 @@ stages, and its output is what the `shapes` presets, `make demo` and shapes-eval
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,47 @@ def test_finished_sft_phases_are_not_rerun(quick_assets, tmp_path, monkeypatch):
     shipped = out / "sft" / "transformer" / "diffusion_pytorch_model.safetensors"
     second = quick_assets / "work" / "sft-motion" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
     assert shipped.read_bytes() == second.read_bytes()
+
+
+def test_a_phase_started_from_another_model_runs_again(quick_assets, tmp_path, monkeypatch):
+    """A rebuilt base makes the SFT phases that started from the old one stale: both run again (from the new base,
+    then from the new first phase), and their old checkpoints are gone."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vidpost.pipelines import shapes_models
+
+    work, out = tmp_path / "work", tmp_path / "shapes"
+    shutil.copytree(quick_assets / "work", work)
+    shutil.rmtree(work / "pretrain" / "cache")  # its records name the original folder's videos
+    shutil.copytree(quick_assets / "assets" / "shapes" / "base", out / "base")
+    weights = out / "base" / "transformer" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))  # "a rebuilt base"
+    assert (work / "sft" / "final").exists() and (work / "sft-motion" / "final").exists()
+    ran = []
+
+    def fake_sft(config, overrides):
+        opts = dict(o.split("=", 1) for o in overrides)
+        ran.append((config.stem, opts["model.path"]))
+        assert not (Path(opts["output_dir"]) / "final").exists()  # the stale phase's model was discarded
+        shutil.copytree(opts["model.path"], Path(opts["output_dir"]) / "final")
+        return Path(opts["output_dir"]) / "final"
+
+    monkeypatch.setattr(shapes_models, "run_sft", fake_sft)
+    assert build(["--out", str(out), "--work", str(work), "--quick", "--stage", "sft"]) == 0
+    assert ran == [("sft", str(out / "base")), ("sft-motion", str(work / "sft" / "final"))]
+    assert shapes_models.fingerprint(out / "sft") == shapes_models.fingerprint(out / "base")
+
+
+def test_a_vae_of_another_architecture_is_refused(quick_assets, tmp_path, capsys):
+    work = str(quick_assets / "work")  # holds a 4x2 VAE
+    with pytest.raises(SystemExit):
+        build(["--out", str(tmp_path / "a"), "--work", work, "--quick", "--vae-temporal", "4"])
+    assert "is a (4, 2) VAE, not (4, 4)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build(["--out", str(tmp_path / "a"), "--work", str(tmp_path / "w"), "--vae-from", f"{work}/vae-t4"])
+    assert "is a (4, 4) VAE, not (4, 2)" in capsys.readouterr().err
 
 
 def test_vae_from_and_a_bad_architecture_are_checked_before_anything_runs(tmp_path, capsys):
