@@ -203,31 +203,23 @@ def build_vae(
         train_vae(first, steps=steps, image_steps=image_steps, sharpen_steps=sharpen_steps, spatial=spatial)
     if temporal == 4:
         return first
-    edge = work / "vae-t4-edge"
     n = (lambda k: 3) if quick else (lambda k: k)
-    if not (edge / "config.json").exists():
-        train_vae(
-            edge,
-            steps=n(600),
-            sharpen_steps=n(400),
-            edge_weight=2.0,
-            seed=5,
-            start_from=first,
-            spatial=spatial,
-        )
-    final = work / "vae"
-    if not (final / "config.json").exists():
-        train_vae(
-            final,
-            steps=n(500),
-            sharpen_steps=n(200),
-            edge_weight=2.0,
-            seed=7,
-            start_from=edge,
-            spatial=spatial,
-            temporal=temporal,
-        )
-    return final
+    start = first
+    # (folder, clip steps, edge steps, seed, temporal): more edge training, then the 2x-temporal VAE from it
+    for name, clip_steps, edge_steps, seed, t in (("vae-t4-edge", 600, 400, 5, 4), ("vae", 500, 200, 7, temporal)):
+        if not (work / name / "config.json").exists():
+            train_vae(
+                work / name,
+                steps=n(clip_steps),
+                sharpen_steps=n(edge_steps),
+                edge_weight=2.0,
+                seed=seed,
+                start_from=start,
+                spatial=spatial,
+                temporal=t,
+            )
+        start = work / name
+    return start
 
 
 def run_sft(config: Path, overrides: list[str]) -> Path:
