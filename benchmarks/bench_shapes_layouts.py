@@ -3,7 +3,7 @@
     python benchmarks/bench_shapes_layouts.py [--repeats 3] [--threads 2]
 
 The Shapes transformer (6 blocks, 4 heads × 32, random weights) with patches of 16×16 pixels on the latents of
-a 17×64×64 clip from each VAE layout: one AdamW training step at batch 32 (the SFT configs' batch) and one
+a 17×64×64 clip from each VAE layout (16 latent channels unless named): one AdamW training step at batch 32 (the SFT configs' batch) and one
 forward at batch 2 (the sampler's classifier-free-guidance batch). Prints each layout's tokens, seconds and its
 ratio to the first row. The best of `--repeats` after one warm-up.
 """
@@ -18,10 +18,11 @@ import torch
 from vidpost.models import WanAdapter
 from vidpost.pipelines.shapes_models import shapes_vocabulary
 
-LAYOUTS = [  # name, patch, latent (frames, height, width)
-    ("8x spatial, 4x temporal VAE, 1x2x2 patches", 2, (5, 8, 8)),
-    ("4x spatial, 4x temporal VAE, 1x4x4 patches", 4, (5, 16, 16)),
-    ("4x spatial, 2x temporal VAE, 1x4x4 patches", 4, (9, 16, 16)),
+LAYOUTS = [  # name, patch, latent (channels, frames, height, width)
+    ("8x spatial, 4x temporal VAE, 1x2x2 patches", 2, (16, 5, 8, 8)),
+    ("4x spatial, 4x temporal VAE, 1x4x4 patches", 4, (16, 5, 16, 16)),
+    ("4x spatial, 2x temporal VAE, 1x4x4 patches", 4, (16, 9, 16, 16)),
+    ("4x2 VAE, 4 channels, 1x4x4 patches", 4, (4, 9, 16, 16)),
 ]
 
 
@@ -35,15 +36,17 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def measure(words: list[str], patch: int, latent: tuple[int, int, int], repeats: int) -> tuple[int, float, float]:
+def measure(words: list[str], patch: int, latent: tuple[int, int, int, int], repeats: int) -> tuple[int, float, float]:
     """(tokens, seconds per training step at batch 32, seconds per forward at batch 2) for one layout."""
+    channels, *latent = latent
     kw = dict(num_layers=6, num_heads=4, head_dim=32, ffn_dim=512, text_dim=64, max_sequence_length=32)
+    kw["latent_channels"] = channels
     adapter = WanAdapter.tiny(0, words=words, rope_max_seq_len=64, patch_size=(1, patch, patch), **kw)
     model = adapter.transformer.requires_grad_(True).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cond32 = adapter.encode_prompt(["a red circle moves to the right"] * 32)
     cond2 = adapter.encode_prompt(["a red circle moves to the right", ""])
-    x, sigma = torch.randn(32, 16, *latent), torch.rand(32)
+    x, sigma = torch.randn(32, channels, *latent), torch.rand(32)
 
     def step() -> None:
         loss = adapter.forward_transformer(x, sigma, cond32, 1.0).pow(2).mean()

@@ -3,17 +3,23 @@
     vidpost shapes-models --out assets/shapes [--stage vae|init|data|base|sft|all] [--quick]
 
 Stages (each writes its folder and is skipped when that folder is complete, so the command resumes):
-1. `vae`   — a miniature `AutoencoderKLWan` (4× spatial and, by default, 2× temporal compression, 16 latent
-             channels; `--vae-spatial 8` / `--vae-temporal 4` for the coarser ones) trained as an autoencoder on
-             procedurally rendered clips (`vidpost.pipelines.shapes_vae`, which documents the losses and what did
-             not work), in phases that each write a checkpoint every 100 steps and resume from it:
-             `vae-t4/` — a 4×-temporal VAE: single frames (1500 steps, batch 16), then 17-frame clips (800 steps,
-             batch 4), then 300 steps with an edge term; `vae-t4-edge/` — 600 more clip steps and 400 edge steps
-             (edge weight 2); `vae/` — the 2×-temporal VAE started from those weights (every tensor whose name
-             and shape match), 500 clip and 200 edge steps. With `--vae-temporal 4` the first phase writes `vae/`
-             and is the only one. `--vae-from FOLDER` takes a trained VAE instead. The report records the
-             verifier's success on its reconstructions of held-out clips: the ceiling for every model built on it
-             (`vidpost shapes ceiling` measures it on the held-out split).
+1. `vae`   — a miniature `AutoencoderKLWan` (4× spatial and, by default, 2× temporal compression and 4 latent
+             channels; `--vae-spatial 8` / `--vae-temporal 4` / `--vae-channels 16` for the coarser or wider ones)
+             trained as an autoencoder on procedurally rendered clips (`vidpost.pipelines.shapes_vae`, which
+             documents the losses and what did not work), in phases that each write a checkpoint every 100 steps
+             and resume from it, each started from the previous phase's weights: `vae-t4/` — a 4×-temporal VAE:
+             single frames (1500 steps, batch 16), then 17-frame clips (800 steps, batch 4), then 300 steps with
+             an edge term; `vae-t4-edge/` — 600 more clip steps and 400 edge steps (edge weight 2); `vae-t2/` —
+             the 2×-temporal VAE (every tensor whose name and shape match), 500 clip and 200 edge steps; `vae/` —
+             its latents narrowed to 4 channels (`shapes_vae.narrow_latents`: their leading principal
+             components), 600 clip and 300 edge steps. Only the phases after the latest finished folder run (copy
+             a committed one into the work folder to start there); with `--vae-temporal 4 --vae-channels 16` the
+             first phase writes `vae/` and is the only one. `--vae-from FOLDER` takes a trained VAE instead. The
+             report records the verifier's success on its reconstructions of held-out clips: the ceiling for every
+             model built on it (`vidpost shapes ceiling` measures it on the held-out split).
+             Why 4 channels: the transformer's tokens cover 1×4×4 latent cells, so it predicts 16·channels values
+             per token through a linear output projection from its 128-wide hidden state; with 16 channels (256
+             values) most of its error lay outside what that projection can reach, and it never denoised.
 2. `init`  — assembles a complete diffusers `WanPipeline` folder: the trained VAE, a frozen randomly initialised
              UMT5 encoder with a tokenizer built in memory over the Shapes vocabulary, and a randomly initialised
              `WanTransformer3DModel` whose patches cover 16×16 pixels whatever the VAE (1×4×4 latent cells with a
@@ -75,6 +81,7 @@ def build_init(vae_dir: Path, out: Path, *, seed: int = 0) -> Path:
     patch = 16 // int(vae.config.scale_factor_spatial)  # every token covers 16×16 pixels
     adapter = WanAdapter.tiny(
         seed,
+        latent_channels=int(vae.config.z_dim),
         words=shapes_vocabulary(),
         num_layers=6,
         num_heads=4,
@@ -150,10 +157,10 @@ def fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def vae_architecture(vae_dir: Path) -> tuple[int, int]:
-    """(spatial, temporal) compression of a VAE folder's `AutoencoderKLWan` config."""
+def vae_architecture(vae_dir: Path) -> tuple[int, int, int]:
+    """(spatial, temporal) compression and latent channels of a VAE folder's `AutoencoderKLWan` config."""
     cfg = json.loads((Path(vae_dir) / "config.json").read_text())
-    return int(cfg.get("scale_factor_spatial", 8)), int(cfg.get("scale_factor_temporal", 4))
+    return int(cfg.get("scale_factor_spatial", 8)), int(cfg.get("scale_factor_temporal", 4)), int(cfg.get("z_dim", 16))
 
 
 def discard_stale(phase_dir: Path, start: Path) -> None:
@@ -194,30 +201,36 @@ def build_vae(
     steps: int,
     image_steps: int,
     sharpen_steps: int,
+    channels: int = 16,
     quick: bool = False,
 ) -> Path:
-    """Stage 1 of the module doc → `work/vae`. Each phase is skipped when its folder is complete and resumes from
-    its checkpoint otherwise."""
-    first = work / ("vae" if temporal == 4 else "vae-t4")
-    if not (first / "config.json").exists():
-        train_vae(first, steps=steps, image_steps=image_steps, sharpen_steps=sharpen_steps, spatial=spatial)
-    if temporal == 4:
-        return first
+    """Stage 1 of the module doc → `work/vae`. Each phase is skipped when its folder (or a later phase's) is
+    complete and resumes from its checkpoint otherwise."""
     n = (lambda k: 3) if quick else (lambda k: k)
-    start = first
-    # (folder, clip steps, edge steps, seed, temporal): more edge training, then the 2x-temporal VAE from it
-    for name, clip_steps, edge_steps, seed, t in (("vae-t4-edge", 600, 400, 5, 4), ("vae", 500, 200, 7, temporal)):
-        if not (work / name / "config.json").exists():
-            train_vae(
-                work / name,
-                steps=n(clip_steps),
-                sharpen_steps=n(edge_steps),
-                edge_weight=2.0,
-                seed=seed,
-                start_from=start,
-                spatial=spatial,
-                temporal=t,
-            )
+    # (folder, clip steps, edge steps, seed, temporal, channels), each phase started from the previous one's
+    # weights: more edge training, the 2x-temporal VAE, then its latents narrowed to `channels`
+    phases = [("vae-t4-edge", 600, 400, 5, 4, 16), ("vae-t2", 500, 200, 7, temporal, 16)] if temporal != 4 else []
+    if channels != 16:
+        phases.append(("vae-z", 600, 300, 9, temporal, channels))
+    if phases:  # the last phase writes `vae/`
+        phases[-1] = ("vae", *phases[-1][1:])
+    names = ["vae-t4" if phases else "vae", *(row[0] for row in phases)]
+    latest = max((i for i, name in enumerate(names) if (work / name / "config.json").exists()), default=-1)
+    if latest < 0:
+        train_vae(work / names[0], steps=steps, image_steps=image_steps, sharpen_steps=sharpen_steps, spatial=spatial)
+    start = work / names[max(latest, 0)]
+    for name, clip_steps, edge_steps, seed, t, z in phases[max(latest, 0) :]:
+        train_vae(
+            work / name,
+            steps=n(clip_steps),
+            sharpen_steps=n(edge_steps),
+            edge_weight=2.0,
+            seed=seed,
+            start_from=start,
+            spatial=spatial,
+            temporal=t,
+            z_dim=z,
+        )
         start = work / name
     return start
 
@@ -245,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         help="VAE spatial compression (default 4; 8 needs --vae-temporal 4)",
     )
     p.add_argument("--vae-temporal", type=int, choices=[2, 4], default=2, help="VAE temporal compression (default 2)")
+    p.add_argument(
+        "--vae-channels",
+        type=int,
+        choices=[4, 8, 16],
+        default=4,
+        help="VAE latent channels (default 4: a token's 1x4x4 cells are 64 values, which the 128-wide transformer "
+        "can predict; 16 are 256)",
+    )
     p.add_argument("--vae-from", type=Path, help="a trained VAE folder to use instead of training one")
     p.add_argument("--clips", type=int, help="training clips to export (default 4000; 64 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (a smoke run, not a usable model)")
@@ -255,15 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     quick = ["train.max_steps=3", "checkpoint.every=0", "validation.max_prompts=2", "validation.steps=2"]
     extra = (quick if args.quick else []) + args.overrides
     t0 = time.time()
-    arch = (args.vae_spatial, args.vae_temporal)
-    if arch not in ARCHITECTURES:
+    arch = (args.vae_spatial, args.vae_temporal, args.vae_channels)
+    if arch[:2] not in ARCHITECTURES:
         p.error(f"--vae-spatial/--vae-temporal must be one of {sorted(ARCHITECTURES)}")
     if args.vae_from is not None:
         if not (args.vae_from / "config.json").is_file():
             p.error(f"--vae-from {args.vae_from}: no VAE there (config.json missing)")
         if vae_architecture(args.vae_from) != arch:
             p.error(
-                f"--vae-from {args.vae_from} is a {vae_architecture(args.vae_from)} VAE, not {arch} (--vae-spatial/--vae-temporal)"
+                f"--vae-from {args.vae_from} is a {vae_architecture(args.vae_from)} VAE, not {arch} (--vae-spatial/--vae-temporal/--vae-channels)"
             )
     vae_dir = work / "vae"
     if (vae_dir / "config.json").exists():
@@ -284,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 steps=3 if args.quick else args.vae_steps,
                 image_steps=3 if args.quick else args.vae_image_steps,
                 sharpen_steps=3 if args.quick else args.vae_sharpen_steps,
+                channels=args.vae_channels,
                 quick=args.quick,
             )
     init = work / "init"

@@ -6,7 +6,9 @@ spatial and 4× temporal compression, a 17×64×64 clip is a 5×16×16×16 laten
 1×4×4, so it sees the same 5×4×4 tokens as with `spatial=8` (`dim_mult` [1, 2, 2, 2], the first stage spatial only;
 8×8 latents, patches 1×2×2), at the same cost. At 8× a small object covers one or two latent cells and the VAE
 rounds squares, triangles and diamonds into blobs (the verifier accepted 31% of its reconstructions of the held-out
-clips); at 4× it has four times the cells to draw corners with.
+clips); at 4× it has four times the cells to draw corners with. `z_dim` (16 unless given) is the latent
+channels; the shipped VAE narrows a 16-channel one to 4 (`narrow_latents`) so that the transformer's 1×4×4 patches
+are 64 values, as the 8× VAE's 1×2×2 patches were.
 
 Training, in three phases: first on single frames (the causal 3D convolutions then act as 2D ones), then — after
 setting every video-only weight to "process each frame like the image" (past-frame taps zeroed, temporal
@@ -46,8 +48,9 @@ ARCHITECTURES = {
 """(spatial, temporal) compression → (dim_mult, temperal_downsample) of the `AutoencoderKLWan`"""
 
 
-def make_vae(spatial: int = 4, base_dim: int = 16, temporal: int = 4) -> torch.nn.Module:
-    """A fresh Shapes VAE with `spatial`× and `temporal`× compression (`ARCHITECTURES`), 16 latent channels."""
+def make_vae(spatial: int = 4, base_dim: int = 16, temporal: int = 4, z_dim: int = 16) -> torch.nn.Module:
+    """A fresh Shapes VAE with `spatial`× and `temporal`× compression (`ARCHITECTURES`) and `z_dim` latent
+    channels."""
     from diffusers import AutoencoderKLWan
 
     if (spatial, temporal) not in ARCHITECTURES:
@@ -55,12 +58,12 @@ def make_vae(spatial: int = 4, base_dim: int = 16, temporal: int = 4) -> torch.n
     dim_mult, temporal_down = ARCHITECTURES[spatial, temporal]
     return AutoencoderKLWan(
         base_dim=base_dim,
-        z_dim=16,
+        z_dim=z_dim,
         dim_mult=dim_mult,
         num_res_blocks=1,
         temperal_downsample=temporal_down,
-        latents_mean=[0.0] * 16,
-        latents_std=[1.0] * 16,
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
         scale_factor_spatial=spatial,
         scale_factor_temporal=temporal,
     )
@@ -124,21 +127,26 @@ def train_vae(
     ckpt_every: int = 100,
     start_from: Path | None = None,
     temporal: int = 4,
+    z_dim: int = 16,
 ) -> Path:
     """Train the Shapes VAE (module doc): `image_steps` on single frames (batch `image_batch_size`), then `steps` on
     `frames`-frame clips, then `sharpen_steps` more on clips at half the lr with the edge term. Every `ckpt_every`
     steps the whole state (weights, optimizer, schedule, the clip generator, the log) goes to `<out>.ckpt`; a run
     that finds it continues from it and ends with the weights an uninterrupted run would have. `start_from`: a
     trained VAE folder to continue training (e.g. with `image_steps=0`: more clip and edge steps); its weights are
-    taken where names and shapes match (so a 4×-temporal VAE can start a 2×-temporal one)."""
+    taken where names and shapes match (so a 4×-temporal VAE can start a 2×-temporal one); one with more latent
+    channels than `z_dim` starts it through `narrow_latents`."""
     torch.manual_seed(seed)
-    vae = make_vae(spatial, base_dim, temporal)
+    vae = make_vae(spatial, base_dim, temporal, z_dim)
     if start_from is not None:
         from diffusers import AutoencoderKLWan
 
         own = vae.state_dict()
-        given = AutoencoderKLWan.from_pretrained(start_from).state_dict()
+        wide = AutoencoderKLWan.from_pretrained(start_from)
+        given = wide.state_dict()
         vae.load_state_dict({k: v for k, v in given.items() if k in own and own[k].shape == v.shape}, strict=False)
+        if wide.config.z_dim > z_dim:
+            narrow_latents(vae, wide, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_suffix(".ckpt")
     phases = (
@@ -226,6 +234,48 @@ def train_vae(
         file=sys.stderr,
     )
     return out
+
+
+@torch.no_grad()
+def narrow_latents(vae: torch.nn.Module, wide: torch.nn.Module, seed: int, n: int = 32) -> None:
+    """Start `vae` (`z_dim` k) from `wide`, a trained VAE of the same architecture with K > k latent channels: its
+    latents' k principal directions (over the posterior means of `n` fresh clips) become the k channels. The 1×1
+    convolutions around the latent are folded into the two 3×3×3 ones next to it: the encoder's last convolution
+    emits the projected means directly (its log-variance channels start at the wide VAE's mean log-variance), the
+    decoder's first convolution reads the k channels as their point in the wide latent space, and `quant_conv` /
+    `post_quant_conv` start as identities. With k = K this reproduces `wide` except where the decoder's first
+    convolution pads the borders with zeros; the k < K dropped directions are what the fine-tuning must recover.
+    Fewer channels are what a small transformer can predict: with 1×4×4 patches a token's output is 16·k values,
+    and 16 channels (256 values) are more than a 128-wide model's output projection can span."""
+    k, big = vae.config.z_dim, wide.config.z_dim
+    x = _render_batch(np.random.default_rng([seed, 99]), n, NUM_FRAMES) * 2 - 1
+    params = [wide._encode(x[i : i + 8]) for i in range(0, n, 8)]
+    mu_all = torch.cat([p[:, :big] for p in params]).transpose(0, 1).flatten(1)  # [K, N·T·H·W]
+    logvar = torch.cat([p[:, big:] for p in params]).mean().item()
+    mean = mu_all.mean(1)
+    centred = mu_all - mean[:, None]
+    _, vecs = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
+    basis = vecs[:, -k:].flip(1)  # [K, k], the leading direction first
+    enc, quant = wide.encoder.conv_out, wide.quant_conv
+    q = quant.weight[:big, :, 0, 0, 0]  # [K, 2K]: the wide VAE's mean rows
+    to_mean = basis.T @ q  # [k, 2K]
+    out = vae.encoder.conv_out
+    out.weight.zero_()
+    out.weight[:k] = torch.einsum("kj,j...->k...", to_mean, enc.weight)
+    out.bias[:k] = to_mean @ enc.bias + basis.T @ (quant.bias[:big] - mean)
+    out.bias[k:] = logvar
+    for conv in (vae.quant_conv, vae.post_quant_conv):
+        conv.weight.zero_()
+        conv.weight[:, :, 0, 0, 0] = torch.eye(conv.weight.shape[0])
+        conv.bias.zero_()
+    post, first = wide.post_quant_conv, wide.decoder.conv_in
+    lift = post.weight[:, :, 0, 0, 0] @ basis  # [K, k]: a k-channel latent → the wide decoder's input
+    offset = post.weight[:, :, 0, 0, 0] @ mean + post.bias  # [K]
+    # The constant offset goes in before the zero-padded convolution where it can (exactly when k = K) ...
+    vae.post_quant_conv.bias.copy_(torch.linalg.lstsq(lift, offset[:, None]).solution[:, 0])
+    rest = offset - lift @ vae.post_quant_conv.bias  # ... the rest as the convolution's bias
+    vae.decoder.conv_in.weight.copy_(torch.einsum("cj...,jk->ck...", first.weight, lift))
+    vae.decoder.conv_in.bias.copy_(first.bias + torch.einsum("cj...,j->c", first.weight, rest))
 
 
 def _causal_identity_init(vae: torch.nn.Module) -> None:

@@ -29,7 +29,11 @@ def quick_assets(tmp_path_factory):
 def test_build_produces_loadable_base_and_sft(quick_assets, monkeypatch):
     monkeypatch.setenv("VIDPOST_ASSETS", str(quick_assets / "assets"))
     base, sft = load("shapes-base"), load("shapes")
-    assert base.transformer.config.num_layers == 6 and base.vae.config.z_dim == 16
+    assert base.transformer.config.num_layers == 6 and base.vae.config.z_dim == 4
+    assert base.transformer.config.in_channels == base.transformer.config.out_channels == 4
+    # the VAE's phases, each started from the one before: 4x temporal, more edges, 2x temporal, 4 channels
+    for phase, z_dim in (("vae-t4", 16), ("vae-t4-edge", 16), ("vae-t2", 16), ("vae", 4)):
+        assert json.loads((quick_assets / "work" / phase / "config.json").read_text())["z_dim"] == z_dim
     gen = json.loads((quick_assets / "assets" / "shapes" / "sft" / "vidpost.json").read_text())["generation"]
     assert gen == {"num_frames": 17, "height": 64, "width": 64, "steps": 20, "fps": 8}
     diffs = [
@@ -46,7 +50,7 @@ def test_build_produces_loadable_base_and_sft(quick_assets, monkeypatch):
     manifest = (quick_assets / "work" / "data" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 48 and {"video", "caption", "caption_noisy", "spec"} <= set(json.loads(manifest[0]))
     vae_mean = base.vae.config.latents_mean
-    assert len(vae_mean) == 16 and any(m != 0.0 for m in vae_mean)  # measured, not the placeholder
+    assert len(vae_mean) == 4 and any(m != 0.0 for m in vae_mean)  # measured, not the placeholder
 
 
 def test_rerun_skips_finished_stages(quick_assets, capsys):
@@ -108,10 +112,13 @@ def test_a_vae_of_another_architecture_is_refused(quick_assets, tmp_path, capsys
     work = str(quick_assets / "work")  # holds a 4x2 VAE
     with pytest.raises(SystemExit):
         build(["--out", str(tmp_path / "a"), "--work", work, "--quick", "--vae-temporal", "4"])
-    assert "is a (4, 2) VAE, not (4, 4)" in capsys.readouterr().err
+    assert "is a (4, 2, 4) VAE, not (4, 4, 4)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build(["--out", str(tmp_path / "a"), "--work", str(tmp_path / "w"), "--vae-from", f"{work}/vae-t4"])
-    assert "is a (4, 4) VAE, not (4, 2)" in capsys.readouterr().err
+    assert "is a (4, 4, 16) VAE, not (4, 2, 4)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build(["--out", str(tmp_path / "a"), "--work", str(tmp_path / "w"), "--vae-from", f"{work}/vae-t2"])
+    assert "is a (4, 2, 16) VAE, not (4, 2, 4)" in capsys.readouterr().err
 
 
 def test_vae_from_and_a_bad_architecture_are_checked_before_anything_runs(tmp_path, capsys):
@@ -185,3 +192,59 @@ def test_vae_architectures_compress_as_named(spatial, temporal, latent):
         z = vae.encode(torch.zeros(1, 3, 17, 64, 64)).latent_dist.mode()
         assert tuple(z.shape[2:]) == latent and vae.decode(z).sample.shape == (1, 3, 17, 64, 64)
     assert (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal) == (spatial, temporal)
+
+
+def test_vae_phases_resume_after_the_latest_finished_one(tmp_path, monkeypatch):
+    """`build_vae` trains only the phases after the latest complete folder (e.g. a committed `vae-t2/` copied into
+    the work folder), each from the previous phase's weights."""
+    from vidpost.pipelines import shapes_models
+
+    calls = []
+
+    def fake_train(out, **kw):
+        calls.append((out.name, kw.get("start_from") and kw["start_from"].name, kw.get("z_dim"), kw.get("temporal")))
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(shapes_models, "train_vae", fake_train)
+    kw = {"spatial": 4, "temporal": 2, "steps": 1, "image_steps": 1, "sharpen_steps": 1}
+    (tmp_path / "a" / "vae-t2").mkdir(parents=True)
+    (tmp_path / "a" / "vae-t2" / "config.json").write_text("{}")
+    assert shapes_models.build_vae(tmp_path / "a", channels=4, **kw) == tmp_path / "a" / "vae"
+    assert calls == [("vae", "vae-t2", 4, 2)]
+    calls.clear()
+    shapes_models.build_vae(tmp_path / "b", channels=16, **kw)
+    assert calls == [("vae-t4", None, None, None), ("vae-t4-edge", "vae-t4", 16, 4), ("vae", "vae-t4-edge", 16, 2)]
+
+
+def test_narrowed_latents_are_the_principal_components_of_the_wide_ones():
+    """`narrow_latents` with as many channels reproduces the wide VAE; with fewer, the narrowed encoder's latents
+    on the clips it was fitted on are the wide latents' leading principal components (uncorrelated, in decreasing
+    variance), and the decoder reads them back to the wide VAE's reconstruction of the projected latents."""
+    import numpy as np
+
+    from vidpost.pipelines.shapes_vae import NUM_FRAMES, _render_batch, make_vae, narrow_latents
+
+    torch.manual_seed(0)
+    wide = make_vae(4, base_dim=4, temporal=2, z_dim=8).eval()
+    x = _render_batch(np.random.default_rng([3, 99]), 8, NUM_FRAMES) * 2 - 1  # the clips narrow_latents fits on
+    with torch.no_grad():
+        for k in (8, 3):
+            narrow = make_vae(4, base_dim=4, temporal=2, z_dim=k).eval()
+            own, given = narrow.state_dict(), wide.state_dict()
+            narrow.load_state_dict({n: v for n, v in given.items() if own[n].shape == v.shape}, strict=False)
+            narrow_latents(narrow, wide, seed=3, n=8)
+            z = narrow.encode(x).latent_dist.mode()
+            assert z.shape[1] == k
+            if k == 8:
+                ref = wide.decode(wide.encode(x).latent_dist.mode()).sample
+                torch.testing.assert_close(narrow.decode(z).sample, ref, atol=1e-4, rtol=0)
+            else:
+                flat = z.transpose(0, 1).flatten(1)
+                cov = torch.cov(flat)
+                var = cov.diagonal()
+                assert torch.all(var[:-1] >= var[1:]) and var[-1] > 0
+                off = cov - torch.diag(var)
+                assert off.abs().max() < 1e-3 * var[0]
+                assert flat.mean(1).abs().max() < 1e-3 * var[0].sqrt()  # centred on the wide latents' mean
