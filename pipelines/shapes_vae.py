@@ -249,9 +249,9 @@ def narrow_latents(vae: torch.nn.Module, wide: torch.nn.Module, seed: int, n: in
     and 16 channels (256 values) are more than a 128-wide model's output projection can span."""
     k, big = vae.config.z_dim, wide.config.z_dim
     x = _render_batch(np.random.default_rng([seed, 99]), n, NUM_FRAMES) * 2 - 1
-    params = [wide._encode(x[i : i + 8]) for i in range(0, n, 8)]
-    mu_all = torch.cat([p[:, :big] for p in params]).transpose(0, 1).flatten(1)  # [K, N·T·H·W]
-    logvar = torch.cat([p[:, big:] for p in params]).mean().item()
+    posteriors = [wide.encode(x[i : i + 8]).latent_dist for i in range(0, n, 8)]
+    mu_all = torch.cat([p.mean for p in posteriors]).transpose(0, 1).flatten(1)  # [K, N·T·H·W]
+    logvar = torch.cat([p.logvar for p in posteriors]).mean().item()
     mean = mu_all.mean(1)
     centred = mu_all - mean[:, None]
     _, vecs = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
