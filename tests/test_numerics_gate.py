@@ -5,6 +5,11 @@ the values recorded in `numerics_gate.json`.
 A refactor must leave every number here identical. Each run goes through the `vidpost` command line, so the gate
 does not depend on where a trainer's code lives. A change that is meant to alter numerics re-records the file in its
 own commit (`VIDPOST_RECORD_GATE=1 pytest tests/test_numerics_gate.py`) and says why.
+
+Bitwise equality holds only on the machine the values were recorded on: the same torch and thread count, and the
+same CPU instruction sets (the same code on a CPU with AMX produced other trajectories after the first step).
+The file records that machine (`machine_signature`); elsewhere the gate is skipped and says so — record the
+values on the machine where a refactor is checked, before the refactor, then compare after it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,20 @@ def weights_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
+def machine_signature() -> str:
+    """torch version, thread count and the CPU's vector/matrix instruction sets."""
+    import torch
+
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = {f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse4"))}
+                break
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, " + " ".join(sorted(flags))
+
+
 def matches(name: str, value: dict) -> bool:
     data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     return json.loads(json.dumps(value)) == data.get(name)
@@ -64,8 +83,11 @@ def check(name: str, value: dict) -> None:
     data = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if RECORD:
         data[name] = value
+        data["machine"] = machine_signature()
         GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         return
+    if data.get("machine") != machine_signature():
+        pytest.skip(f"values recorded on another machine ({data.get('machine')}); this one: {machine_signature()}")
     assert name in data, f"no recorded values for {name!r}; record them with VIDPOST_RECORD_GATE=1"
     # A JSON round trip is exact for Python floats, so == is a bitwise comparison.
     assert json.loads(json.dumps(value)) == data[name]
