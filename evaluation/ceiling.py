@@ -70,16 +70,15 @@ def _mutations(spec: Any, index: int, k: int) -> list[tuple[str, Any]]:
 
 def shapes_ceiling(model: str = "shapes", mutations: int = 3, limit: int | None = None) -> dict[str, Any]:
     """(a), (b), (c) of the module doc on the held-out clips (the first `limit` of them)."""
-    from vidpost.shapes.splits import heldout_prompts
+    from vidpost.shapes.splits import heldout_prompts, render_heldout
     from vidpost.shapes.verifier import ATTRIBUTES, verify_batch
-    from vidpost.shapes.world import SceneSpec, render
+    from vidpost.shapes.world import render
 
     t0 = time.perf_counter()
     vae, vae_dir, (frames, height, width) = load_vae(model)
     items = heldout_prompts()[:limit] if limit else heldout_prompts()
-    specs = [SceneSpec.from_dict(it["spec"]) for it in items]
     kw = {"num_frames": frames, "height": height, "width": width}
-    truth = np.stack([render(s, seed=it["seed"], **kw) for s, it in zip(specs, items)])
+    specs, truth = render_heldout(items, **kw)
     fakes, fake_of, kinds = [], [], []
     for i, (spec, it) in enumerate(zip(specs, items)):
         for kind, other in _mutations(spec, i, mutations):

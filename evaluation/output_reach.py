@@ -16,7 +16,6 @@ import argparse
 import json
 from typing import Any
 
-import numpy as np
 import torch
 
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)
@@ -38,6 +37,10 @@ def output_reach(adapter: Any, latents: torch.Tensor, cond: Any, sigmas=SIGMAS, 
     patch = tuple(tr.config.patch_size)
     basis, _ = torch.linalg.qr(tr.proj_out.weight.detach().float())  # [values, min(values, hidden)]
     g = torch.Generator().manual_seed(seed)
+
+    def outside(v: torch.Tensor) -> float:
+        return float((v - (v @ basis) @ basis.T).pow(2).sum() / v.pow(2).sum())
+
     rows = []
     for s in sigmas:
         eps = torch.randn(latents.shape, generator=g)
@@ -45,9 +48,6 @@ def output_reach(adapter: Any, latents: torch.Tensor, cond: Any, sigmas=SIGMAS, 
         pred = adapter.forward_transformer(xt, torch.full((len(latents),), float(s)), cond, 1.0).float()
         target = patchify(eps - latents, patch)
         err = patchify(pred, patch) - target
-
-        def outside(v: torch.Tensor) -> float:
-            return float((v - (v @ basis) @ basis.T).pow(2).sum() / v.pow(2).sum())
 
         rows.append(
             {
@@ -62,8 +62,7 @@ def output_reach(adapter: Any, latents: torch.Tensor, cond: Any, sigmas=SIGMAS, 
 
 def main(argv: list[str] | None = None) -> int:
     from vidpost.models import load
-    from vidpost.shapes.splits import heldout_prompts
-    from vidpost.shapes.world import SceneSpec, render
+    from vidpost.shapes.splits import heldout_prompts, render_heldout
 
     p = argparse.ArgumentParser(prog="python -m vidpost.evaluation.output_reach", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     adapter = load(args.model)
     items = heldout_prompts()[: args.clips]
-    clips = torch.from_numpy(np.stack([render(SceneSpec.from_dict(it["spec"]), seed=it["seed"]) for it in items]))
+    clips = torch.from_numpy(render_heldout(items)[1])
     with torch.no_grad():
         latents = torch.cat([adapter.encode_video(clips[i : i + 8].float()) for i in range(0, len(clips), 8)])
         cond = adapter.encode_prompt([it["caption"] for it in items])

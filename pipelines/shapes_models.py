@@ -215,11 +215,12 @@ def build_vae(
     if phases:  # the last phase writes `vae/`
         phases[-1] = ("vae", *phases[-1][1:])
     names = ["vae-t4" if phases else "vae", *(row[0] for row in phases)]
-    latest = max((i for i, name in enumerate(names) if (work / name / "config.json").exists()), default=-1)
-    if latest < 0:
+    latest = max((i for i, name in enumerate(names) if (work / name / "config.json").exists()), default=None)
+    if latest is None:
         train_vae(work / names[0], steps=steps, image_steps=image_steps, sharpen_steps=sharpen_steps, spatial=spatial)
-    start = work / names[max(latest, 0)]
-    for name, clip_steps, edge_steps, seed, t, z in phases[max(latest, 0) :]:
+        latest = 0
+    start = work / names[latest]
+    for name, clip_steps, edge_steps, seed, t, z in phases[latest:]:
         train_vae(
             work / name,
             steps=n(clip_steps),

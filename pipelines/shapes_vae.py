@@ -141,10 +141,8 @@ def train_vae(
     if start_from is not None:
         from diffusers import AutoencoderKLWan
 
-        own = vae.state_dict()
         wide = AutoencoderKLWan.from_pretrained(start_from)
-        given = wide.state_dict()
-        vae.load_state_dict({k: v for k, v in given.items() if k in own and own[k].shape == v.shape}, strict=False)
+        load_matching(vae, wide)
         if wide.config.z_dim > z_dim:
             narrow_latents(vae, wide, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +234,13 @@ def train_vae(
     return out
 
 
+def load_matching(vae: torch.nn.Module, other: torch.nn.Module) -> None:
+    """Copy into `vae` every tensor of `other` whose name and shape match; the rest stay as they are."""
+    own = vae.state_dict()
+    matching = {k: v for k, v in other.state_dict().items() if k in own and own[k].shape == v.shape}
+    vae.load_state_dict(matching, strict=False)
+
+
 @torch.no_grad()
 def narrow_latents(vae: torch.nn.Module, wide: torch.nn.Module, seed: int, n: int = 32) -> None:
     """Start `vae` (`z_dim` k) from `wide`, a trained VAE of the same architecture with K > k latent channels: its
@@ -243,8 +248,10 @@ def narrow_latents(vae: torch.nn.Module, wide: torch.nn.Module, seed: int, n: in
     convolutions around the latent are folded into the two 3×3×3 ones next to it: the encoder's last convolution
     emits the projected means directly (its log-variance channels start at the wide VAE's mean log-variance), the
     decoder's first convolution reads the k channels as their point in the wide latent space, and `quant_conv` /
-    `post_quant_conv` start as identities. With k = K this reproduces `wide` except where the decoder's first
-    convolution pads the borders with zeros; the k < K dropped directions are what the fine-tuning must recover.
+    `post_quant_conv` start as identities, except that the wide decoder's constant input offset goes into
+    `post_quant_conv`'s bias as far as the k channels span it (all of it when k = K, so that this reproduces `wide`
+    exactly: the decoder's first convolution pads its input with zeros, so a constant folded into its bias would
+    differ at the borders). The K − k dropped directions are what the fine-tuning must recover.
     Fewer channels are what a small transformer can predict: with 1×4×4 patches a token's output is 16·k values,
     and 16 channels (256 values) are more than a 128-wide model's output projection can span."""
     k, big = vae.config.z_dim, wide.config.z_dim
@@ -307,14 +314,10 @@ def reconstruction_verifier_success(vae: torch.nn.Module) -> dict[str, float]:
     """The verifier on VAE reconstructions of the held-out ground-truth clips: success rate and per-attribute
     rates. No generator using this VAE can be expected to do better on the held-out prompts."""
     from vidpost.evaluation.ceiling import reconstruct
-    from vidpost.shapes.splits import heldout_prompts
+    from vidpost.shapes.splits import heldout_prompts, render_heldout
     from vidpost.shapes.verifier import ATTRIBUTES, verify_batch
-    from vidpost.shapes.world import SceneSpec, render
 
-    items = heldout_prompts()
-    specs = [SceneSpec.from_dict(it["spec"]) for it in items]
-    kw = {"num_frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH}
-    clips = np.stack([render(s, seed=it["seed"], **kw) for s, it in zip(specs, items)])
+    specs, clips = render_heldout(heldout_prompts(), num_frames=NUM_FRAMES, height=HEIGHT, width=WIDTH)
     res = verify_batch(reconstruct(vae, clips), specs)
     return {"success": float(res["success"].mean()), **{a: float(res[f"{a}_ok"].mean()) for a in ATTRIBUTES}}
 

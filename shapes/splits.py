@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .captions import caption, noisy_caption, paraphrase
-from .world import SceneSpec, random_scene
+from .world import SceneSpec, random_scene, render
 
 __all__ = [
     "HELDOUT_SEED_BASE",
@@ -126,3 +126,13 @@ def write_heldout_json(version: str = "v1", path: str | Path | None = None) -> P
     lines = ",\n".join(json.dumps(item, ensure_ascii=False) for item in heldout_prompts(version))
     out.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
     return out
+
+
+def render_heldout(
+    items: list[dict[str, Any]], *, num_frames: int = 17, height: int = 64, width: int = 64
+) -> tuple[list[SceneSpec], np.ndarray]:
+    """The scenes of held-out `items` (`heldout_prompts`) and their clips [N, 3, T, H, W] in [0, 1], each rendered
+    with its own seed."""
+    specs = [SceneSpec.from_dict(it["spec"]) for it in items]
+    kw = {"num_frames": num_frames, "height": height, "width": width}
+    return specs, np.stack([render(s, seed=it["seed"], **kw) for s, it in zip(specs, items)])

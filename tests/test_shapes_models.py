@@ -221,10 +221,10 @@ def test_vae_phases_resume_after_the_latest_finished_one(tmp_path, monkeypatch):
 def test_narrowed_latents_are_the_principal_components_of_the_wide_ones():
     """`narrow_latents` with as many channels reproduces the wide VAE; with fewer, the narrowed encoder's latents
     on the clips it was fitted on are the wide latents' leading principal components (uncorrelated, in decreasing
-    variance), and the decoder reads them back to the wide VAE's reconstruction of the projected latents."""
+    variance, centred)."""
     import numpy as np
 
-    from vidpost.pipelines.shapes_vae import NUM_FRAMES, _render_batch, make_vae, narrow_latents
+    from vidpost.pipelines.shapes_vae import NUM_FRAMES, _render_batch, load_matching, make_vae, narrow_latents
 
     torch.manual_seed(0)
     wide = make_vae(4, base_dim=4, temporal=2, z_dim=8).eval()
@@ -232,8 +232,7 @@ def test_narrowed_latents_are_the_principal_components_of_the_wide_ones():
     with torch.no_grad():
         for k in (8, 3):
             narrow = make_vae(4, base_dim=4, temporal=2, z_dim=k).eval()
-            own, given = narrow.state_dict(), wide.state_dict()
-            narrow.load_state_dict({n: v for n, v in given.items() if own[n].shape == v.shape}, strict=False)
+            load_matching(narrow, wide)
             narrow_latents(narrow, wide, seed=3, n=8)
             z = narrow.encode(x).latent_dist.mode()
             assert z.shape[1] == k
