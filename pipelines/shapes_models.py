@@ -28,10 +28,12 @@ Stages (each writes its folder and is skipped when that folder is complete, so t
 3. `data`  — exports the Shapes train split as mp4 + manifest (the same format the SFT stage reads for real data).
 4. `base`  — "pretraining": `vidpost sft` with full fine-tuning of the random transformer on the *noisy* captions
              (some wrong, vague or missing, like web alt-text) → `base/`, a complete model folder.
-5. `sft`   — `vidpost sft` on the clean canonical captions starting from `base/`, in two phases: `sft.yaml`
+5. `sft`   — `vidpost sft` on the clean canonical captions starting from `base/`, in three phases: `sft.yaml`
              (9000 steps, unshifted logit-normal timesteps), then `sft-motion.yaml` (4500 steps with the
-             timesteps shifted like the sampler's, shift 3, which is what teaches direction of motion) → `sft/`.
-The SFT configs of steps 4–5 live in configs/shapes/{pretrain,sft,sft-motion}.yaml; this command only sets paths.
+             timesteps shifted like the sampler's, shift 3, which is what teaches direction of motion), then
+             `sft-motion2.yaml` (4000 more such steps with the learning rate decayed) → `sft/`.
+The SFT configs of steps 4–5 live in configs/shapes/{pretrain,sft,sft-motion,sft-motion2}.yaml; this command only
+sets paths.
 Each SFT phase resumes from its latest checkpoint (`<work>/<config>/checkpoints`); a finished phase is not rerun, and
 a phase folder that started from another model than the current one (a rebuilt VAE or base) is discarded
 (`run_phase`). A stage whose output folder (`<out>/base`, `<out>/sft`) exists is skipped: delete it to rebuild it
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if "data" in stages and not (work / "data" / "manifest.jsonl").exists():
         export_data(work / "data", args.clips or (64 if args.quick else 4000))
     manifest = work / "data" / "manifest.jsonl"
-    phases = {"base": (["pretrain"], init), "sft": (["sft", "sft-motion"], out / "base")}
+    phases = {"base": (["pretrain"], init), "sft": (["sft", "sft-motion", "sft-motion2"], out / "base")}
     for stage, (configs, start_from) in phases.items():
         if stage in stages and not (out / stage / "model_index.json").exists():
             pretrain_cache, sft_cache = work / "pretrain" / "cache", work / "sft" / "cache"

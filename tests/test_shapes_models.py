@@ -41,12 +41,16 @@ def test_build_produces_loadable_base_and_sft(quick_assets, monkeypatch):
         for a, b in zip(base.transformer.parameters(), sft.transformer.parameters(), strict=True)
     ]
     assert max(diffs) > 0  # SFT changed the transformer
-    # Both SFT phases ran, the second (shifted timesteps) from the first's weights, and its result is what shipped.
+    # The three SFT phases ran, each from the previous one's weights (the second and third with shifted timesteps,
+    # the third with a decaying learning rate), and the last one's result is what shipped.
     motion = json.loads((quick_assets / "work" / "sft-motion" / "config.json").read_text())
     assert motion["train"]["shift"] == 3.0 and motion["model"]["path"].endswith("sft/final")
+    third = json.loads((quick_assets / "work" / "sft-motion2" / "config.json").read_text())
+    assert third["train"]["shift"] == 3.0 and third["model"]["path"].endswith("sft-motion/final")
+    assert third["optim"]["schedule"] == "cosine"
     shipped = quick_assets / "assets" / "shapes" / "sft" / "transformer" / "diffusion_pytorch_model.safetensors"
-    second = quick_assets / "work" / "sft-motion" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
-    assert shipped.read_bytes() == second.read_bytes()
+    last = quick_assets / "work" / "sft-motion2" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert shipped.read_bytes() == last.read_bytes()
     manifest = (quick_assets / "work" / "data" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 48 and {"video", "caption", "caption_noisy", "spec"} <= set(json.loads(manifest[0]))
     vae_mean = base.vae.config.latents_mean
@@ -73,13 +77,13 @@ def test_finished_sft_phases_are_not_rerun(quick_assets, tmp_path, monkeypatch):
     monkeypatch.setattr(shapes_models, "run_sft", lambda *a: pytest.fail(f"a finished phase ran again: {a}"))
     assert build(["--out", str(out), "--work", str(quick_assets / "work"), "--quick", "--stage", "sft"]) == 0
     shipped = out / "sft" / "transformer" / "diffusion_pytorch_model.safetensors"
-    second = quick_assets / "work" / "sft-motion" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
-    assert shipped.read_bytes() == second.read_bytes()
+    last = quick_assets / "work" / "sft-motion2" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert shipped.read_bytes() == last.read_bytes()
 
 
 def test_a_phase_started_from_another_model_runs_again(quick_assets, tmp_path, monkeypatch):
-    """A rebuilt base makes the SFT phases that started from the old one stale: both run again (from the new base,
-    then from the new first phase), and their old checkpoints are gone."""
+    """A rebuilt base makes the SFT phases that started from the old one stale: all run again (from the new base,
+    then each from the new phase before it), and their old checkpoints are gone."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -92,7 +96,7 @@ def test_a_phase_started_from_another_model_runs_again(quick_assets, tmp_path, m
     shutil.copytree(quick_assets / "assets" / "shapes" / "base", out / "base")
     weights = out / "base" / "transformer" / "diffusion_pytorch_model.safetensors"
     save_file({k: v + 0.01 for k, v in load_file(str(weights)).items()}, str(weights))  # "a rebuilt base"
-    assert (work / "sft" / "final").exists() and (work / "sft-motion" / "final").exists()
+    assert all((work / phase / "final").exists() for phase in ("sft", "sft-motion", "sft-motion2"))
     ran = []
 
     def fake_sft(config, overrides):
@@ -104,7 +108,11 @@ def test_a_phase_started_from_another_model_runs_again(quick_assets, tmp_path, m
 
     monkeypatch.setattr(shapes_models, "run_sft", fake_sft)
     assert build(["--out", str(out), "--work", str(work), "--quick", "--stage", "sft"]) == 0
-    assert ran == [("sft", str(out / "base")), ("sft-motion", str(work / "sft" / "final"))]
+    assert ran == [
+        ("sft", str(out / "base")),
+        ("sft-motion", str(work / "sft" / "final")),
+        ("sft-motion2", str(work / "sft-motion" / "final")),
+    ]
     assert shapes_models.fingerprint(out / "sft") == shapes_models.fingerprint(out / "base")
 
 
