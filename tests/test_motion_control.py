@@ -1,0 +1,45 @@
+"""`vidpost.evaluation.motion_control`: the synthetic moving-blob world and its reading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidpost.evaluation.motion_control import NAMES, captions, clips, read_directions, run
+
+
+@pytest.mark.parametrize("start", ["inside", "free"])
+def test_the_reading_of_the_training_clips_is_right(start):
+    asked = [i % 4 for i in range(64)]
+    accuracy, moved = read_directions(clips(asked, torch.Generator().manual_seed(0), start), asked)
+    assert accuracy >= 0.95
+    assert 6.0 <= moved <= 8.5  # one cell per latent frame, 8 over the clip
+
+
+def test_reversed_clips_read_as_the_opposite_direction():
+    asked = [i % 4 for i in range(32)]
+    x = clips(asked, torch.Generator().manual_seed(1))
+    opposite = [NAMES.index({"right": "left", "left": "right", "up": "down", "down": "up"}[NAMES[d]]) for d in asked]
+    assert read_directions(x.flip(2), opposite)[0] >= 0.95
+    assert read_directions(x.flip(2), asked)[0] <= 0.05
+
+
+def test_inside_starts_keep_the_blob_in_the_grid_and_free_ones_do_not_depend_on_direction():
+    g = torch.Generator().manual_seed(2)
+    x = clips([0] * 256, g, "inside")  # moving right
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    w = x[:, 0, 0] + 0.5
+    first_x = (w * xx).sum((-1, -2)) / w.sum((-1, -2))
+    assert first_x.max() < 10  # starts in the left part, so it ends inside
+    free = clips([0] * 256, g, "free")[:, 0, 0] + 0.5
+    assert ((free * xx).sum((-1, -2)) / free.sum((-1, -2))).max() > 10
+    assert len(set(captions())) == 4
+    with pytest.raises(ValueError, match="start must be"):
+        clips([0], g, "outside")
+
+
+def test_a_short_run_logs_one_row_per_evaluation():
+    lines = []
+    rows = run(layers=1, steps=2, every=1, log=lines.append)
+    assert [r["step"] for r in rows] == [1, 2] and len(lines) == 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in rows)
