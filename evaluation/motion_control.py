@@ -2,7 +2,7 @@
 to the left / down" at all, and how fast?
 
     python -m vidpost.evaluation.motion_control [--patch 4] [--heads 4] [--layers 6] [--steps 1500]
-        [--start inside|free] [--shift 3] [--every 150] [--json]
+        [--start inside|free] [--shift 3] [--every 150] [--contrast 0] [--margin 0.1] [--json]
 
 The world is latents alone, no VAE: [4, 9, 16, 16] (the Shapes models' latent grid for a 17×64×64 clip), one
 Gaussian blob (σ 1.5 cells) in channel 0 that moves one latent cell per latent frame (8 over the clip, like a fast
@@ -14,7 +14,11 @@ trained from scratch with the flow-matching loss (AdamW 3e-4, batch 32, logit-no
 captions dropped 10%), and every `--every` steps 32 samples (8 noises × 4 directions; 20 Euler steps, shift 3,
 guidance 5) are read: the blob's track is the intensity-weighted centroid of channel 0, and a sample is correct
 when its larger displacement component, first to last frame, points the asked way. Chance is 0.25; the same
-reading of the training clips themselves is 0.97–1.0.
+reading of the training clips themselves is 0.97–1.0. Each evaluation also prints the loss gap between the
+reversed and the true caption on 64 fresh clips noised to σ 0.6 and 0.9 (`direction_gap`; what
+`evaluation.text_use` measures on the real models). `--contrast W` adds W × a hinge that asks the true caption's
+loss to be at least `--margin` (a share of it) below the loss with another direction's caption, on the same noisy
+clip (a direct push to use the word).
 """
 
 from __future__ import annotations
@@ -91,6 +95,27 @@ def sample(adapter: Any, model: torch.nn.Module, embeds: torch.Tensor, asked: li
     return x
 
 
+REVERSED = [NAMES.index(n) for n in ("left", "right", "down", "up")]
+
+
+@torch.no_grad()
+def direction_gap(adapter: Any, model: torch.nn.Module, embeds: torch.Tensor, sigma: float, seed: int = 7) -> float:
+    """Mean relative loss gap (reversed caption − true) / true on 64 fresh clips noised to `sigma`: how much the
+    prediction uses the direction word there (`evaluation.text_use` on the real models)."""
+    from vidpost.models.base import PromptEmbeds
+
+    g = torch.Generator().manual_seed(seed)
+    d = [i % len(NAMES) for i in range(64)]
+    x0 = clips(d, g)
+    eps = torch.randn(x0.shape, generator=g)
+    xt, s = (1 - sigma) * x0 + sigma * eps, torch.full((64,), sigma)
+    losses = []
+    for text in (d, [REVERSED[i] for i in d]):
+        pred = adapter.predict_velocity(xt, s, PromptEmbeds(embeds=embeds[text]), model=model)
+        losses.append((pred - (eps - x0)).pow(2).flatten(1).mean(1))
+    return float(((losses[1] - losses[0]) / losses[0]).mean())
+
+
 def run(
     *,
     patch: int = 4,
@@ -101,6 +126,8 @@ def run(
     shift: float = 3.0,
     every: int = 150,
     seed: int = 0,
+    contrast: float = 0.0,
+    margin: float = 0.1,
     log=print,
 ) -> list[dict[str, float]]:
     """Train one layout (module doc) → one row per evaluation: step, loss (running mean), accuracy, displacement."""
@@ -137,20 +164,32 @@ def run(
         eps = torch.randn(x0.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1, 1)
         pred = adapter.predict_velocity((1 - s) * x0 + s * eps, sigma, PromptEmbeds(embeds=embeds[text]), model=model)
-        loss = (pred - (eps - x0)).pow(2).mean()
-        loss.backward()
+        per_clip = (pred - (eps - x0)).pow(2).flatten(1).mean(1)
+        loss = per_clip.mean()
+        if contrast > 0:  # the true caption must beat another direction's by `margin` of the loss
+            other = (d + torch.randint(1, len(NAMES), (32,), generator=g)) % len(NAMES)
+            xt = (1 - s) * x0 + s * eps
+            wrong = adapter.predict_velocity(xt, sigma, PromptEmbeds(embeds=embeds[other]), model=model)
+            per_wrong = (wrong - (eps - x0)).pow(2).flatten(1).mean(1)
+            hinge = torch.relu(margin * per_clip.detach() - (per_wrong - per_clip))
+            (loss + contrast * (hinge * (text != len(NAMES))).mean()).backward()
+        else:
+            loss.backward()
         opt.step()
         opt.zero_grad()
         running = 0.98 * running + 0.02 * loss.item()
         if step % every == 0 or step == steps:
             model.eval()
             accuracy, moved = read_directions(sample(adapter, model, embeds, asked), asked)
+            gaps = {f"gap_{s}": direction_gap(adapter, model, embeds, s) for s in (0.6, 0.9)}
             model.train()
             row = {"step": step, "loss": running / (1 - 0.98**step), "accuracy": accuracy, "displacement": moved}
+            row.update(gaps)
             rows.append(row)
             log(
-                f"patch {patch} heads {heads} layers {layers} start {start} shift {shift}: step {step} loss "
-                f"{row['loss']:.4f} direction {accuracy:.2f} (chance 0.25) moved {moved:.1f} cells "
+                f"patch {patch} heads {heads} layers {layers} start {start} shift {shift} contrast {contrast}: step {step} loss "
+                f"{row['loss']:.4f} direction {accuracy:.2f} (chance 0.25) moved {moved:.1f} cells, reversed-caption "
+                f"loss gap {row['gap_0.6']:+.1%} at sigma 0.6, {row['gap_0.9']:+.1%} at 0.9 "
                 f"({time.perf_counter() - t0:.0f} s)"
             )
     return rows
@@ -167,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", choices=["inside", "free"], default="inside")
     p.add_argument("--shift", type=float, default=3.0)
     p.add_argument("--every", type=int, default=150)
+    p.add_argument("--contrast", type=float, default=0.0, help="weight of the caption-contrast hinge (0: off)")
+    p.add_argument("--margin", type=float, default=0.1, help="the hinge's margin, a share of the true loss")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 1 or args.every < 1:
@@ -179,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         start=args.start,
         shift=args.shift,
         every=args.every,
+        contrast=args.contrast,
+        margin=args.margin,
         log=(lambda s: None) if args.json else print,
     )
     if args.json:

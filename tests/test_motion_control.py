@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidpost.evaluation.motion_control import NAMES, captions, clips, read_directions, run
+from vidpost.evaluation.motion_control import NAMES, REVERSED, captions, clips, read_directions, run
 
 
 @pytest.mark.parametrize("start", ["inside", "free"])
@@ -19,7 +19,8 @@ def test_the_reading_of_the_training_clips_is_right(start):
 def test_reversed_clips_read_as_the_opposite_direction():
     asked = [i % 4 for i in range(32)]
     x = clips(asked, torch.Generator().manual_seed(1))
-    opposite = [NAMES.index({"right": "left", "left": "right", "up": "down", "down": "up"}[NAMES[d]]) for d in asked]
+    opposite = [REVERSED[d] for d in asked]
+    assert [NAMES[REVERSED[i]] for i in range(4)] == ["left", "right", "down", "up"]
     assert read_directions(x.flip(2), opposite)[0] >= 0.95
     assert read_directions(x.flip(2), asked)[0] <= 0.05
 
@@ -40,6 +41,7 @@ def test_inside_starts_keep_the_blob_in_the_grid_and_free_ones_do_not_depend_on_
 
 def test_a_short_run_logs_one_row_per_evaluation():
     lines = []
-    rows = run(layers=1, steps=2, every=1, log=lines.append)
+    rows = run(layers=1, steps=2, every=1, contrast=1.0, log=lines.append)
     assert [r["step"] for r in rows] == [1, 2] and len(lines) == 2
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in rows)
+    assert all(r["gap_0.6"] != 0.0 and r["gap_0.9"] != 0.0 for r in rows)  # a random model's words move its output
