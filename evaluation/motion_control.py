@@ -15,7 +15,7 @@ captions dropped 10%), and every `--every` steps 32 samples (8 noises × 4 direc
 guidance 5) are read: the blob's track is the intensity-weighted centroid of channel 0, and a sample is correct
 when its larger displacement component, first to last frame, points the asked way. Chance is 0.25; the same
 reading of the training clips themselves is 0.97–1.0. Each evaluation also prints the loss gap between the
-reversed and the true caption on 64 fresh clips noised to σ 0.6 and 0.9 (`direction_gap`; what
+reversed and the true caption on 64 fresh clips noised to σ 0.6 and 0.9 (`direction_gaps`; what
 `evaluation.text_use` measures on the real models). `--contrast W` adds W × a hinge that asks the true caption's
 loss to be at least `--margin` (a share of it) below the loss with another direction's caption, on the same noisy
 clip (a direct push to use the word).
@@ -74,46 +74,37 @@ def read_directions(x: torch.Tensor, asked: list[int]) -> tuple[float, float]:
     return correct / len(asked), float(torch.hypot(dx, dy).median())
 
 
-def shifted(sigma: torch.Tensor, shift: float) -> torch.Tensor:
-    return shift * sigma / (1 + (shift - 1) * sigma)
-
-
 @torch.no_grad()
-def sample(adapter: Any, model: torch.nn.Module, embeds: torch.Tensor, asked: list[int], seed: int = 123):
-    """20 Euler steps (shift 3, guidance 5) for the captions `asked` from the noise of `seed`."""
+def sample(adapter: Any, embeds: torch.Tensor, asked: list[int], seed: int = 123) -> torch.Tensor:
+    """The project's sampler (`models.sampling.denoise`: 20 Euler steps, shift 3, guidance 5) for the captions
+    `asked` from the noise of `seed`."""
     from vidpost.models.base import PromptEmbeds
+    from vidpost.models.sampling import denoise, flow_sigmas
 
     n = len(asked)
     x = torch.randn((n, *GRID), generator=torch.Generator().manual_seed(seed))
     cond, uncond = PromptEmbeds(embeds=embeds[asked]), PromptEmbeds(embeds=embeds[[len(NAMES)] * n])
-    sigmas = shifted(torch.linspace(1, 0, 21), 3.0)
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        sigma = s.expand(n)
-        vc = adapter.predict_velocity(x, sigma, cond, model=model)
-        vu = adapter.predict_velocity(x, sigma, uncond, model=model)
-        x = x + (s_next - s) * (vu + 5.0 * (vc - vu))
-    return x
+    return denoise(adapter, x, flow_sigmas(20, 3.0), cond, uncond, 5.0)
 
 
 REVERSED = [NAMES.index(n) for n in ("left", "right", "down", "up")]
 
 
-@torch.no_grad()
-def direction_gap(adapter: Any, model: torch.nn.Module, embeds: torch.Tensor, sigma: float, seed: int = 7) -> float:
-    """Mean relative loss gap (reversed caption − true) / true on 64 fresh clips noised to `sigma`: how much the
-    prediction uses the direction word there (`evaluation.text_use` on the real models)."""
-    from vidpost.models.base import PromptEmbeds
+def direction_gaps(adapter: Any, sigmas=(0.6, 0.9), seed: int = 7) -> dict[str, float]:
+    """{"gap_<σ>": mean relative loss gap (reversed caption − true) / true} on 64 fresh clips noised to each σ: how
+    much the prediction uses the direction word there (`evaluation.text_use`, as on the real models)."""
+    from vidpost.evaluation.text_use import text_use
 
-    g = torch.Generator().manual_seed(seed)
     d = [i % len(NAMES) for i in range(64)]
-    x0 = clips(d, g)
-    eps = torch.randn(x0.shape, generator=g)
-    xt, s = (1 - sigma) * x0 + sigma * eps, torch.full((64,), sigma)
-    losses = []
-    for text in (d, [REVERSED[i] for i in d]):
-        pred = adapter.predict_velocity(xt, s, PromptEmbeds(embeds=embeds[text]), model=model)
-        losses.append((pred - (eps - x0)).pow(2).flatten(1).mean(1))
-    return float(((losses[1] - losses[0]) / losses[0]).mean())
+    names = captions()
+    x0 = clips(d, torch.Generator().manual_seed(seed))
+    rows = text_use(adapter, x0, [names[i] for i in d], [names[REVERSED[i]] for i in d], sigmas=sigmas, seed=seed)
+    return {f"gap_{r['sigma']}": r["gap"] for r in rows}
+
+
+def clip_losses(adapter: Any, model: torch.nn.Module, xt, sigma, cond: Any, target: torch.Tensor) -> torch.Tensor:
+    """Per-clip flow-matching loss [B] of `model`'s velocity at (xt, σ) under `cond`."""
+    return (adapter.predict_velocity(xt, sigma, cond, model=model) - target).pow(2).flatten(1).mean(1)
 
 
 def run(
@@ -133,6 +124,7 @@ def run(
     """Train one layout (module doc) → one row per evaluation: step, loss (running mean), accuracy, displacement."""
     from vidpost.models import WanAdapter
     from vidpost.models.base import PromptEmbeds
+    from vidpost.models.sampling import shift_sigmas
     from vidpost.pipelines.shapes_models import shapes_vocabulary
 
     torch.manual_seed(seed)
@@ -159,18 +151,16 @@ def run(
     for step in range(1, steps + 1):
         d = torch.randint(0, len(NAMES), (32,), generator=g)
         x0 = clips(d.tolist(), g, start)
-        sigma = shifted(torch.sigmoid(torch.randn(32, generator=g)), shift)
+        sigma = shift_sigmas(torch.sigmoid(torch.randn(32, generator=g)), shift)
         text = torch.where(torch.rand(32, generator=g) < 0.1, len(NAMES), d)
         eps = torch.randn(x0.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1, 1)
-        pred = adapter.predict_velocity((1 - s) * x0 + s * eps, sigma, PromptEmbeds(embeds=embeds[text]), model=model)
-        per_clip = (pred - (eps - x0)).pow(2).flatten(1).mean(1)
+        xt, target = (1 - s) * x0 + s * eps, eps - x0
+        per_clip = clip_losses(adapter, model, xt, sigma, PromptEmbeds(embeds=embeds[text]), target)
         loss = per_clip.mean()
         if contrast > 0:  # the true caption must beat another direction's by `margin` of the loss
             other = (d + torch.randint(1, len(NAMES), (32,), generator=g)) % len(NAMES)
-            xt = (1 - s) * x0 + s * eps
-            wrong = adapter.predict_velocity(xt, sigma, PromptEmbeds(embeds=embeds[other]), model=model)
-            per_wrong = (wrong - (eps - x0)).pow(2).flatten(1).mean(1)
+            per_wrong = clip_losses(adapter, model, xt, sigma, PromptEmbeds(embeds=embeds[other]), target)
             hinge = torch.relu(margin * per_clip.detach() - (per_wrong - per_clip))
             (loss + contrast * (hinge * (text != len(NAMES))).mean()).backward()
         else:
@@ -180,11 +170,10 @@ def run(
         running = 0.98 * running + 0.02 * loss.item()
         if step % every == 0 or step == steps:
             model.eval()
-            accuracy, moved = read_directions(sample(adapter, model, embeds, asked), asked)
-            gaps = {f"gap_{s}": direction_gap(adapter, model, embeds, s) for s in (0.6, 0.9)}
-            model.train()
+            accuracy, moved = read_directions(sample(adapter, embeds, asked), asked)
             row = {"step": step, "loss": running / (1 - 0.98**step), "accuracy": accuracy, "displacement": moved}
-            row.update(gaps)
+            row.update(direction_gaps(adapter))
+            model.train()
             rows.append(row)
             log(
                 f"patch {patch} heads {heads} layers {layers} start {start} shift {shift} contrast {contrast}: step {step} loss "

@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     adapter = load(args.model)
-    items = [it for it in heldout_prompts()[: args.clips] if change(it["spec"], args.attribute) is not None]
-    if not items:
+    pairs = [(it, change(it["spec"], args.attribute)) for it in heldout_prompts()[: args.clips]]
+    pairs = [(it, spec) for it, spec in pairs if spec is not None]
+    if not pairs:
         p.error(f"none of the first {args.clips} held-out scenes allows changing {args.attribute}")
+    items = [it for it, _ in pairs]
     true = [it["caption"] for it in items]
-    changed = [caption(SceneSpec.from_dict(change(it["spec"], args.attribute))) for it in items]
+    changed = [caption(SceneSpec.from_dict(spec)) for _, spec in pairs]
     clips = torch.from_numpy(render_heldout(items)[1])
     with torch.no_grad():
         latents = torch.cat([adapter.encode_video(clips[i : i + 8].float()) for i in range(0, len(clips), 8)])
