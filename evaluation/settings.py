@@ -27,10 +27,12 @@ class GenerationSettings:
     shift: float
     fps: float
     negative_prompt: str | None = None
+    keyframe: int | None = None
+    """a latent frame generated first, then the clip around it (`sample(keyframe=…)`)"""
 
     def sample_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `vidpost.models.sampling.sample` (without seed, latents, prompts)."""
-        return {
+        kw = {
             "num_frames": self.num_frames,
             "height": self.height,
             "width": self.width,
@@ -38,6 +40,7 @@ class GenerationSettings:
             "guidance_scale": self.guidance,
             "shift": self.shift,
         }
+        return kw if self.keyframe is None else kw | {"keyframe": self.keyframe}
 
     def record(self) -> dict[str, Any]:
         """What output files record: the sampler's arguments (its names) and the fps."""
@@ -47,7 +50,7 @@ class GenerationSettings:
         return asdict(self)
 
 
-USER_SETTINGS = ("num_frames", "height", "width", "steps", "guidance", "shift", "fps", "negative_prompt")
+USER_SETTINGS = ("num_frames", "height", "width", "steps", "guidance", "shift", "fps", "negative_prompt", "keyframe")
 
 
 def user_settings(source: Any) -> dict[str, Any]:
@@ -76,6 +79,7 @@ def resolve_settings(
     shift: float | None = None,
     fps: float | None = None,
     negative_prompt: str | None = None,
+    keyframe: int | str | None = None,
     fallback: dict[str, Any] | None = None,
     validate: bool = True,
 ) -> GenerationSettings:
@@ -94,7 +98,18 @@ def resolve_settings(
         shift=shift if shift is not None else adapter.default_shift,
         fps=fps if fps is not None else defaults["fps"],
         negative_prompt=negative_prompt,
+        keyframe=_keyframe(keyframe if keyframe is not None else defaults.get("keyframe")),
     )
     if validate:
         adapter.validate_size(s.num_frames, s.height, s.width)
     return s
+
+
+def _keyframe(value: int | str | None) -> int | None:
+    """A keyframe setting: a latent frame index, or None / "off"."""
+    if value is None or value == "off":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--keyframe takes a latent frame index or 'off', got {value!r}") from None

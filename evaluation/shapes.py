@@ -73,6 +73,7 @@ def evaluate_model(
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    keyframe: int | str | None = None,
 ) -> dict[str, Any]:
     """Sample and verify; returns {'success', 'ci', per-attribute means, 'videos' (first seed), 'records'}."""
     from vidpost.models import load, resolve_model_path
@@ -88,6 +89,7 @@ def evaluate_model(
         steps=steps,
         guidance=guidance_scale,
         shift=shift,
+        keyframe=keyframe,
     )
     texts = prompts if prompts is not None else [it[prompt_key] for it in items]
     records, first_videos = [], []

@@ -191,10 +191,12 @@ class VideoModelAdapter(abc.ABC):
         cond: PromptEmbeds,
         guidance_scale: float,
         model: torch.nn.Module | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One transformer pass (no CFG) on `latents` at noise level `sigma` ([B]).
 
-        `model` replaces the adapter's transformer for the call (e.g. its DDP/FSDP-wrapped training copy)."""
+        `model` replaces the adapter's transformer for the call (e.g. its DDP/FSDP-wrapped training copy);
+        `given` as in `predict_velocity`."""
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether `guidance_scale` means a second, unconditional pass (true CFG) for this family."""
@@ -209,19 +211,24 @@ class VideoModelAdapter(abc.ABC):
         guidance_scale: float = 1.0,
         *,
         model: torch.nn.Module | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity at (latents, σ); with `uncond` and true CFG: v_u + g·(v_c − v_u). Output in the model's dtype."""
+        """Velocity at (latents, σ); with `uncond` and true CFG: v_u + g·(v_c − v_u). Output in the model's dtype.
+
+        `given` (bool, [T] or [B, T] over latent frames): those frames are given, clean, at timestep 0 (frame-
+        conditioned generation; Wan2.2 TI2V gives the first); only families with per-token timesteps."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(latents.shape[0])
         from .inference import branch_context
 
+        extra = {} if given is None else {"given": given}
         state = self.attention_state
         with state.branch("cond"), branch_context(self, "cond"):
-            v = self.forward_transformer(latents, sigma, cond, guidance_scale, model)
+            v = self.forward_transformer(latents, sigma, cond, guidance_scale, model, **extra)
         if uncond is not None and self.uses_cfg(guidance_scale):
             with state.branch("uncond"), branch_context(self, "uncond"):
-                v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model)
+                v_u = self.forward_transformer(latents, sigma, uncond, guidance_scale, model, **extra)
             v = v_u + self.cfg_scale(guidance_scale) * (v - v_u)
         return v
 

@@ -136,7 +136,10 @@ class HunyuanVideoAdapter(VideoModelAdapter):
         cond: PromptEmbeds,
         guidance_scale: float,
         model: torch.nn.Module | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if given is not None:
+            raise NotImplementedError("HunyuanVideo takes one timestep per clip: given-frame conditioning is Wan's")
         self.attention_state.grid = self.latent_grid(latents.shape)
         dtype = self.dtype
         b = latents.shape[0]

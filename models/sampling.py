@@ -92,15 +92,27 @@ def denoise(
     *,
     progress: bool = False,
     callback: StepCallback | None = None,
+    given_frame: torch.Tensor | None = None,
+    given_index: int = 0,
 ) -> torch.Tensor:
     """Run the ODE from sigmas[0] to sigmas[-1] with Euler steps; returns float32 latents.
 
-    The adapter's `attention_state` carries (step, number of steps, σ) to the attention processors meanwhile, and
-    step caches (`models.inference`) start fresh."""
+    With `given_frame` (clean latents [B, C, 1, H, W]) latent frame `given_index` is held at it and given to the
+    model at timestep 0 (`predict_velocity(given=…)`; index 0 is Wan2.2 TI2V's image-to-video): the rest of the
+    clip is generated around it. The adapter's `attention_state` carries (step, number of steps, σ) to the
+    attention processors meanwhile, and step caches (`models.inference`) start fresh."""
     from .inference import reset_step_caches
 
     reset_step_caches(adapter)
     x = latents.float()
+    keyed, at = {}, slice(given_index, given_index + 1 if given_index != -1 else None)
+    if given_frame is not None:
+        given_frame = given_frame.float().to(x.device)
+        x = x.clone()
+        x[:, :, at] = given_frame
+        mask = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+        mask[given_index] = True
+        keyed = {"given": mask}
     n = len(sigmas) - 1
     sigma_values = sigmas.tolist()
     state = adapter.attention_state
@@ -108,8 +120,10 @@ def denoise(
         for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
             s, s_next = sigmas[i], sigmas[i + 1]
             state.set_step(i, n, sigma_values[i])
-            v = adapter.predict_velocity(x, s.expand(x.shape[0]), cond, uncond, guidance_scale)
+            v = adapter.predict_velocity(x, s.expand(x.shape[0]), cond, uncond, guidance_scale, **keyed)
             x = ode_step(x, v, s, s_next).to(v.dtype).float()
+            if given_frame is not None:
+                x[:, :, at] = given_frame
             if callback is not None:
                 callback(i, s, x)
     finally:
@@ -136,11 +150,15 @@ def sample(
     progress: bool = False,
     return_latents: bool = False,
     callback: StepCallback | None = None,
+    keyframe: int | None = None,
 ) -> torch.Tensor:
     """Generate videos for `prompts`; returns float32 [B, C, T, H, W] in [0, 1] (or latents).
 
     B = len(prompts) · num_videos_per_prompt (each prompt repeated consecutively). The negative prompt defaults to
-    "" as in WanPipeline. `schedule` defaults to the adapter family's reference schedule.
+    "" as in WanPipeline. `schedule` defaults to the adapter family's reference schedule. `keyframe` (a latent
+    frame index): generate in two passes from the same noise, the clip (of which only that latent frame is kept),
+    then the rest of the clip around it (`denoise(given_frame=…)`), so that the prompt, not the noise, sets the
+    motion; it needs a model trained with that frame given (`train.given_frame_share`) and costs two samplings.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -161,7 +179,13 @@ def sample(
         latents = initial_noise(shape, seed=seed, device=device)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+    if keyframe is not None and not -shape[2] <= keyframe < shape[2]:
+        raise ValueError(f"keyframe {keyframe} is not a latent frame of this clip (it has {shape[2]})")
     x = denoise(adapter, latents, sigmas, cond, uncond, guidance_scale, progress=progress, callback=callback)
+    if keyframe is not None:
+        key = x[:, :, keyframe : keyframe + 1 if keyframe != -1 else None]
+        kw = {"progress": progress, "given_frame": key, "given_index": keyframe}
+        x = denoise(adapter, latents, sigmas, cond, uncond, guidance_scale, **kw)
     if return_latents:
         return x
     return adapter.decode(x)

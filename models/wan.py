@@ -166,16 +166,23 @@ class WanAdapter(VideoModelAdapter):
         cond: PromptEmbeds,
         guidance_scale: float,
         model: torch.nn.Module | None = None,
+        given: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The tokens of `given` latent frames (bool, [T] or [B, T]) get timestep 0, the rest σ·1000: the per-token
+        timesteps of Wan2.2 TI2V's first-frame conditioning, for any frames."""
         self.attention_state.grid = self.latent_grid(latents.shape)
         base = self._model_for(sigma)
         dtype = base.dtype
         model = base if model is None or base is not self.transformer else model
         timestep = sigma.to(torch.float32) * 1000.0
-        if self.expand_timesteps:
-            _, _, t, h, w = latents.shape
+        if self.expand_timesteps or given is not None:
+            b, _, t, h, w = latents.shape
             pt, ph, pw = self.patch_size
             timestep = timestep[:, None].expand(-1, (t // pt) * (h // ph) * (w // pw))
+            if given is not None:
+                frame = torch.arange(t // pt, device=latents.device).repeat_interleave((h // ph) * (w // pw)) * pt
+                mask = given.to(latents.device, torch.bool).expand(b, t)[:, frame]
+                timestep = torch.where(mask, 0.0, timestep)
         out = model(
             hidden_states=latents.to(dtype),
             timestep=timestep,

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps")
     p.add_argument("--guidance", type=float, help="guidance scale (model default when omitted)")
     p.add_argument("--shift", type=float, help="flow-matching schedule shift (model default when omitted)")
+    p.add_argument(
+        "--keyframe",
+        help="a latent frame index generated first, then the clip around it, or 'off' (model default when omitted)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--fps", type=float, help="frame rate of the written mp4")

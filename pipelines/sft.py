@@ -104,6 +104,14 @@ class TrainConfig:
     loss_weighting: Literal["none", "cosmap"] = "none"
     ema_decay: float = 0.0
     """EMA of the trainable weights (0 disables); the EMA weights are exported when enabled"""
+    given_frame_share: float = 0.0
+    """share of clips trained with latent frame `given_frame` given clean at timestep 0 and left out of the loss
+    (Wan2.2 TI2V's first-frame conditioning, for any frame; what `sample(keyframe=given_frame)` needs)"""
+    given_frame: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.given_frame_share <= 1.0:
+            raise ValueError(f"train.given_frame_share must be in [0, 1], got {self.given_frame_share}")
 
 
 @dataclass
@@ -158,11 +166,28 @@ def loss_weight(sigma: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def flow_matching_loss(
-    pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor
+    pred: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    weight: torch.Tensor,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample w·mean((v_pred − (ε − x0))²), shape [B]."""
+    """Per-sample w·mean((v_pred − (ε − x0))²), shape [B]; the mean leaves out each clip's `given` latent frames
+    (bool [B, T]: given, not predicted)."""
     err = (pred.float() - (noise - x0).float()) ** 2
-    return weight * err.flatten(1).mean(1)
+    if given is None:
+        return weight * err.flatten(1).mean(1)
+    keep = (~given.bool()).float()
+    return weight * (err.mean((1, 3, 4)) * keep).sum(1) / keep.sum(1)
+
+
+def given_frames(g: torch.Generator, n: int, frames: int, cfg: TrainConfig) -> torch.Tensor | None:
+    """Which latent frames of each of `n` clips are given ([n, frames] bool; None when `given_frame_share` is 0)."""
+    if cfg.given_frame_share <= 0:
+        return None
+    mask = torch.zeros(n, frames, dtype=torch.bool)
+    mask[:, cfg.given_frame] = torch.rand(n, generator=g) < cfg.given_frame_share
+    return mask
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -339,6 +364,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         drop = torch.rand(n, generator=g) < cfg.data.caption_dropout
         sigma = sample_sigmas(n, g, cfg.train)
         noise = torch.randn((n, *cache.latents[global_idx[0]].shape), generator=g)
+        keyed = given_frames(g, n, noise.shape[2], cfg.train)
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.train.grad_accum):
             sl = slice((micro * world + rank) * bs, (micro * world + rank + 1) * bs)
@@ -347,11 +373,15 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
             eps, sig = noise[sl].to(accelerator.device), sigma[sl].to(accelerator.device)
             cond = batch_embeds(cache, idx, drop[sl]).to(accelerator.device)
             x_t = (1 - sig.view(-1, 1, 1, 1, 1)) * x0 + sig.view(-1, 1, 1, 1, 1) * eps
+            k = None if keyed is None else keyed[sl].to(accelerator.device)
+            if k is not None:  # the given latent frames are clean
+                x_t = torch.where(k[:, None, :, None, None], x0, x_t)
             sync = micro == cfg.train.grad_accum - 1
             ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
             with ctx, accelerator.autocast():
-                pred = adapter.predict_velocity(x_t, sig, cond, model=model)
-                loss = flow_matching_loss(pred, x0, eps, loss_weight(sig, cfg.train.loss_weighting)).mean()
+                pred = adapter.predict_velocity(x_t, sig, cond, model=model, given=k)
+                w = loss_weight(sig, cfg.train.loss_weighting)
+                loss = flow_matching_loss(pred, x0, eps, w, given=k).mean()
                 accelerator.backward(loss / cfg.train.grad_accum)
             loss_sum += loss.detach().float() / cfg.train.grad_accum
         mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--shift", type=float)
+    p.add_argument("--keyframe", help="a latent frame index generated first, then the clip around it; or 'off'")
     p.add_argument("--limit", type=int, help="evaluate only the first N held-out prompts")
     p.add_argument("--out", type=Path, default=Path("outputs/shapes-eval"))
     args = p.parse_args(argv)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_frames=args.num_frames,
                 height=args.height,
                 width=args.width,
+                keyframe=args.keyframe,
             )
             results.append(r)
             print(f"{spec}: success {100 * r['success']:.1f}% (n={r['n']})", file=sys.stderr)
