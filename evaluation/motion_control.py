@@ -205,7 +205,7 @@ def run(
     """Train one layout (module doc) → one row per evaluation: step, loss (running mean), accuracy, displacement."""
     from vidpost.models import WanAdapter
     from vidpost.models.base import PromptEmbeds
-    from vidpost.models.sampling import shift_sigmas
+    from vidpost.models.sampling import frame_slice, shift_sigmas
     from vidpost.pipelines.sft import TrainConfig, given_frames
     from vidpost.pipelines.shapes_models import shapes_vocabulary
 
@@ -263,7 +263,7 @@ def run(
             for sigma, loss_s in model_losses(adapter, embeds, bx0, beps, bayes).items():
                 row[f"loss_{sigma}"], (row[f"bayes_{sigma}"], row[f"bayes_blind_{sigma}"]) = loss_s, bayes[sigma]
             if given_share > 0:  # around a true clip's frame, and around the sample's own (the keyframe sampler)
-                k = slice(given_frame, given_frame + 1)
+                k = frame_slice(given_frame)
                 true = clips(asked, torch.Generator().manual_seed(9), start, anchor)[:, :, k]
                 row["given_accuracy"] = read_directions(sample(adapter, embeds, asked, 123, true, given_frame), asked)[
                     0

@@ -82,6 +82,11 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 """callback(step_index, sigma, latents_after_step)"""
 
 
+def frame_slice(index: int) -> slice:
+    """The one latent frame `index` (negative counts from the end) as a slice that keeps the frame axis."""
+    return slice(index, index + 1 if index != -1 else None)
+
+
 def denoise(
     adapter: VideoModelAdapter,
     latents: torch.Tensor,
@@ -105,7 +110,7 @@ def denoise(
 
     reset_step_caches(adapter)
     x = latents.float()
-    keyed, at = {}, slice(given_index, given_index + 1 if given_index != -1 else None)
+    keyed, at = {}, frame_slice(given_index)
     if given_frame is not None:
         given_frame = given_frame.float().to(x.device)
         x = x.clone()
@@ -183,7 +188,7 @@ def sample(
         raise ValueError(f"keyframe {keyframe} is not a latent frame of this clip (it has {shape[2]})")
     x = denoise(adapter, latents, sigmas, cond, uncond, guidance_scale, progress=progress, callback=callback)
     if keyframe is not None:
-        key = x[:, :, keyframe : keyframe + 1 if keyframe != -1 else None]
+        key = x[:, :, frame_slice(keyframe)]
         kw = {"progress": progress, "given_frame": key, "given_index": keyframe}
         x = denoise(adapter, latents, sigmas, cond, uncond, guidance_scale, **kw)
     if return_latents:
