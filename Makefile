@@ -23,7 +23,7 @@ help:
 	@echo "make bench-lit  LiT linear attention vs SDPA at 4K/16K/32K tokens (attention alone)"
 	@echo "make distill-shapes  distil a LiT student from the Shapes model, then score both on held-out prompts"
 	@echo "make style      ruff format + ruff check --fix"
-	@echo "make shapes-models  rebuild the shipped Shapes world models (CPU: ~4.5 h on 2 cores from scratch; resumes from runs/shapes-models)"
+	@echo "make shapes-models  rebuild the shipped Shapes world models (CPU: ~5 h on 2 cores from scratch; resumes from runs/shapes-models)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
 	@echo "make pipeline   the whole Shapes pipeline (SFT → GRPO → enhance → optimize) with its report (~30 min CPU)"
 	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
