@@ -167,10 +167,14 @@ class _Run:
     out_dir: Path
     ckpt: Checkpoints
     step: int = 0
+    old: Any = None
+    """the old policy of the forward-process algorithms (`vidpost.rl.forward_update.OldPolicy`), else None"""
 
 
-def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
-    """Accelerator, policy, optimizer and schedule, rewards, guard and prompt pool; the state of `resume`."""
+def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
+    """Accelerator, policy, optimizer and schedule, rewards, guard and prompt pool; the state of `resume`.
+    `old_policy` (a class taking the transformer, e.g. `OldPolicy`) makes a copy of the trainable weights that the
+    checkpoints keep in the EMA's place (so the two cannot be combined)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -194,6 +198,9 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, total_updates))
     model, optimizer = accelerator.prepare(transformer, optimizer)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    old = old_policy(transformer) if old_policy is not None else None
+    if ema is not None and old is not None:
+        raise ValueError("train.ema_decay must be 0 here: the checkpoints keep the old policy where the EMA would go")
 
     rewards = build_training_rewards(cfg.rewards)
     guard_prompts = load_prompt_pool(cfg.guard.prompts, cfg.guard.max_prompts) if cfg.guard.every else []
@@ -210,8 +217,10 @@ def set_up(cfg: GRPOConfig, resume: str | None) -> _Run:
     cond = policy.adapter.encode_prompt(pool[:1])
     probe = velocity_probe(policy.adapter, noise.to(accelerator.device), cond, autocast=accelerator.autocast)
     unwrapped = accelerator.unwrap_model(model)
-    ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, ema, probe, accelerator.is_main_process)
+    kept = ema if ema is not None else old
+    ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, kept, probe, accelerator.is_main_process)
     run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
+    run.old = old
     run.step = ckpt.resume(resume, unit="iteration")
     if ckpt.resumed_from is not None:
         guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
@@ -314,27 +323,33 @@ def guard_and_checkpoint(run: _Run) -> str | None:
 
 
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
-    run = set_up(cfg, resume)
-    acc = run.accelerator
+    return run_loop(set_up(cfg, resume), sample, update, "grpo")
+
+
+def run_loop(run: _Run, sample_fn, update_fn, desc: str) -> GRPOResult:
+    """Iterations until `train.max_steps` or a guard stop: sample (steps 1–2), score (3–4), update (5), log, guard
+    and checkpoint (6); then `finish`. `update_fn(run, rollout, advantages)` returns the update's statistics
+    (`loss`, `kl`, `grad_norm`, `summary(clip_range)`)."""
+    cfg, acc = run.cfg, run.accelerator
     earlier = read_history(run.out_dir, run.step)  # history.json continues the whole run
     history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc="grpo", disable=not acc.is_main_process)
+    bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc=desc, disable=not acc.is_main_process)
     if run.step == 0:
         guard(run)  # the initial weights: the first best, nothing to compare with
     stopped = None
     while run.step < cfg.train.max_steps:
         times = [time.perf_counter()]
-        ro = sample(run)
+        ro = sample_fn(run)
         times.append(time.perf_counter())
         advantages, rewards = score(run, ro)
         times.append(time.perf_counter())
-        stats = update(run, ro, advantages)
+        stats = update_fn(run, ro, advantages)
         run.step += 1
         times.append(time.perf_counter())
         rec = record(run, rewards, stats, times)
         history.append({"step": run.step, **rec})
         bar.update(1)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", ratio=f"{rec['ratio_mean']:.4f}")
+        bar.set_postfix(reward=f"{rec['reward']:.3f}", loss=f"{rec['loss']:.4g}")
         if run.step % cfg.log.every == 0 or run.step == cfg.train.max_steps:
             acc.log({f"train/{k}": v for k, v in rec.items()}, step=run.step)
         stopped = guard_and_checkpoint(run)

@@ -53,7 +53,8 @@ class RolloutConfig:
     shift: float | None = None
     guidance_scale: float = 5.0
     negative_prompt: str = ""
-    sde: Literal["dance", "flow", "cps"] = "dance"
+    sde: Literal["dance", "flow", "cps", "ode"] = "dance"
+    """"ode": every step deterministic (the forward-process algorithms' rollouts; no log-probs)"""
     noise_level: float = 0.3
     """η for "dance" and "cps", a for "flow\""""
     sde_window: list[int] | None = None
@@ -161,7 +162,7 @@ def rollout(
     traj = torch.empty((n, num_steps + 1, *shape[1:]), dtype=torch.float32, device=store)
     traj[:, 0] = x.to(store)
     log_probs = torch.zeros(n, num_steps)
-    mask = sde_window_mask(num_steps, sde_window)
+    mask = sde_window_mask(num_steps, sde_window) if kind != "ode" else torch.zeros(num_steps, dtype=torch.bool)
     for i in tqdm(range(num_steps), desc="rollout", disable=not progress, leave=False):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
         v = _velocity(adapter, x, s, cond, uncond, guidance_scale, model, chunk_size or n)

@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
     "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
     "grpo": ("vidpost.pipelines.grpo", "stage 2 RL (GRPO): reward models and a reward-hacking guard"),
+    "rl": (
+        "vidpost.pipelines.rl",
+        "stage 2 RL: grpo | nft (DiffusionNFT) | awm | rsft, with reward models and a reward-hacking guard",
+    ),
     "grpo-snr": (
         "vidpost.pipelines.grpo_snr",
         "stage 2 RL (GRPO): does a batch carry signal? gradients of independent rollouts",

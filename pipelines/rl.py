@@ -1,0 +1,178 @@
+"""Stage 2 — RL with a choice of algorithm: GRPO, or a forward-process method (DiffusionNFT, AWM, RSFT).
+
+    vidpost rl --config configs/shapes/rl-nft.yaml [dotted.overrides=...] [--resume latest]
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m vidpost.pipelines.rl --config ...
+
+`algorithm: grpo` is `vidpost grpo` (SDE rollouts, the chain's log-probs, PPO's clipped ratio;
+`vidpost.pipelines.grpo`). The forward-process algorithms never need a likelihood of the sampling chain: they
+train the flow-matching objective on the policy's own clean samples, re-noised (`vidpost.rl.forward` has each
+loss, its source and where ours departs). One iteration:
+  1. prompts   ← as GRPO: P per process, drawn by (seed, iteration).
+  2. rollout   ← `group_size` samples per prompt with any sampler — by default ODE steps (`rollout.sde: ode`) from
+                 independent initial noises (`rollout.shared_noise: false`; an ODE group from one noise would be
+                 G copies) — by the old policy θ_old (nft; the current weights for awm and rsft). Only the clean
+                 latents x0 are used.
+  3. rewards   ← as GRPO: every reward on the decoded videos, gathered, group advantages A.
+  4. update    ← each sample is trained at K = ceil(`forward.timestep_fraction` · S) of the rollout's noise levels
+                 (its own, at random) with fresh noise (`vidpost.rl.forward_update.forward_update`):
+                   nft:  DiffusionNFT's implicit positive / negative policy loss, optimality r = A / (2·adv_clip) + ½
+                   awm:  PPO's clipped surrogate on the flow-matching likelihood, advantage-weighted
+                   rsft: the plain flow-matching loss on each group's best `forward.rsft_k` samples (and/or those
+                         with A ≥ `forward.rsft_min_advantage`)
+                 + `train.kl_beta`·mean‖v_θ − v_ref‖²; the micro-batches split into `train.updates_per_iteration`
+                 optimizer steps (clipped gradient, AdamW).
+  5. old policy ← nft: θ_old ← d·θ_old + (1 − d)·θ with d = min(`forward.old_decay_rate` · optimizer steps,
+                 `forward.old_decay_cap`) (DiffusionNFT's schedule; d = 0 at first, so θ_old follows θ, then lags);
+                 awm: θ_old ← θ (its ratio compares the update's weights with the sampling ones: exactly 1 on the
+                 first optimizer step of an iteration, clipped on later ones).
+  6. guard and checkpoints ← as GRPO (the checkpoint keeps θ_old, so a resumed run equals an uninterrupted one).
+
+Departures: the trained velocity is by default the CFG-guided one the rollout samples with (`forward.guided`;
+DiffusionNFT trains and samples CFG-free, which a model that needs guidance cannot start from); one pass over each
+rollout (its `num_inner_epochs` 1); the old policy is updated once per iteration (as the reference, after its
+optimizer steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from vidpost.pipelines import grpo
+from vidpost.pipelines.grpo import GRPOConfig, GRPOResult, _Run
+from vidpost.rl.forward import old_policy_decay, rsft_select
+from vidpost.rl.forward_update import (
+    ForwardBatch,
+    ForwardConfig,
+    ForwardStats,
+    OldPolicy,
+    forward_update,
+    training_sigmas,
+)
+from vidpost.rl.iteration import micro_batches, split_updates
+from vidpost.rl.rollout import Rollout
+from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
+
+ALGORITHMS = ("grpo", "nft", "awm", "rsft")
+
+
+@dataclass
+class RLConfig(GRPOConfig):
+    output_dir: str = "runs/rl"
+    algorithm: Literal["grpo", "nft", "awm", "rsft"] = "grpo"
+    """grpo (SDE rollouts, log-probs) or a forward-process method: nft (DiffusionNFT), awm (advantage-weighted
+    matching), rsft (rejection-sampling fine-tuning)"""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+
+
+def validate(cfg: RLConfig) -> None:
+    """One-line errors for settings an algorithm cannot run with."""
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm {cfg.algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+    if cfg.algorithm == "grpo" and cfg.rollout.sde == "ode":
+        raise ValueError("algorithm grpo needs SDE steps to train (rollout.sde: dance, flow or cps)")
+    if (
+        cfg.algorithm != "grpo"
+        and cfg.rollout.sde == "ode"
+        and cfg.rollout.shared_noise
+        and cfg.rollout.group_size > 1
+    ):
+        raise ValueError("ODE rollouts from one shared noise per group are identical: set rollout.shared_noise=false")
+    if cfg.algorithm == "rsft" and cfg.forward.rsft_k is None and cfg.forward.rsft_min_advantage is None:
+        raise ValueError("algorithm rsft needs forward.rsft_k or forward.rsft_min_advantage")
+    if cfg.algorithm == "nft" and cfg.forward.nft_beta <= 0:
+        raise ValueError(f"forward.nft_beta must be positive (got {cfg.forward.nft_beta})")
+    if not 0 < cfg.forward.timestep_fraction <= 1:
+        raise ValueError(f"forward.timestep_fraction must be in (0, 1] (got {cfg.forward.timestep_fraction})")
+
+
+def _old_decay(cfg: RLConfig, optimizer_steps: int) -> float:
+    """The decay of the old policy's update after `optimizer_steps` optimizer steps (0 for awm: θ_old ← θ)."""
+    f = cfg.forward
+    return old_policy_decay(optimizer_steps, f.old_decay_rate, f.old_decay_cap) if cfg.algorithm == "nft" else 0.0
+
+
+def sample(run: _Run) -> Rollout:
+    """Steps 1–2 with the old policy's weights (when they differ from the current ones)."""
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    use_old = run.old is not None and not run.old.current
+    with run.old.active(unwrapped) if use_old else contextlib.nullcontext():
+        return grpo.sample(run)
+
+
+def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> ForwardStats:
+    """Steps 4–5: the forward-process update of this process's samples, then the old policy's update."""
+    cfg, acc, f = run.cfg, run.accelerator, run.cfg.forward
+    run.model.train()
+    n = len(advantages_N)
+    index = torch.arange(acc.process_index * n, (acc.process_index + 1) * n)
+    sigmas = training_sigmas(ro.sigmas, n, f.timestep_fraction, cfg.train.seed, run.step, first_index=int(index[0]))
+    uncond = ro.uncond if f.guided else None
+    batch = ForwardBatch(ro.latents[:, -1], ro.cond, uncond, sigmas, index)
+    keep = torch.arange(n)
+    if cfg.algorithm == "rsft":
+        keep = rsft_select(advantages_N, ro.groups, k=f.rsft_k, threshold=f.rsft_min_advantage)
+    stats = ForwardStats(trained=len(keep))
+    parts = split_updates(micro_batches(len(keep), cfg.train.micro_batch), cfg.train.updates_per_iteration)
+    parts = [[keep[m] for m in part] for part in parts] if len(keep) else []
+    kw = {"algorithm": cfg.algorithm, "cfg": f, "seed": cfg.train.seed, "step": run.step}
+    kw |= {"guidance_scale": cfg.rollout.guidance_scale, "clip_range": cfg.train.clip_range}
+    kw |= {"adv_clip": cfg.train.adv_clip, "kl_beta": cfg.train.kl_beta, "model": run.model, "old": run.old}
+    kw |= {"reference": run.policy.reference, "accelerator": acc}
+    for part in parts:
+        loss = forward_update(run.policy.adapter, batch, advantages_N, part, stats, **kw)
+        run.ckpt.check_finite(f"{cfg.algorithm} loss", loss, run.step + 1)
+        stats.loss += loss / len(parts)
+        grad_norm = None
+        if cfg.optim.max_grad_norm:
+            grad_norm = float(acc.clip_grad_norm_(run.params, cfg.optim.max_grad_norm))
+            stats.grad_norms.append(grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.old is not None:
+            run.old.current = False
+        run.ckpt.check_step(run.step + 1, grad_norm=grad_norm)
+    if run.old is not None:
+        run.old.update(acc.unwrap_model(run.model), _old_decay(cfg, run.scheduler.last_epoch))
+    return stats
+
+
+def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
+    validate(cfg)
+    if cfg.algorithm == "grpo":
+        return grpo.train(cfg, resume)
+    run = grpo.set_up(cfg, resume, old_policy=OldPolicy if cfg.algorithm in ("nft", "awm") else None)
+    if run.old is not None:  # as the last iteration left it: equal to θ when its update had decay 0
+        run.old.current = _old_decay(cfg, run.scheduler.last_epoch) == 0.0
+    return grpo.run_loop(run, sample, update, cfg.algorithm)
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vidpost rl", description="RL for video flow models: grpo, nft (DiffusionNFT), awm, rsft (LoRA or full)."
+    )
+    add_stage_arguments(p, "configs/<model>/rl-<algorithm>.yaml")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    code, result = run_stage(RLConfig, train, parse_stage_args(build_parser(), argv))
+    if result is not None and result.stopped:
+        print(f"stopped: {result.stopped}", file=sys.stderr)
+        return ExitCode.GUARD_STOP
+    if result is not None and result.final is not None:
+        print(f"done: {result.steps} iterations; weights in {result.final}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
