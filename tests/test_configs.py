@@ -38,14 +38,16 @@ def test_accelerate_configs_parse(path):
 
 
 GRPO_CONFIGS = sorted(ROOT.glob("configs/*/grpo.yaml"))
+RL_CONFIGS = sorted(ROOT.glob("configs/*/rl-*.yaml"))
 
 
-@pytest.mark.parametrize("path", GRPO_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_grpo_presets_validate(path):
-    from vidpost.pipelines.grpo import GRPOConfig
+@pytest.mark.parametrize("path", GRPO_CONFIGS + RL_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_rl_presets_validate(path):
+    from vidpost.pipelines.rl import RLConfig, validate
     from vidpost.rewards.base import known_rewards
 
-    cfg = load_config(GRPOConfig, path)
+    cfg = load_config(RLConfig, path)
+    validate(cfg)
     assert cfg.train.max_steps > 0 and cfg.rollout.group_size > 1
     for spec in (cfg.rewards.spec, cfg.guard.metric, cfg.guard.extra):
         for name, value in spec.items():
