@@ -1,4 +1,5 @@
-"""Stage 2 — RL with a choice of algorithm: GRPO, or a forward-process method (DiffusionNFT, AWM, RSFT).
+"""Stage 2 — RL with a choice of algorithm: GRPO, a forward-process method (DiffusionNFT, AWM, RSFT) or reward
+backprop (DRaFT-K).
 
     vidpost rl --config configs/shapes/rl-nft.yaml [dotted.overrides=...] [--resume latest]
     accelerate launch --config_file configs/accelerate/ddp.yaml -m vidpost.pipelines.rl --config ...
@@ -27,6 +28,10 @@ loss, its source and where ours departs). One iteration:
                  first optimizer step of an iteration, clipped on later ones).
   6. guard and checkpoints ← as GRPO (the checkpoint keeps θ_old, so a resumed run equals an uninterrupted one).
 
+`algorithm: draft` rolls out like the forward-process methods (ODE), then backpropagates its differentiable rewards
+(`brightness`, `verifier_soft`, …) through the last `forward.draft_steps` sampling steps and the VAE decoder
+(`vidpost.rl.draft`); the advantages are only logged.
+
 Departures: the trained velocity is by default the CFG-guided one the rollout samples with (`forward.guided`;
 DiffusionNFT trains and samples CFG-free, which a model that needs guidance cannot start from); one pass over each
 rollout (its `num_inner_epochs` 1); the old policy is updated once per iteration (as the reference, after its
@@ -39,12 +44,14 @@ import argparse
 import contextlib
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
 
 from vidpost.pipelines import grpo
 from vidpost.pipelines.grpo import GRPOConfig, GRPOResult, _Run
+from vidpost.rl.draft import differentiable_reward, draft_update
 from vidpost.rl.forward import old_policy_decay, rsft_select
 from vidpost.rl.forward_update import (
     ForwardBatch,
@@ -58,15 +65,15 @@ from vidpost.rl.iteration import micro_batches, split_updates
 from vidpost.rl.rollout import Rollout
 from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
 
-ALGORITHMS = ("grpo", "nft", "awm", "rsft")
+ALGORITHMS = ("grpo", "nft", "awm", "rsft", "draft")
 
 
 @dataclass
 class RLConfig(GRPOConfig):
     output_dir: str = "runs/rl"
-    algorithm: Literal["grpo", "nft", "awm", "rsft"] = "grpo"
-    """grpo (SDE rollouts, log-probs) or a forward-process method: nft (DiffusionNFT), awm (advantage-weighted
-    matching), rsft (rejection-sampling fine-tuning)"""
+    algorithm: Literal["grpo", "nft", "awm", "rsft", "draft"] = "grpo"
+    """grpo (SDE rollouts, log-probs), a forward-process method: nft (DiffusionNFT), awm (advantage-weighted
+    matching), rsft (rejection-sampling fine-tuning), or draft (reward backprop through the last sampling steps)"""
     forward: ForwardConfig = field(default_factory=ForwardConfig)
 
 
@@ -85,6 +92,10 @@ def validate(cfg: RLConfig) -> None:
         raise ValueError("ODE rollouts from one shared noise per group are identical: set rollout.shared_noise=false")
     if cfg.algorithm == "rsft" and cfg.forward.rsft_k is None and cfg.forward.rsft_min_advantage is None:
         raise ValueError("algorithm rsft needs forward.rsft_k or forward.rsft_min_advantage")
+    if cfg.algorithm == "draft" and cfg.rollout.sde != "ode":
+        raise ValueError("algorithm draft differentiates the ODE sampler: set rollout.sde=ode")
+    if cfg.algorithm == "draft" and not 1 <= cfg.forward.draft_steps <= cfg.rollout.steps:
+        raise ValueError(f"forward.draft_steps must be in 1..{cfg.rollout.steps} (rollout.steps)")
     if cfg.algorithm == "nft" and cfg.forward.nft_beta <= 0:
         raise ValueError(f"forward.nft_beta must be positive (got {cfg.forward.nft_beta})")
     if not 0 < cfg.forward.timestep_fraction <= 1:
@@ -103,6 +114,26 @@ def sample(run: _Run) -> Rollout:
     use_old = run.old is not None and not run.old.current
     with run.old.active(unwrapped) if use_old else contextlib.nullcontext():
         return grpo.sample(run)
+
+
+def _optimizer_steps(run: _Run, parts: list, accumulate, stats: ForwardStats) -> None:
+    """One optimizer step per part: `accumulate(part)` builds its gradient and returns its loss; then the gradient
+    is clipped and AdamW steps (the old policy no longer equals θ)."""
+    cfg, acc = run.cfg, run.accelerator
+    for part in parts:
+        loss = accumulate(part)
+        run.ckpt.check_finite(f"{cfg.algorithm} loss", loss, run.step + 1)
+        stats.loss += loss / len(parts)
+        grad_norm = None
+        if cfg.optim.max_grad_norm:
+            grad_norm = float(acc.clip_grad_norm_(run.params, cfg.optim.max_grad_norm))
+            stats.grad_norms.append(grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if run.old is not None:
+            run.old.current = False
+        run.ckpt.check_step(run.step + 1, grad_norm=grad_norm)
 
 
 def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> ForwardStats:
@@ -124,22 +155,25 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> ForwardStats:
     kw |= {"guidance_scale": cfg.rollout.guidance_scale, "clip_range": cfg.train.clip_range}
     kw |= {"adv_clip": cfg.train.adv_clip, "kl_beta": cfg.train.kl_beta, "model": run.model, "old": run.old}
     kw |= {"reference": run.policy.reference, "accelerator": acc}
-    for part in parts:
-        loss = forward_update(run.policy.adapter, batch, advantages_N, part, stats, **kw)
-        run.ckpt.check_finite(f"{cfg.algorithm} loss", loss, run.step + 1)
-        stats.loss += loss / len(parts)
-        grad_norm = None
-        if cfg.optim.max_grad_norm:
-            grad_norm = float(acc.clip_grad_norm_(run.params, cfg.optim.max_grad_norm))
-            stats.grad_norms.append(grad_norm)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        if run.old is not None:
-            run.old.current = False
-        run.ckpt.check_step(run.step + 1, grad_norm=grad_norm)
+    _optimizer_steps(
+        run, parts, lambda p: forward_update(run.policy.adapter, batch, advantages_N, p, stats, **kw), stats
+    )
     if run.old is not None:
         run.old.update(acc.unwrap_model(run.model), _old_decay(cfg, run.scheduler.last_epoch))
+    return stats
+
+
+def update_draft(run: _Run, ro: Rollout, advantages_N: torch.Tensor, *, reward_fn) -> ForwardStats:
+    """Step 4 of draft: reward backprop through the rollout's last `forward.draft_steps` steps (the advantages are
+    only logged)."""
+    cfg = run.cfg
+    run.model.train()
+    stats = ForwardStats(trained=len(advantages_N))
+    parts = split_updates(micro_batches(len(advantages_N), cfg.train.micro_batch), cfg.train.updates_per_iteration)
+    kw = {"k_steps": cfg.forward.draft_steps, "reward_fn": reward_fn, "guidance_scale": cfg.rollout.guidance_scale}
+    kw |= {"kl_beta": cfg.train.kl_beta, "model": run.model, "reference": run.policy.reference}
+    kw |= {"accelerator": run.accelerator}
+    _optimizer_steps(run, parts, lambda p: draft_update(run.policy.adapter, ro, p, stats, **kw), stats)
     return stats
 
 
@@ -148,6 +182,10 @@ def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
     if cfg.algorithm == "grpo":
         return grpo.train(cfg, resume)
     run = grpo.set_up(cfg, resume, old_policy=OldPolicy if cfg.algorithm in ("nft", "awm") else None)
+    if cfg.algorithm == "draft":
+        return grpo.run_loop(
+            run, grpo.sample, partial(update_draft, reward_fn=differentiable_reward(run.rewards)), "draft"
+        )
     if run.old is not None:  # as the last iteration left it: equal to θ when its update had decay 0
         run.old.current = _old_decay(cfg, run.scheduler.last_epoch) == 0.0
     return grpo.run_loop(run, sample, update, cfg.algorithm)

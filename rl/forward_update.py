@@ -33,7 +33,15 @@ from vidpost.training.ema import EMA
 from .forward import awm_log_likelihood, awm_loss, nft_loss, nft_optimality, velocity_kl
 from .iteration import iteration_generator
 
-__all__ = ["ForwardBatch", "ForwardConfig", "ForwardStats", "OldPolicy", "forward_update", "training_sigmas"]
+__all__ = [
+    "ForwardBatch",
+    "ForwardConfig",
+    "ForwardStats",
+    "OldPolicy",
+    "forward_update",
+    "lora_disabled",
+    "training_sigmas",
+]
 
 
 @dataclass
@@ -58,6 +66,8 @@ class ForwardConfig:
     """RSFT: keep each group's best k samples by advantage (null: no per-group cut)"""
     rsft_min_advantage: float | None = None
     """RSFT: keep only samples with advantage ≥ this (null: no threshold); with rsft_k, both apply"""
+    draft_steps: int = 1
+    """DRaFT-K: backpropagate the differentiable reward through the last K sampling steps"""
 
 
 @dataclass
@@ -164,7 +174,8 @@ def _velocity(adapter, x, sigma, batch: ForwardBatch, idx, guidance_scale, model
 
 
 @contextlib.contextmanager
-def _without_lora(model: torch.nn.Module):
+def lora_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """The (possibly DDP-wrapped) model with its LoRA adapters off: the reference policy of a LoRA run."""
     unwrapped = model.module if hasattr(model, "module") else model
     unwrapped.disable_adapters()
     try:
@@ -245,7 +256,7 @@ def forward_update(
                         if reference is not None:
                             v_ref = _velocity(adapter, x_t, sigma, batch, idx, g, reference)
                         else:
-                            with _without_lora(model):
+                            with lora_disabled(model):
                                 v_ref = _velocity(adapter, x_t, sigma, batch, idx, g, model)
                     kl = velocity_kl(v, v_ref)
                     loss = loss + kl_beta * kl

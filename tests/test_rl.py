@@ -143,6 +143,19 @@ def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
 
 
+def test_draft_trains_on_the_rollouts_own_videos(cfg_for):
+    # the update re-takes the rollout's last K steps with gradients: the same videos, so its loss is minus the
+    # logged reward; every LoRA tensor moves after two steps
+    spec = "rewards.spec={brightness: 1.0}"
+    before = _lora(train(cfg_for("draft0", "draft", spec, "train.max_steps=1", "optim.lr=0")))
+    run = train(cfg_for("draft", "draft", spec, "train.max_steps=2", "forward.draft_steps=2", "optim.max_grad_norm=0"))
+    for h in run.history:
+        assert h["loss"] == pytest.approx(-h["reward"], abs=1e-5)
+        assert h["reward_differentiable_mean"] == pytest.approx(h["reward"], abs=1e-5)
+    after = _lora(run)
+    assert not [k for k in after if torch.equal(after[k], before[k])]
+
+
 def test_grpo_algorithm_is_vidpost_grpo(cfg_for, monkeypatch):
     seen = {}
     monkeypatch.setattr(grpo_pipeline, "train", lambda cfg, resume=None: seen.setdefault("cfg", cfg))
@@ -158,6 +171,9 @@ def test_grpo_algorithm_is_vidpost_grpo(cfg_for, monkeypatch):
         (("algorithm=nft", "rollout.shared_noise=true"), "identical"),
         (("algorithm=rsft", "forward.rsft_k=null"), "rsft_k or"),
         (("algorithm=nft", "train.ema_decay=0.9", "train.max_steps=1"), "ema_decay must be 0"),
+        (("algorithm=draft", "rollout.sde=dance"), "differentiates the ODE"),
+        (("algorithm=draft", "forward.draft_steps=5"), "draft_steps must be in 1..4"),
+        (("algorithm=draft", "train.max_steps=1"), "not differentiable: motion, temporal"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, tiny_wan_dir, grpo_overrides, extra, message, capsys):
