@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes pipeline enhance-eval distill-shapes bench-lit
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes rl-shapes pipeline enhance-eval distill-shapes bench-lit
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -25,6 +25,7 @@ help:
 	@echo "make style      ruff format + ruff check --fix"
 	@echo "make shapes-models  rebuild the shipped Shapes world models (CPU: ~5 h on 2 cores from scratch; resumes from runs/shapes-models)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
+	@echo "make rl-shapes  every RL algorithm at one budget of videos on the Shapes world, one table (results/shapes-rl)"
 	@echo "make pipeline   the whole Shapes pipeline (SFT → GRPO → enhance → optimize) with its report (~30 min CPU)"
 	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
 
@@ -56,6 +57,9 @@ eval: venv
 
 grpo-shapes: venv
 	$(BIN)/python -m vidpost.pipelines.grpo --config configs/shapes/grpo.yaml
+
+rl-shapes: venv
+	$(BIN)/python -m vidpost.pipelines.rl_compare --out results/shapes-rl
 
 pipeline: venv
 	$(BIN)/python -m vidpost.pipelines.run configs/shapes/pipeline.yaml

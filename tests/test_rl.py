@@ -181,3 +181,33 @@ def test_bad_settings_are_one_line_errors(tmp_path, tiny_wan_dir, grpo_overrides
     assert main(over) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and message in err[-1] and err[-1].startswith("error:")
+
+
+def test_rl_compare_trains_each_algorithm_once_and_writes_its_table(tmp_path, tiny_wan_dir, grpo_overrides):
+    from vidpost.pipelines.rl_compare import main as compare
+
+    over = [o for o in grpo_overrides(tmp_path / "unused", tiny_wan_dir) if not o.startswith(("output_dir", "model."))]
+    args = [
+        "--algorithms",
+        "rsft",
+        "grpo-indep",
+        "--videos",
+        "6",
+        "--limit",
+        "1",
+        "--seeds",
+        "1",
+        "--size",
+        "5",
+        "16",
+        "16",
+    ]
+    args += ["--model", str(tiny_wan_dir), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *over]
+    assert compare(args) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| rsft |" in text and "| grpo-indep |" in text and (tmp_path / "out" / "curves.png").stat().st_size > 0
+    rows = __import__("json").loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["videos"] for r in rows[1:]] == [6, 6]
+    wall = (tmp_path / "work" / "rsft" / "wall.json").read_text()
+    assert compare(args) == 0  # finished runs are not trained again
+    assert (tmp_path / "work" / "rsft" / "wall.json").read_text() == wall

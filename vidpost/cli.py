@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidpost.pipelines.rl",
         "stage 2 RL: grpo | nft (DiffusionNFT) | awm | rsft, with reward models and a reward-hacking guard",
     ),
+    "rl-compare": (
+        "vidpost.pipelines.rl_compare",
+        "stage 2 RL: every algorithm at one budget of videos on the Shapes world, one table",
+    ),
     "grpo-snr": (
         "vidpost.pipelines.grpo_snr",
         "stage 2 RL (GRPO): does a batch carry signal? gradients of independent rollouts",
