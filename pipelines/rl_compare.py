@@ -27,7 +27,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("configs/shapes/grpo.yaml", ["algorithm=grpo"]),
     "grpo-indep": ("configs/shapes/grpo.yaml", ["algorithm=grpo", "rollout.shared_noise=false"]),
     "nft": ("configs/shapes/rl-nft.yaml", ["algorithm=nft"]),
-    "awm": ("configs/shapes/rl-nft.yaml", ["algorithm=awm"]),
+    # AWM's reference settings: ghuber likelihood, clip range 1, KL 1e-3
+    "awm": (
+        "configs/shapes/rl-nft.yaml",
+        ["algorithm=awm", "forward.awm_weighting=ghuber", "train.clip_range=1.0", "train.kl_beta=1e-3"],
+    ),
     "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "forward.rsft_k=2"]),
     "draft": ("configs/shapes/rl-nft.yaml", ["algorithm=draft", "rewards.spec={verifier_soft: 1.0}"]),
 }
