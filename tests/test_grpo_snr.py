@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from vidpost.config import load_config
 from vidpost.pipelines.grpo import GRPOConfig, train
 from vidpost.pipelines.grpo_snr import main, measure
+from vidpost.pipelines.rl import RLConfig
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
 
 
@@ -61,7 +62,7 @@ def overrides(tmp_path, tiny_wan_dir, grpo_overrides) -> list[str]:
 
 
 def test_measured_gradient_is_the_first_training_step(tiny_wan_dir, overrides):
-    res = measure(load_config(GRPOConfig, None, overrides), rollouts=2, device="cpu", keep_gradients=True)
+    res = measure(load_config(RLConfig, None, overrides), rollouts=2, device="cpu", keep_gradients=True)
     g0 = res["gradients"][0]
     assert g0.abs().max() > 0 and not torch.equal(g0, res["controls"][0])
     assert set(res["real"]) >= {"rho", "snr2", "estimates_for_snr1", "cos_mean"}
@@ -102,7 +103,7 @@ def test_command_writes_its_report(tmp_path, overrides, capsys):
     code = main(["--rollouts", "2", "--out", str(out), "--device", "cpu", *overrides])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "policy gradient  rho" in printed and "control (permuted advantages)" in printed
+    assert "gradient  rho" in printed and "control (permuted advantages)" in printed
     saved = json.loads((out / "grpo_snr.json").read_text())
     assert saved["videos_per_rollout"] == 6 and saved["rollouts"] == 2
     assert saved["real"]["pairs"] == 1
@@ -111,3 +112,25 @@ def test_command_writes_its_report(tmp_path, overrides, capsys):
 def test_one_rollout_is_an_error(overrides, capsys):
     assert main(["--rollouts", "1", *overrides]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_forward_algorithm_with_a_positive_control_and_the_pathwise_cosine(tmp_path, overrides, capsys):
+    # nft on ODE rollouts with a differentiable reward: the estimate is compared with reward backprop through the
+    # same rollouts; --control repeats everything on brightness
+    extra = ["algorithm=nft", "rollout.sde=ode", "rollout.shared_noise=false", "rewards.spec={brightness: 1.0}"]
+    out = tmp_path / "snr-nft"
+    assert main(["--rollouts", "2", "--control", "brightness", "--out", str(out), *overrides, *extra]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("nft on brightness") and "positive control (brightness)" in printed
+    saved = json.loads((out / "grpo_snr.json").read_text())
+    pw = saved["pathwise"]
+    assert -1 <= pw["cos_mean"] <= 1 and pw["draft_steps"] == 1
+    assert saved["positive_control"]["algorithm"] == "nft"
+
+
+def test_pathwise_needs_ode_last_steps(overrides):
+    # GRPO with SDE on every step: the last step is stochastic, so no pathwise reading
+    cfg = load_config(RLConfig, None, [*overrides, "rewards.spec={brightness: 1.0}"])
+    assert "pathwise" not in measure(cfg, rollouts=2, device="cpu")
+    cfg = load_config(RLConfig, None, [*overrides, "rewards.spec={brightness: 1.0}", "rollout.sde_window=[0, 3]"])
+    assert "pathwise" in measure(cfg, rollouts=2, device="cpu")
