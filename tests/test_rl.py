@@ -211,3 +211,27 @@ def test_rl_compare_trains_each_algorithm_once_and_writes_its_table(tmp_path, ti
     wall = (tmp_path / "work" / "rsft" / "wall.json").read_text()
     assert compare(args) == 0  # finished runs are not trained again
     assert (tmp_path / "work" / "rsft" / "wall.json").read_text() == wall
+
+
+def test_nft_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overrides):
+    # each sample's noise levels and noise come from its global index: 2 processes × 1 prompt = 1 process × 2
+    import json
+    import os
+    import subprocess
+    import sys
+
+    common = ("train.max_steps=2", "forward.old_decay_rate=0.3")
+    one = train(cfg_for("one", "nft", "train.micro_batch=3", *common))
+    out = tmp_path / "two"
+    over = grpo_overrides(out, tiny_wan_dir, "algorithm=nft", *FORWARD, "rollout.prompts_per_step=1")
+    over += ["train.micro_batch=3", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    proc = subprocess.run([*cmd, "-m", "vidpost.pipelines.rl", *over], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    for h1, h2 in zip(one.history, history, strict=True):
+        assert h1["reward"] == pytest.approx(h2["reward"], rel=1e-5)
+    a, b = _lora(one), load_file(str(out / "final" / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
