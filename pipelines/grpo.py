@@ -39,36 +39,32 @@ LoRA or a full model folder) work as in `vidpost sft`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from vidpost.config import to_dict
-from vidpost.models import resolve_model_path
-from vidpost.rl.advantages import reward_advantages, zero_std_fraction
-from vidpost.rl.iteration import choose_prompts, choose_steps, iteration_generator, micro_batches, split_updates
-from vidpost.rl.plots import plot_rl_curves
-from vidpost.rl.policy import Policy, PolicyModelConfig
-from vidpost.rl.policy import load_policy as _load_policy
-from vidpost.rl.prompts import load_prompt_pool
-from vidpost.rl.rewards import RewardsConfig, build_training_rewards
-from vidpost.rl.rollout import Rollout, RolloutConfig, iteration_rollout, step_kwargs
+from vidpost.pipelines.rl_run import (  # noqa: F401 (the shared pieces, also imported from here)
+    GRPOResult,
+    _Run,
+    compute_advantages,
+    guard_and_checkpoint,
+    load_policy,
+    policy_rollout,
+    run_loop,
+    sample,
+    score,
+    set_up,
+)
+from vidpost.rl.iteration import choose_steps, iteration_generator, micro_batches, split_updates
+from vidpost.rl.policy import PolicyModelConfig
+from vidpost.rl.rewards import RewardsConfig
+from vidpost.rl.rollout import Rollout, RolloutConfig, step_kwargs
 from vidpost.rl.update import UpdateStats, grpo_update
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
-from vidpost.training.ema import EMA
-from vidpost.training.guard import Guard, GuardConfig, stop_everywhere
-from vidpost.training.lora import export
-from vidpost.training.optim import lr_lambda, make_optimizer
-from vidpost.training.recovery import velocity_probe
-from vidpost.training.runner import ExitCode, TrainResult, add_stage_arguments, parse_stage_args, run_stage
-from vidpost.training.tracking import read_history, write_history
+from vidpost.training.guard import GuardConfig
+from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -110,161 +106,7 @@ class GRPOConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-@dataclass
-class GRPOResult(TrainResult):
-    """`TrainResult` plus why the run stopped early and the guard's evaluations."""
-
-    stopped: str | None = None
-    """the guard's stop message (exit code 4), None when the run completed"""
-    guard: list[dict[str, float]] = field(default_factory=list)
-    """every guard evaluation of the run, {"step", "gold", "gold/<component>", "extra/<name>"}"""
-    best_step: int | None = None
-    """the iteration whose weights are in `best`"""
-
-
-# ---- pieces (also used by `vidpost grpo-snr`) ---------------------------------------------------------------------
-
-
-def load_policy(cfg: GRPOConfig, device: torch.device | str) -> Policy:
-    """The model to align, ready to train (`vidpost.rl.policy.load_policy` with this config)."""
-    return _load_policy(cfg.model, cfg.lora, cfg.rollout, device, kl_reference=cfg.train.kl_beta > 0)
-
-
-def policy_rollout(
-    adapter, cfg: GRPOConfig, prompts: list[str], size, shift: float, step: int, first_index: int = 0, model=None
-) -> Rollout:
-    """Iteration `step`'s rollout of `prompts` (global indices from `first_index`), transformer calls chunked like
-    the update's micro-batches (so the update recomputes each log-prob bit-identically)."""
-    kw = {"seed": cfg.train.seed, "step": step, "first_index": first_index, "chunk_size": cfg.train.micro_batch}
-    return iteration_rollout(adapter, cfg.rollout, prompts, size, shift, model=model, **kw)
-
-
-def compute_advantages(
-    scores: dict[str, torch.Tensor], total: torch.Tensor, groups: torch.Tensor, weights: dict[str, float], cfg
-) -> torch.Tensor:
-    kw = {"eps": cfg.train.adv_eps, "clip": cfg.train.adv_clip, "global_std": cfg.train.global_std}
-    return reward_advantages(scores, total, groups, weights, per_reward=cfg.rewards.per_reward_advantages, **kw)
-
-
-# ---- the loop -----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What the steps of the loop share (made by `set_up`)."""
-
-    cfg: GRPOConfig
-    accelerator: Any
-    policy: Policy
-    model: torch.nn.Module
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    ema: EMA | None
-    rewards: Any
-    guard: Guard
-    pool: list[str]
-    out_dir: Path
-    ckpt: Checkpoints
-    step: int = 0
-    old: Any = None
-    """the old policy of the forward-process algorithms (`vidpost.rl.forward_update.OldPolicy`), else None"""
-
-
-def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
-    """Accelerator, policy, optimizer and schedule, rewards, guard and prompt pool; the state of `resume`.
-    `old_policy` (a class taking the transformer, e.g. `OldPolicy`) makes a copy of the trainable weights that the
-    checkpoints keep in the EMA's place (so the two cannot be combined)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    out_dir = Path(cfg.output_dir)
-    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=log_with or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-    )
-    torch.manual_seed(cfg.train.seed)
-    policy = load_policy(cfg, accelerator.device)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    transformer = policy.adapter.transformer
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.optim)
-    total_updates = cfg.train.max_steps * max(1, cfg.train.updates_per_iteration)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, total_updates))
-    model, optimizer = accelerator.prepare(transformer, optimizer)
-    ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    old = old_policy(transformer) if old_policy is not None else None
-    if ema is not None and old is not None:
-        raise ValueError("train.ema_decay must be 0 here: the checkpoints keep the old policy where the EMA would go")
-
-    rewards = build_training_rewards(cfg.rewards)
-    guard_prompts = load_prompt_pool(cfg.guard.prompts, cfg.guard.max_prompts) if cfg.guard.every else []
-    exporter = lambda path: export(policy.adapter, cfg, path)  # noqa: E731
-    guard = Guard(cfg.guard, guard_prompts, size=policy.size, shift=policy.shift, out_dir=out_dir, export=exporter)
-    if cfg.guard.every and set(cfg.guard.metric) & set(cfg.rewards.spec):
-        overlap = sorted(set(cfg.guard.metric) & set(cfg.rewards.spec))
-        print(f"warning: guard metric {overlap} is also a training reward", file=sys.stderr)
-    pool = load_prompt_pool(cfg.rollout.prompts, cfg.rollout.pool_size)
-    # the checkpoint probe: the policy's velocity on fixed noise of the rollout size, conditioned on the first prompt
-    noise = torch.randn(
-        policy.adapter.latent_shape(1, *policy.size), generator=torch.Generator().manual_seed(cfg.train.seed)
-    )
-    cond = policy.adapter.encode_prompt(pool[:1])
-    probe = velocity_probe(policy.adapter, noise.to(accelerator.device), cond, autocast=accelerator.autocast)
-    unwrapped = accelerator.unwrap_model(model)
-    kept = ema if ema is not None else old
-    ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, kept, probe, accelerator.is_main_process)
-    run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
-    run.old = old
-    run.step = ckpt.resume(resume, unit="iteration")
-    if ckpt.resumed_from is not None:
-        guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
-    if log_with:
-        accelerator.init_trackers("grpo", config={k: str(v) for k, v in to_dict(cfg).items()})
-    return run
-
-
-def sample(run: _Run) -> Rollout:
-    """Steps 1–2: this process's share of the iteration's prompts, rolled out with the current policy."""
-    cfg, acc, n_local = run.cfg, run.accelerator, run.cfg.rollout.prompts_per_step
-    rank = acc.process_index
-    prompts_all = choose_prompts(run.pool, n_local * acc.num_processes, cfg.train.seed, run.step)
-    prompts = prompts_all[rank * n_local : (rank + 1) * n_local]
-    run.model.eval()
-    with acc.autocast():
-        p = run.policy
-        return policy_rollout(p.adapter, cfg, prompts, p.size, p.shift, run.step, rank * n_local, model=run.model)
-
-
-def score(run: _Run, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-    """Steps 3–4: rewards of this process's videos, gathered from every process, and the group advantages;
-    → (this process's advantages, the rewards' log entries)."""
-    cfg, acc = run.cfg, run.accelerator
-    out = run.rewards(ro.videos.cpu(), ro.prompts)
-    names = list(run.rewards.weights)
-    local = torch.stack([out.score] + [out.components[k] for k in names], 1).to(acc.device)
-    gathered = acc.gather(local).cpu()  # [N, 1 + K]: the weighted total, then each reward, over all processes
-    if not torch.isfinite(gathered).all():
-        bad = [k for j, k in enumerate(["total", *names]) if not torch.isfinite(gathered[:, j]).all()]
-        value = float(gathered[~torch.isfinite(gathered)][0])
-        raise run.ckpt.stop(f"rewards {bad}", value, run.step + 1)
-    groups = torch.arange(cfg.rollout.prompts_per_step * acc.num_processes).repeat_interleave(cfg.rollout.group_size)
-    scores = {k: gathered[:, 1 + j] for j, k in enumerate(names)}
-    total = gathered[:, 0]
-    adv = compute_advantages(scores, total, groups, run.rewards.weights, cfg)
-    rec = {"reward": float(total.mean()), "reward_std": float(total.std())}
-    rec |= {"zero_std_groups": zero_std_fraction(total, groups), "adv_abs": float(adv.abs().mean())}
-    for k, v in scores.items():
-        rec[f"reward/{k}"] = float(v.mean())
-        rec[f"reward/{k}_std"] = float(v.std())
-    rec |= {f"reward/{k}": float(v.mean()) for k, v in out.components.items() if "/" in k}
-    n_mine = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    return adv[acc.process_index * n_mine : (acc.process_index + 1) * n_mine], rec
+# ---- the GRPO update (the loop and the other steps: `vidpost.pipelines.rl_run`) ---------------------------
 
 
 def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
@@ -294,104 +136,8 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     return stats
 
 
-def record(run: _Run, rewards: dict[str, float], stats: UpdateStats, times: list[float]) -> dict[str, float]:
-    """The iteration's log record: loss, rewards and advantages, KL, lr, timings, ratio statistics, gradient norm."""
-    rec = {"loss": stats.loss, **rewards, "kl": stats.kl, "lr": run.scheduler.get_last_lr()[0]}
-    for k, t0, t1 in zip(("sampling", "reward", "update"), times, times[1:]):
-        rec[f"time_{k}"] = t1 - t0
-    rec |= stats.summary(run.cfg.train.clip_range)
-    if stats.grad_norm is not None:
-        rec["grad_norm"] = float(stats.grad_norm)
-    return rec
-
-
-def guard(run: _Run) -> str | None:
-    """Step 6 when due, on the main process: the guard's evaluation (logged); → its stop message."""
-    if not (run.guard.due(run.step) and run.accelerator.is_main_process):
-        return None
-    g, stopped = run.guard.check(run.policy.adapter, run.step)
-    run.accelerator.log({f"guard/{k}": v for k, v in g.items()}, step=run.step)
-    return stopped
-
-
-def guard_and_checkpoint(run: _Run) -> str | None:
-    """Step 6, then a checkpoint when due (or when stopping); → the stop message, agreed by every process."""
-    stopped = stop_everywhere(run.accelerator, guard(run))
-    if run.ckpt.due(run.step) or (stopped and run.cfg.checkpoint.every):
-        run.ckpt.save(run.step, run.guard.state_dict())
-    return stopped
-
-
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
     return run_loop(set_up(cfg, resume), sample, update, "grpo")
-
-
-def run_loop(run: _Run, sample_fn, update_fn, desc: str) -> GRPOResult:
-    """Iterations until `train.max_steps` or a guard stop: sample (steps 1–2), score (3–4), update (5), log, guard
-    and checkpoint (6); then `finish`. `update_fn(run, rollout, advantages)` returns the update's statistics
-    (`loss`, `kl`, `grad_norm`, `summary(clip_range)`)."""
-    cfg, acc = run.cfg, run.accelerator
-    earlier = read_history(run.out_dir, run.step)  # history.json continues the whole run
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc=desc, disable=not acc.is_main_process)
-    if run.step == 0:
-        guard(run)  # the initial weights: the first best, nothing to compare with
-    stopped = None
-    while run.step < cfg.train.max_steps:
-        times = [time.perf_counter()]
-        ro = sample_fn(run)
-        times.append(time.perf_counter())
-        advantages, rewards = score(run, ro)
-        times.append(time.perf_counter())
-        stats = update_fn(run, ro, advantages)
-        run.step += 1
-        times.append(time.perf_counter())
-        rec = record(run, rewards, stats, times)
-        history.append({"step": run.step, **rec})
-        bar.update(1)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", loss=f"{rec['loss']:.4g}")
-        if run.step % cfg.log.every == 0 or run.step == cfg.train.max_steps:
-            acc.log({f"train/{k}": v for k, v in rec.items()}, step=run.step)
-        stopped = guard_and_checkpoint(run)
-        if acc.is_main_process and run.ckpt.due(run.step):
-            write_history(run.out_dir, earlier + history)
-        if stopped:
-            break
-    bar.close()
-    return finish(run, history, stopped, earlier)
-
-
-def finish(
-    run: _Run, history: list[dict[str, float]], stopped: str | None, earlier: list[dict[str, float]]
-) -> GRPOResult:
-    """Export `final/` (EMA weights when kept), write history.json (`earlier` steps, then this invocation's),
-    guard.json and curves.png; → the result."""
-    cfg, acc, out_dir = run.cfg, run.accelerator, run.out_dir
-    acc.wait_for_everyone()
-    result = GRPOResult(
-        kind="lora" if cfg.lora.enabled else "full",
-        final=None,
-        steps=run.step,
-        history=history,
-        metrics=run.guard.latest_metrics(),
-        base_model=str(resolve_model_path(cfg.model.path).resolve()),
-        stopped=stopped,
-        guard=run.guard.history,
-    )
-    if acc.is_main_process:
-        if run.ema is not None:
-            run.ema.copy_to(acc.unwrap_model(run.model))
-        result.final = export(run.policy.adapter, cfg, out_dir / "final")
-        if (out_dir / "best").exists():
-            result.best, result.best_step = out_dir / "best", run.guard.best_step
-        write_history(out_dir, earlier + history)
-        (out_dir / "guard.json").write_text(json.dumps(run.guard.history, indent=1) + "\n")
-        plot_rl_curves(earlier + history, run.guard.history, out_dir / "curves.png")
-        result.write(out_dir)
-    if hasattr(run.rewards, "close"):
-        run.rewards.close()
-    acc.end_training()
-    return result
 
 
 # ---- command line -------------------------------------------------------------------------------------------------

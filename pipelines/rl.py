@@ -5,7 +5,7 @@ backprop (DRaFT-K).
     accelerate launch --config_file configs/accelerate/ddp.yaml -m vidpost.pipelines.rl --config ...
 
 `algorithm: grpo` is `vidpost grpo` (SDE rollouts, the chain's log-probs, PPO's clipped ratio;
-`vidpost.pipelines.grpo`). The forward-process algorithms never need a likelihood of the sampling chain: they
+`vidpost.pipelines.grpo`; the shared loop: `vidpost.pipelines.rl_run`). The forward-process algorithms never need a likelihood of the sampling chain: they
 train the flow-matching objective on the policy's own clean samples, re-noised (`vidpost.rl.forward` has each
 loss, its source and where ours departs). One iteration:
   1. prompts   ← as GRPO: P per process, drawn by (seed, iteration).
@@ -50,7 +50,9 @@ from typing import Literal
 import torch
 
 from vidpost.pipelines import grpo
-from vidpost.pipelines.grpo import GRPOConfig, GRPOResult, _Run
+from vidpost.pipelines.grpo import GRPOConfig
+from vidpost.pipelines.rl_run import GRPOResult, _Run, run_loop, set_up
+from vidpost.pipelines.rl_run import sample as rollout_and_decode
 from vidpost.rl.draft import differentiable_reward, draft_update
 from vidpost.rl.forward import old_policy_decay, rsft_select
 from vidpost.rl.forward_update import (
@@ -113,7 +115,7 @@ def sample(run: _Run) -> Rollout:
     unwrapped = run.accelerator.unwrap_model(run.model)
     use_old = run.old is not None and not run.old.current
     with run.old.active(unwrapped) if use_old else contextlib.nullcontext():
-        return grpo.sample(run)
+        return rollout_and_decode(run)
 
 
 def _optimizer_steps(run: _Run, parts: list, accumulate, stats: ForwardStats) -> None:
@@ -181,14 +183,14 @@ def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
     validate(cfg)
     if cfg.algorithm == "grpo":
         return grpo.train(cfg, resume)
-    run = grpo.set_up(cfg, resume, old_policy=OldPolicy if cfg.algorithm in ("nft", "awm") else None)
+    run = set_up(cfg, resume, old_policy=OldPolicy if cfg.algorithm in ("nft", "awm") else None)
     if cfg.algorithm == "draft":
-        return grpo.run_loop(
-            run, grpo.sample, partial(update_draft, reward_fn=differentiable_reward(run.rewards)), "draft"
+        return run_loop(
+            run, rollout_and_decode, partial(update_draft, reward_fn=differentiable_reward(run.rewards)), "draft"
         )
     if run.old is not None:  # as the last iteration left it: equal to θ when its update had decay 0
         run.old.current = _old_decay(cfg, run.scheduler.last_epoch) == 0.0
-    return grpo.run_loop(run, sample, update, cfg.algorithm)
+    return run_loop(run, sample, update, cfg.algorithm)
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
