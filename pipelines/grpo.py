@@ -39,7 +39,6 @@ LoRA or a full model folder) work as in `vidpost sft`.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +47,7 @@ import torch
 from vidpost.pipelines.rl_run import (  # noqa: F401 (the shared pieces, also imported from here)
     GRPOResult,
     _Run,
+    command_exit,
     compute_advantages,
     guard_and_checkpoint,
     load_policy,
@@ -64,7 +64,7 @@ from vidpost.rl.rollout import Rollout, RolloutConfig, step_kwargs
 from vidpost.rl.update import UpdateStats, grpo_update
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.guard import GuardConfig
-from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
+from vidpost.training.runner import add_stage_arguments, parse_stage_args, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -150,13 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(GRPOConfig, train, parse_stage_args(build_parser(), argv))
-    if result is not None and result.stopped:
-        print(f"stopped: {result.stopped}", file=sys.stderr)
-        return ExitCode.GUARD_STOP
-    if result is not None and result.final is not None:
-        print(f"done: {result.steps} iterations; weights in {result.final}", file=sys.stderr)
-    return code
+    return command_exit(*run_stage(GRPOConfig, train, parse_stage_args(build_parser(), argv)))
 
 
 if __name__ == "__main__":

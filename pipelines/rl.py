@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -51,7 +50,7 @@ import torch
 
 from vidpost.pipelines import grpo
 from vidpost.pipelines.grpo import GRPOConfig
-from vidpost.pipelines.rl_run import GRPOResult, _Run, run_loop, set_up
+from vidpost.pipelines.rl_run import GRPOResult, _Run, command_exit, run_loop, set_up
 from vidpost.pipelines.rl_run import sample as rollout_and_decode
 from vidpost.rl.draft import differentiable_reward, draft_update
 from vidpost.rl.forward import old_policy_decay, rsft_select
@@ -65,7 +64,7 @@ from vidpost.rl.forward_update import (
 )
 from vidpost.rl.iteration import micro_batches, split_updates
 from vidpost.rl.rollout import Rollout
-from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
+from vidpost.training.runner import add_stage_arguments, parse_stage_args, run_stage
 
 ALGORITHMS = ("grpo", "nft", "awm", "rsft", "draft")
 
@@ -198,20 +197,15 @@ def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vidpost rl", description="RL for video flow models: grpo, nft (DiffusionNFT), awm, rsft (LoRA or full)."
+        prog="vidpost rl",
+        description="RL for video flow models: grpo, nft (DiffusionNFT), awm, rsft, draft (LoRA or full).",
     )
     add_stage_arguments(p, "configs/<model>/rl-<algorithm>.yaml")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    code, result = run_stage(RLConfig, train, parse_stage_args(build_parser(), argv))
-    if result is not None and result.stopped:
-        print(f"stopped: {result.stopped}", file=sys.stderr)
-        return ExitCode.GUARD_STOP
-    if result is not None and result.final is not None:
-        print(f"done: {result.steps} iterations; weights in {result.final}", file=sys.stderr)
-    return code
+    return command_exit(*run_stage(RLConfig, train, parse_stage_args(build_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -288,3 +288,16 @@ def finish(
         run.rewards.close()
     acc.end_training()
     return result
+
+
+def command_exit(code: int, result: GRPOResult | None) -> int:
+    """A command's exit code after `run_stage`: a guard stop prints its message (exit 4), a finished run where its
+    weights are."""
+    from vidpost.training.runner import ExitCode
+
+    if result is not None and result.stopped:
+        print(f"stopped: {result.stopped}", file=sys.stderr)
+        return ExitCode.GUARD_STOP
+    if result is not None and result.final is not None:
+        print(f"done: {result.steps} iterations; weights in {result.final}", file=sys.stderr)
+    return code
