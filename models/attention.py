@@ -538,7 +538,7 @@ __all__ = [
 ]
 
 
-# ---- FP8 + block-sparse attention (kernels/sparse_fp8_attention.py) ---------------------------------------------
+# ---- FP8 + block-sparse attention (vidpost/kernels/sparse_fp8_attention.py) ---------------------------------------------
 def _fp8_sparse_factory(attn: torch.nn.Module, layer: int, options: dict) -> AttentionFn:
     """ "fp8_sparse": 3D-tile block-sparse attention with FP8 Q/K/P·V and a step-aware schedule (options: tile,
     schedule, quant, backend; see `make_fp8_sparse_attention`). The backend is chosen here, once: the Triton kernel on
