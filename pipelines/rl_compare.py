@@ -6,8 +6,9 @@
 Every run starts from the shipped SFT model (`shapes`) with its preset (`VARIANTS`: `configs/shapes/grpo.yaml` for
 GRPO, `configs/shapes/rl-nft.yaml` for the rest) and `train.max_steps` = videos / (prompts × group size), so each
 generates the same number of training videos. A run resumes from its checkpoint when interrupted and is skipped
-once its `final/` exists (its wall time accumulates in `<work>/<name>/wall.json`). Then every final LoRA and the
-SFT model generate the 64 held-out prompts × `--seeds` seeds, scored by the verifier: the table
+once its `final/` exists (its wall time accumulates in `<work>/<name>/wall.json`). Every final LoRA and the
+SFT model generate the 64 held-out prompts × `--seeds` seeds, scored by the verifier (each once: kept in
+`<work>/<name>/heldout.json`, so running the algorithms one at a time and then all of them assembles the table): the table
 (`<out>/results.md`, `results.json`) has success (Wilson 95% interval) and graded score (t interval) with their
 change from the SFT model, the guard (held-out temporal consistency, which nothing trains on) at the run's start and
 end, the videos used and the wall time; `<out>/curves.png` has every run's training reward and held-out guard.
@@ -83,6 +84,20 @@ def held_out(spec: str, seeds: int, limit: int | None, size: list[int] | None = 
             "graded_ci": graded["ci95"], "records": r["records"]}  # fmt: skip
 
 
+def cached_held_out(path: Path, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`held_out` of `spec`, kept in `path` and reused while the model and the evaluation settings are the same (so
+    each run is evaluated once, when it finishes, and the table is assembled from every finished run)."""
+    key = {"spec": spec, "seeds": args.seeds, "limit": args.limit, "size": args.size}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    result = held_out(spec, args.seeds, args.limit, args.size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "result": result}))
+    return result
+
+
 def table(rows: list[dict[str, Any]], videos: int) -> str:
     base = rows[0]
     lines = [
@@ -149,13 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.videos <= 0 or args.seeds <= 0:
         p.error("--videos and --seeds must be positive")
     try:
-        rows = [{"name": f"start: `{args.model}`", **held_out(args.model, args.seeds, args.limit, args.size)}]
+        start = cached_held_out(args.work / f"start-{Path(args.model).name}.json", args.model, args)
+        rows = [{"name": f"start: `{args.model}`", **start}]
         for name in args.algorithms:
             run = run_variant(name, args.work, args.videos, [f"model.path={args.model}", *args.overrides])
             print(f"{name}: {run['iterations']} iterations, {run['seconds'] / 60:.1f} min", file=sys.stderr)
-            rows.append(
-                {"name": name, **run, **held_out(f"{args.model}+{run['final']}", args.seeds, args.limit, args.size)}
-            )
+            spec = f"{args.model}+{run['final']}"
+            rows.append({"name": name, **run, **cached_held_out(args.work / name / "heldout.json", spec, args)})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

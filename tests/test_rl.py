@@ -183,7 +183,9 @@ def test_bad_settings_are_one_line_errors(tmp_path, tiny_wan_dir, grpo_overrides
     assert err and message in err[-1] and err[-1].startswith("error:")
 
 
-def test_rl_compare_trains_each_algorithm_once_and_writes_its_table(tmp_path, tiny_wan_dir, grpo_overrides):
+def test_rl_compare_trains_each_algorithm_once_and_writes_its_table(
+    tmp_path, tiny_wan_dir, grpo_overrides, monkeypatch
+):
     from vidpost.pipelines.rl_compare import main as compare
 
     over = [o for o in grpo_overrides(tmp_path / "unused", tiny_wan_dir) if not o.startswith(("output_dir", "model."))]
@@ -209,8 +211,18 @@ def test_rl_compare_trains_each_algorithm_once_and_writes_its_table(tmp_path, ti
     rows = __import__("json").loads((tmp_path / "out" / "results.json").read_text())
     assert [r["videos"] for r in rows[1:]] == [6, 6]
     wall = (tmp_path / "work" / "rsft" / "wall.json").read_text()
-    assert compare(args) == 0  # finished runs are not trained again
+    import vidpost.pipelines.rl_compare as rl_compare
+
+    def no_evaluation(*a, **k):
+        raise AssertionError("a finished run was evaluated again")
+
+    monkeypatch.setattr(rl_compare, "held_out", no_evaluation)
+    assert compare(args) == 0  # finished runs are neither trained nor evaluated again
     assert (tmp_path / "work" / "rsft" / "wall.json").read_text() == wall
+    assert __import__("json").loads((tmp_path / "out" / "results.json").read_text()) == rows
+    # another evaluation setting is evaluated afresh
+    with pytest.raises(AssertionError, match="evaluated again"):
+        compare([*args[:6], "2", *args[7:]])
 
 
 def test_nft_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overrides):
