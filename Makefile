@@ -26,7 +26,7 @@ help:
 	@echo "make shapes-models  rebuild the shipped Shapes world models (CPU: ~5 h on 2 cores from scratch; resumes from runs/shapes-models)"
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
 	@echo "make rl-shapes  every RL algorithm at one budget of videos on the Shapes world, one table (results/shapes-rl)"
-	@echo "make pipeline   the whole Shapes pipeline (SFT → GRPO → enhance → optimize) with its report (~30 min CPU)"
+	@echo "make pipeline   the whole Shapes pipeline (SFT → RL → enhance → optimize) with its report (~30 min CPU)"
 	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
 
 $(BIN)/.installed: pyproject.toml

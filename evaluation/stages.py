@@ -162,8 +162,8 @@ def describe(stage: str, state: dict[str, Any]) -> str:
         return f"`{state['model']}`"
     if stage == "sft":
         return f"SFT → `{Path(state['model']).parent.name}/{Path(state['model']).name}`"
-    if stage == "grpo":
-        return f"GRPO LoRA `{Path(state['lora']).name}`" if state.get("lora") else "GRPO (full)"
+    if stage == "rl":
+        return f"RL LoRA `{Path(state['lora']).name}`" if state.get("lora") else "RL (full)"
     if stage == "enhance":
         if not state.get("enhancer"):
             return "no enhancer"

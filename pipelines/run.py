@@ -7,7 +7,8 @@ Stages, in order (each one optional, `enabled: false` passes its input through):
     base      the starting model, evaluated as the first row of the report (nothing is trained)
     data      Shapes clips exported as mp4 + manifest (`data.shapes_clips`), or a user manifest passed through
     sft       `vidpost sft` (LoRA or full) on the data; a LoRA is merged so the next stage starts from full weights
-    grpo      `vidpost grpo` (LoRA) from the SFT model; its guard's `best/` weights are kept when there are any
+    rl        `vidpost rl` (LoRA; any algorithm: grpo, nft, awm, rsft, draft) from the SFT model; its guard's `best/`
+              weights are kept when there are any
     enhance   a prompt rewriter: `vidpost enhance-train sft` (+ optional `grpo` against the current video model), or
               an existing/zero-shot enhancer (`enhance.enhancer`)
     optimize  inference settings (attention implementation, Enhance-A-Video, step caching, torch.compile) applied
@@ -29,7 +30,7 @@ prompts, rewritten by the stage's enhancer when there is one (what a user gets).
 against the canonical caption when there is one, else against the user's prompt — never against a rewrite.
 `<run_dir>/report.md` and `report.html` hold one row per stage and a video grid (stages side by side).
 
-Multi-GPU: with `launch.processes` > 1 the sft and grpo stages run under `accelerate launch` (with
+Multi-GPU: with `launch.processes` > 1 the sft and rl stages run under `accelerate launch` (with
 `launch.accelerate_config`, e.g. configs/accelerate/fsdp.yaml); everything else runs in this process.
 """
 
@@ -53,7 +54,7 @@ from vidpost.evaluation.stages import describe, evaluate, write_report
 from vidpost.pipelines.run_config import PipelineConfig, State
 from vidpost.training.runner import ExitCode, TrainResult
 
-STAGES = ("base", "data", "sft", "grpo", "enhance", "optimize")
+STAGES = ("base", "data", "sft", "rl", "enhance", "optimize")
 
 
 # ---- hashing and records --------------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ def resolve_path(path: str, base: Path) -> Path:
 def stage_hash(name: str, cfg: PipelineConfig, upstream: str, base: Path) -> str:
     section = to_dict(getattr(cfg, name)) if name not in ("base",) else {"model": cfg.model}
     files = ""
-    if name in ("sft", "grpo"):
+    if name in ("sft", "rl"):
         files = _file_text(section["config"], base) if section["enabled"] else ""
     elif name == "enhance" and section["enabled"] and not section["enhancer"]:
         files = _file_text(section["sft"], base) + _file_text(section["grpo"], base)
@@ -117,7 +118,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _launch_stage(module: str, config: Path, overrides: list[str], cfg: PipelineConfig, resume: bool) -> None:
-    """Run `vidpost sft|grpo` under `accelerate launch` (multi-process)."""
+    """Run `vidpost sft|rl` under `accelerate launch` (multi-process)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.launch.processes)]
     if cfg.launch.accelerate_config:
         cmd += ["--config_file", cfg.launch.accelerate_config]
@@ -126,7 +127,7 @@ def _launch_stage(module: str, config: Path, overrides: list[str], cfg: Pipeline
         cmd += ["--resume", "latest"]
     print("launch: " + " ".join(cmd), file=sys.stderr)
     rc = subprocess.call(cmd)
-    if rc not in (ExitCode.OK, ExitCode.GUARD_STOP):  # the GRPO guard's stop keeps the best weights
+    if rc not in (ExitCode.OK, ExitCode.GUARD_STOP):  # the RL guard's stop keeps the best weights
         raise RuntimeError(f"{module} exited with code {rc}")
 
 
@@ -159,8 +160,8 @@ def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bo
     return State(model=str(merged), manifest=state.manifest)
 
 
-def _grpo_weights(result: TrainResult | None, out: Path) -> tuple[Path, bool]:
-    """(the weights the GRPO stage hands on: its guard's best or its final ones; whether they are a LoRA), from its
+def _rl_weights(result: TrainResult | None, out: Path) -> tuple[Path, bool]:
+    """(the weights the rl stage hands on: its guard's best or its final ones; whether they are a LoRA), from its
     TrainResult, else (a launched multi-process run) its stage record, else the files in `out`."""
     if result is None and (out / TrainResult.RECORD).exists():
         result = TrainResult.read(out)
@@ -171,22 +172,22 @@ def _grpo_weights(result: TrainResult | None, out: Path) -> tuple[Path, bool]:
     return weights, (weights / "pytorch_lora_weights.safetensors").exists()
 
 
-def run_grpo(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
-    from vidpost.pipelines import grpo
+def run_rl(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.pipelines import rl
 
     if state.lora:
-        raise ValueError("the grpo stage needs full weights as input (the sft stage merges its LoRA)")
-    overrides = [*cfg.grpo.overrides, f"output_dir={out}", f"model.path={state.model}"]
-    config = resolve_path(cfg.grpo.config, base)
+        raise ValueError("the rl stage needs full weights as input (the sft stage merges its LoRA)")
+    overrides = [*cfg.rl.overrides, f"output_dir={out}", f"model.path={state.model}"]
+    config = resolve_path(cfg.rl.config, base)
     result = None
     if cfg.launch.processes > 1:
-        _launch_stage("vidpost.pipelines.grpo", config, overrides, cfg, resume)
+        _launch_stage("vidpost.pipelines.rl", config, overrides, cfg, resume)
     else:
-        gcfg = load_config(grpo.GRPOConfig, config, overrides)
-        result = grpo.train(gcfg, resume="latest" if resume else None)
+        rcfg = load_config(rl.RLConfig, config, overrides)
+        result = rl.train(rcfg, resume="latest" if resume else None)
         if result.stopped:
-            print(f"grpo: {result.stopped}", file=sys.stderr)
-    weights, is_lora = _grpo_weights(result, out)
+            print(f"rl ({rcfg.algorithm}): {result.stopped}", file=sys.stderr)
+    weights, is_lora = _rl_weights(result, out)
     if not is_lora:
         return State(model=str(weights), manifest=state.manifest)  # full fine-tuning
     return State(model=state.model, lora=str(weights), manifest=state.manifest)
@@ -236,16 +237,16 @@ def run_optimize(cfg: PipelineConfig, state: State, out: Path, base: Path, resum
     return State(**{**state.to_dict(), "inference": dict(cfg.optimize.inference)})
 
 
-RUNNERS = {"data": run_data, "sft": run_sft, "grpo": run_grpo, "enhance": run_enhance, "optimize": run_optimize}
+RUNNERS = {"data": run_data, "sft": run_sft, "rl": run_rl, "enhance": run_enhance, "optimize": run_optimize}
 
 
 def validate(cfg: PipelineConfig, base: Path) -> list[str]:
     """Load every stage's own config (with the pipeline's overrides) → problems found (empty: valid)."""
-    from vidpost.pipelines import enhance_train, grpo, sft
+    from vidpost.pipelines import enhance_train, rl, sft
 
     problems = []
     checks = [("sft", sft.SFTConfig, cfg.sft.config, cfg.sft.overrides, cfg.sft.enabled)]
-    checks += [("grpo", grpo.GRPOConfig, cfg.grpo.config, cfg.grpo.overrides, cfg.grpo.enabled)]
+    checks += [("rl", rl.RLConfig, cfg.rl.config, cfg.rl.overrides, cfg.rl.enabled)]
     use_lm = cfg.enhance.enabled and not cfg.enhance.enhancer
     checks += [("enhance.sft", enhance_train.EnhanceSFTConfig, cfg.enhance.sft, cfg.enhance.sft_overrides, use_lm)]
     checks += [("enhance.grpo", enhance_train.EnhanceGRPOConfig, cfg.enhance.grpo, cfg.enhance.grpo_overrides, use_lm)]
@@ -368,7 +369,7 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vidpost run", description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="?", type=Path, help="pipeline YAML (configs/<world>/pipeline.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run_dir=/tmp/run grpo.enabled=false")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run_dir=/tmp/run rl.enabled=false")
     p.add_argument("--from", dest="start", choices=STAGES, help="rerun this stage and every later one")
     p.add_argument("--to", dest="stop", choices=STAGES, help="stop after this stage")
     p.add_argument("--dry-run", action="store_true", help="validate every stage config and print the plan")
@@ -383,7 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.config.is_file():
             raise ValueError(f"pipeline config {args.config} does not exist")
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
+        try:
+            cfg = load_config(PipelineConfig, args.config, args.overrides)
+        except ValueError as e:
+            if str(e).startswith("unknown config key 'grpo'"):
+                raise ValueError(
+                    f"{e} (the grpo stage is now `rl:`; its YAML's `algorithm` picks grpo, nft, ...)"
+                ) from e
+            raise
         result = run(cfg, args.config.parent, start=args.start, stop=args.stop, dry=args.dry_run)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

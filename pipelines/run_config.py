@@ -71,7 +71,7 @@ class EvalConfig:
 @dataclass
 class LaunchConfig:
     processes: int = 1
-    """processes for the sft and grpo stages (>1: `accelerate launch`)"""
+    """processes for the sft and rl stages (>1: `accelerate launch`)"""
     accelerate_config: str = ""
     """accelerate config file for those stages (e.g. configs/accelerate/fsdp.yaml)"""
     extra_args: list[str] = field(default_factory=list)
@@ -88,7 +88,8 @@ class PipelineConfig:
     """cuda or cpu for evaluation and in-process stages; empty: cuda when available"""
     data: DataStage = field(default_factory=DataStage)
     sft: TrainStage = field(default_factory=TrainStage)
-    grpo: TrainStage = field(default_factory=TrainStage)
+    rl: TrainStage = field(default_factory=TrainStage)
+    """`vidpost rl` (any algorithm: its YAML's `algorithm`) from the SFT model"""
     enhance: EnhanceStage = field(default_factory=EnhanceStage)
     optimize: OptimizeStage = field(default_factory=OptimizeStage)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -22,7 +22,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*/pipeline.yaml"))
 TINY = [
     "data.shapes_clips=8",
     "sft.overrides=[train.max_steps=2,train.batch_size=2,validation.every=0,checkpoint.every=0]",
-    "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
+    "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
     "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
     "enhance.sft_overrides=[train.max_steps=2,data.shapes_n=8,checkpoint.every=0]",
     "eval.limit=2",
@@ -71,16 +71,16 @@ def test_bad_configs_are_refused_with_the_key(tmp_path, capsys):
 def test_all_stages_run_and_report(tiny_run):
     run_dir, result = tiny_run
     assert [a for _, _, a in result["plan"]] == ["run"] * len(pipeline.STAGES)
-    assert [r["stage"] for r in result["rows"]] == ["base", "sft", "grpo", "enhance", "optimize"]
+    assert [r["stage"] for r in result["rows"]] == ["base", "sft", "rl", "enhance", "optimize"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     states = {s["stage"]: s["state"] for s in manifest["stages"]}
     assert states["data"]["manifest"].endswith("manifest.jsonl")
     assert states["sft"]["model"].endswith("sft/merged")  # the LoRA was merged for the next stage
-    assert Path(states["grpo"]["lora"], "pytorch_lora_weights.safetensors").exists()
+    assert Path(states["rl"]["lora"], "pytorch_lora_weights.safetensors").exists()
     assert Path(states["enhance"]["enhancer"], "rewriter.yaml").exists()
     assert states["optimize"]["inference"]["cache"]["method"] == "first_block"
     # what flows on: the later stages keep the earlier outputs
-    assert states["optimize"]["lora"] == states["grpo"]["lora"]
+    assert states["optimize"]["lora"] == states["rl"]["lora"]
     assert states["optimize"]["enhancer"] == states["enhance"]["enhancer"]
     for row in result["rows"]:
         for key in ("caption", "user"):
@@ -113,10 +113,10 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
     assert calls == [] and all(a == "skip (done)" for _, _, a in again["plan"])
     assert again["rows"][2]["eval"] == first["rows"][2]["eval"]  # evaluations reused too
 
-    # a changed GRPO setting: grpo, enhance and optimize rerun; base, data, sft are reused
+    # a changed RL setting: rl, enhance and optimize rerun; base, data, sft are reused
     changed = tiny_cfg(
         run_dir,
-        "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,"
+        "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,"
         "rollout.prompts_per_step=1,rollout.steps=2,train.micro_batch=2,checkpoint.every=0,optim.lr=1e-5]",
     )
     plan = pipeline.run(changed, SHAPES, dry=True)["plan"]
@@ -169,7 +169,7 @@ def test_interrupted_stage_with_another_config_starts_over(tmp_path, monkeypatch
 
 def test_from_needs_finished_earlier_stages(tmp_path):
     with pytest.raises(ValueError, match="no finished record"):
-        pipeline.run(tiny_cfg(tmp_path / "fresh"), SHAPES, start="grpo")
+        pipeline.run(tiny_cfg(tmp_path / "fresh"), SHAPES, start="rl")
 
 
 def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
@@ -188,8 +188,8 @@ def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
     assert state.model == str(out / "final")  # full fine-tuning output (per the stage record) passed on as the model
 
 
-def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path, monkeypatch):
-    """`launch.processes: 2` runs the sft and grpo stages with `accelerate launch` (2 CPU processes, gloo).
+def test_sft_and_rl_stages_under_accelerate_launch_two_cpu_processes(tmp_path, monkeypatch):
+    """`launch.processes: 2` runs the sft and rl stages with `accelerate launch` (2 CPU processes, gloo).
     accelerate's FSDP plugin needs an accelerator, so FSDP itself (configs/accelerate/fsdp.yaml) runs only on GPUs;
     the process-group path is the same."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -198,16 +198,16 @@ def test_sft_and_grpo_stages_under_accelerate_launch_two_cpu_processes(tmp_path,
         "launch.processes=2",
         "launch.extra_args=[--cpu,--num_machines,'1',--mixed_precision,'no',--dynamo_backend,'no']",
         "eval.limit=1",
-        "grpo.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
+        "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
         "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
     )
-    result = pipeline.run(cfg, SHAPES, stop="grpo")
+    result = pipeline.run(cfg, SHAPES, stop="rl")
     assert [a for _, _, a in result["plan"]] == ["run"] * 4
     sft_hist = json.loads((tmp_path / "sft" / "history.json").read_text())
     assert len(sft_hist) == 2 and all(math.isfinite(h["loss"]) for h in sft_hist)
     assert (tmp_path / "sft" / "merged" / "model_index.json").exists()
     assert Path(result["state"]["lora"], "pytorch_lora_weights.safetensors").exists()
-    assert len(json.loads((tmp_path / "grpo" / "history.json").read_text())) == 1
+    assert len(json.loads((tmp_path / "rl" / "history.json").read_text())) == 1
 
 
 def test_missing_model_fails_before_anything_is_written(tmp_path, capsys):
@@ -215,3 +215,22 @@ def test_missing_model_fails_before_anything_is_written(tmp_path, capsys):
     rc = pipeline.main([str(ROOT / "configs/wan2.1-t2v-1.3b/pipeline.yaml"), f"run_dir={run_dir}"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_rl_stage_runs_the_algorithm_its_yaml_names(tmp_path, tiny_wan_dir, grpo_overrides):
+    over = [o for o in grpo_overrides(tmp_path / "unused", tiny_wan_dir) if not o.startswith(("output_dir", "model."))]
+    over += ["rollout.sde=ode", "rollout.shared_noise=false"]
+    cfg = tiny_cfg(tmp_path / "run", "rl.config=configs/shapes/rl-nft.yaml", f"rl.overrides={json.dumps(over)}")
+    state = pipeline.State(model=str(tiny_wan_dir))
+    new = pipeline.run_rl(cfg, state, tmp_path / "rl", ROOT, resume=False)
+    assert new.model == str(tiny_wan_dir) and Path(new.lora, "pytorch_lora_weights.safetensors").exists()
+    assert json.loads((tmp_path / "rl" / "config.json").read_text())["algorithm"] == "nft"
+    assert "loss" in json.loads((tmp_path / "rl" / "history.json").read_text())[0]
+
+
+def test_a_pipeline_file_with_the_old_grpo_stage_gets_a_one_line_hint(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("grpo:\n  config: configs/shapes/grpo.yaml\n")
+    assert pipeline.main([str(old)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the grpo stage is now `rl:`" in err[0]
