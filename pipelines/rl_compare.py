@@ -33,7 +33,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "configs/shapes/rl-nft.yaml",
         ["algorithm=awm", "forward.awm_weighting=ghuber", "train.clip_range=1.0", "train.kl_beta=1e-3"],
     ),
-    "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "forward.rsft_k=2"]),
+    # RSFT trains the conditional velocity: flow matching of the CFG-guided velocity on its own samples drifts the
+    # model whatever is selected (results/shapes-rl/positive-controls.md), the conditional one much less
+    "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "forward.rsft_k=2", "forward.guided=false"]),
     "draft": ("configs/shapes/rl-nft.yaml", ["algorithm=draft", "rewards.spec={verifier_soft: 1.0}"]),
 }
 
