@@ -32,8 +32,16 @@ def assets_dir() -> Path:
 PRESETS: dict[str, str] = {
     "shapes": "shapes/sft",
     "shapes-base": "shapes/base",
+    "shapes-rl": "shapes/rl",
 }
 """Preset name → folder under assets/."""
+
+PRESET_SOURCES: dict[str, str] = {
+    "shapes": "`make shapes-models` (which trains it with vidpost's own commands)",
+    "shapes-base": "`make shapes-models` (which trains it with vidpost's own commands)",
+    "shapes-rl": "`make rl-shapes` (the RL algorithms compared from `shapes`; the best run is merged with "
+    "`vidpost merge-lora`)",
+}
 
 DEFAULT_MODEL = "shapes"
 
@@ -45,9 +53,9 @@ def resolve_model_path(path_or_preset: str | os.PathLike) -> Path:
         p = assets_dir() / PRESETS[s]
         if not (p / "model_index.json").exists():
             raise ModelPathError(
-                f"the '{s}' preset (the shipped Shapes world model) is not present at {p}. It is produced by "
-                "`make shapes-models` (which trains it with vidpost's own commands) and shipped in assets/; "
-                "until then pass --model PATH to a local diffusers-format model directory."
+                f"the '{s}' preset (a shipped Shapes world model) is not present at {p}. It is produced by "
+                f"{PRESET_SOURCES[s]} and shipped in assets/; until then pass --model PATH to a local "
+                "diffusers-format model directory."
             )
         return p
     p = Path(s).expanduser()

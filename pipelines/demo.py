@@ -1,6 +1,7 @@
 """`make demo`: the main job on the embedded default — generate Shapes world prompts with the shipped model,
 write mp4s + a contact sheet, score them with the verifier, and print the stored per-stage table of the staged run
-(`make pipeline`, results/pipeline-shapes/report.md).
+(`make pipeline`, results/pipeline-shapes/report.md) and Stage 2's table of RL algorithms (`make rl-shapes`,
+results/shapes-rl/results.md).
 
 When the shipped model is absent (a checkout without assets/shapes), the demo says so, renders the same
 prompts' ground-truth clips with the Shapes world renderer instead, scores those, and shows how to build the
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nstored per-stage results of `make pipeline` ({table.relative_to(ROOT)}):\n")
         print(table.read_text())
         print(f"each stage on its own, at full budgets: {(RESULTS / 'stages.md').relative_to(ROOT)}")
+    rl_table = RESULTS / "shapes-rl" / "results.md"
+    if rl_table.exists():
+        print(f"\nStage 2's algorithms at one budget of videos (`make rl-shapes`, {rl_table.relative_to(ROOT)}):\n")
+        print(rl_table.read_text())
     return 0
 
 

@@ -4,7 +4,7 @@
                        [--work runs/shapes-rl] [dotted.overrides applied to every run ...]
 
 Every run starts from the shipped SFT model (`shapes`) with its preset (`VARIANTS`: `configs/shapes/grpo.yaml` for
-GRPO, `configs/shapes/rl-nft.yaml` for the rest) and `train.max_steps` = videos / (prompts × group size), so each
+GRPO, `configs/shapes/rl-draft.yaml` for draft, `configs/shapes/rl-nft.yaml` for the rest) and `train.max_steps` = videos / (prompts × group size), so each
 generates the same number of training videos. A run resumes from its checkpoint when interrupted and is skipped
 once its `final/` exists (its wall time accumulates in `<work>/<name>/wall.json`). Every final LoRA and the
 SFT model generate the 64 held-out prompts × `--seeds` seeds, scored by the verifier (each once: kept in
@@ -36,7 +36,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # RSFT trains the conditional velocity: flow matching of the CFG-guided velocity on its own samples drifts the
     # model whatever is selected (results/shapes-rl/positive-controls.md), the conditional one much less
     "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "forward.rsft_k=2", "forward.guided=false"]),
-    "draft": ("configs/shapes/rl-nft.yaml", ["algorithm=draft", "rewards.spec={verifier_soft: 1.0}"]),
+    "draft": ("configs/shapes/rl-draft.yaml", ["algorithm=draft"]),  # = rl-nft.yaml with the verifier_soft reward
 }
 
 

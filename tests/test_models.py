@@ -59,6 +59,16 @@ def test_missing_preset_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDPOST_ASSETS", str(tmp_path))
     with pytest.raises(ModelPathError, match="shapes-models"):
         load("shapes")
+    with pytest.raises(ModelPathError, match="make rl-shapes"):
+        load("shapes-rl")
+
+
+def test_every_preset_is_shipped():
+    from vidpost.models import PRESET_SOURCES, PRESETS, resolve_model_path
+
+    assert set(PRESET_SOURCES) == set(PRESETS)
+    for name in PRESETS:
+        assert (resolve_model_path(name) / "transformer" / "config.json").exists(), name
 
 
 @pytest.mark.parametrize(
