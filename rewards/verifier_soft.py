@@ -127,7 +127,7 @@ def soft_scene_scores(video: torch.Tensor, spec: SceneSpec, *, kappa: float = 30
             scores["direction"].append(0.5 * (1 + cos_d) * (mag / STILL_MAX).clamp(max=1.0))
             scores["speed"].append(_log_score(mag, SPEEDS[obj.speed]))
         scores["smoothness"].append(found.mean() * torch.exp(-((rms / SMOOTH_RMS) ** 2)))
-        extent = torch.sqrt((wt * mass).sum() / SHAPE_FILL[obj.shape]) / s
+        extent = torch.sqrt((wt * mass).sum() / SHAPE_FILL[obj.shape] + 1e-12) / s
         scores["size"].append(_log_score(extent, SIZES[obj.size]))
         radius = 0.75 * extent.detach() * s + 0.05 * s
         dx = xs[None, None, :] - centre[:, 0, None, None]

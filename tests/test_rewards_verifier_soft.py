@@ -84,3 +84,14 @@ def test_the_gradient_points_towards_the_caption_and_unparsed_prompts_score_zero
     assert out.score.item() == 0.0 and out.components["unparsed"].item() == 1.0
     with pytest.raises(ValueError, match="kappa must be positive"):
         build_reward("verifier_soft", kappa=0)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5, 1.0])
+def test_the_gradient_is_finite_on_a_clip_with_no_object(fill: float):
+    """A uniform clip (no pixel of any colour: every soft mask is exactly 0) scores finitely and its gradient is finite
+    (a square root of a zero mass once turned the whole batch's gradient into NaN)."""
+    video = torch.full((1, 3, 9, 32, 32), fill, requires_grad=True)
+    reward = build_reward("verifier_soft")
+    out = reward._score(video, ["a large red square moves quickly to the right on a grey background"]).score
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(video.grad).all()
