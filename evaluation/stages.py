@@ -169,9 +169,18 @@ def describe(stage: str, state: dict[str, Any]) -> str:
             return "no enhancer"
         e = Path(state["enhancer"])
         return f"rewriter `{e.parent.name}/{e.name}`" if e.parent.name else f"rewriter `{e}`"
+    if stage == "distill":
+        meta = _distilled(state.get("model"))
+        return f"DMD2 student, {meta.get('steps', '?')} steps, no CFG" if meta else "distilled student"
     if stage == "optimize":
         return ", ".join(f"{k}: {v}" for k, v in state.get("inference", {}).items()) or "no settings"
     return stage
+
+
+def _distilled(model: str | None) -> dict[str, Any]:
+    from vidpost.models.base import read_vidpost_config
+
+    return read_vidpost_config(Path(model)).get("distilled", {}) if model else {}
 
 
 def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]]) -> Path:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .base import ModelPathError, PromptEmbeds, VideoModelAdapter
+from .base import ModelPathError, PromptEmbeds, VideoModelAdapter, read_vidpost_config
 from .hunyuan_video import HunyuanVideoAdapter
 from .lit import LIT_CONFIG, install_lit_from_folder
 from .provenance import LORA_FILE, lora_base_mismatch
+from .sampling import SCHEDULES
 from .wan import WanAdapter
 
 FAMILIES: dict[str, type[VideoModelAdapter]] = {"wan": WanAdapter, "hunyuan_video": HunyuanVideoAdapter}
@@ -33,6 +34,7 @@ PRESETS: dict[str, str] = {
     "shapes": "shapes/sft",
     "shapes-base": "shapes/base",
     "shapes-rl": "shapes/rl",
+    "shapes-fast": "shapes/fast",
 }
 """Preset name → folder under assets/."""
 
@@ -41,6 +43,7 @@ PRESET_SOURCES: dict[str, str] = {
     "shapes-base": "`make shapes-models` (which trains it with vidpost's own commands)",
     "shapes-rl": "`make rl-shapes` (the RL algorithms compared from `shapes`; the best run is merged with "
     "`vidpost merge-lora`)",
+    "shapes-fast": "`make distill-fast-shapes` (a 4-step DMD2 student of `shapes-rl`; its final/ is shipped)",
 }
 
 DEFAULT_MODEL = "shapes"
@@ -107,6 +110,11 @@ def load(
         raise ModelPathError(
             f"{path}: {_first_line(e)} (a weight file may be truncated or corrupt: re-export or re-download it)"
         ) from None
+    schedule = read_vidpost_config(path).get("schedule")
+    if schedule is not None:  # the σ schedule this model samples on (a few-step student's), over its family's
+        if schedule not in SCHEDULES:
+            raise ModelPathError(f"{path}: vidpost.json names an unknown schedule {schedule!r} (known: {SCHEDULES})")
+        adapter.schedule = schedule
     if (path / LIT_CONFIG).exists():
         install_lit_from_folder(adapter, path)
     if lora is not None:

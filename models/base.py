@@ -275,6 +275,8 @@ class VideoModelAdapter(abc.ABC):
         }
         if self.generation:
             cfg["generation"] = dict(self.generation)
+        if self.schedule != type(self).schedule:  # a model sampled on another schedule (a few-step student)
+            cfg["schedule"] = self.schedule
         return cfg
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> VideoModelAdapter:

@@ -3,6 +3,8 @@ and attention outputs.
 
     vidpost distill --config configs/shapes/distill.yaml [dotted.overrides=...] [--resume latest]
 
+(`vidpost distill --method dmd2`, or a YAML with `method: dmd2`, is few-step distillation: `distill_dmd2`.)
+
 Set-up: teacher = the dense model (`model.teacher`, default the shipped Shapes SFT model), frozen. Student = a
 copy of the teacher's transformer (weight inheritance: every weight, Q/K/V/O included) with the attention
 implementation "lit" (`vidpost.models.lit`) installed on `student.layers` (null = all; a list = hybrid model,
@@ -115,6 +117,8 @@ class DistillTrainConfig:
 
 @dataclass
 class DistillConfig:
+    method: Literal["lit"] = "lit"
+    """the distillation method (`vidpost distill --method dmd2` is the few-step one)"""
     output_dir: str = "runs/distill"
     model: DistillModelConfig = field(default_factory=DistillModelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -372,7 +376,40 @@ def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
+METHODS = ("lit", "dmd2")
+
+
+def method_of(argv: list[str]) -> tuple[str, list[str]]:
+    """The distillation method (`--method M`, else the `method:` key of the `--config` YAML, else "lit") and the
+    arguments without `--method`."""
+    import yaml
+
+    argv = list(argv)
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
+        if path and Path(path).is_file():
+            data = yaml.safe_load(Path(path).read_text()) or {}
+            if isinstance(data, dict) and data.get("method"):
+                return str(data["method"]), argv
+    return "lit", argv
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    method, argv = method_of(sys.argv[1:] if argv is None else argv)
+    if method == "dmd2":
+        from vidpost.pipelines import distill_dmd2
+
+        return distill_dmd2.main(argv)
+    if method != "lit":
+        print(f"error: --method must be one of {', '.join(METHODS)}, got {method!r}", file=sys.stderr)
+        return 2
     return stage_main(DistillConfig, train, argv, "distill", "LiT linear-attention distillation.", "student")
 
 

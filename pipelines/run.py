@@ -11,6 +11,8 @@ Stages, in order (each one optional, `enabled: false` passes its input through):
               weights are kept when there are any
     enhance   a prompt rewriter: `vidpost enhance-train sft` (+ optional `grpo` against the current video model), or
               an existing/zero-shot enhancer (`enhance.enhancer`)
+    distill   `vidpost distill --method dmd2` (optional; `distill.config`): a few-step, CFG-free student of the
+              current model (its RL LoRA fused in); the later stages and the report use the student
     optimize  inference settings (attention implementation, Enhance-A-Video, step caching, torch.compile) applied
               to the final model at generation time; nothing is trained
 
@@ -54,7 +56,7 @@ from vidpost.evaluation.stages import describe, evaluate, write_report
 from vidpost.pipelines.run_config import PipelineConfig, State
 from vidpost.training.runner import ExitCode, TrainResult
 
-STAGES = ("base", "data", "sft", "rl", "enhance", "optimize")
+STAGES = ("base", "data", "sft", "rl", "enhance", "distill", "optimize")
 
 
 # ---- hashing and records --------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def resolve_path(path: str, base: Path) -> Path:
 def stage_hash(name: str, cfg: PipelineConfig, upstream: str, base: Path) -> str:
     section = to_dict(getattr(cfg, name)) if name not in ("base",) else {"model": cfg.model}
     files = ""
-    if name in ("sft", "rl"):
+    if name in ("sft", "rl", "distill"):
         files = _file_text(section["config"], base) if section["enabled"] else ""
     elif name == "enhance" and section["enabled"] and not section["enhancer"]:
         files = _file_text(section["sft"], base) + _file_text(section["grpo"], base)
@@ -217,6 +219,16 @@ def run_enhance(cfg: PipelineConfig, state: State, out: Path, base: Path, resume
     return new
 
 
+def run_distill(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
+    from vidpost.pipelines import distill_dmd2
+
+    overrides = [*cfg.distill.overrides, f"output_dir={out}", f"model.teacher={state.model}"]
+    overrides.append(f"model.lora={state.lora or ''}")
+    dcfg = load_config(distill_dmd2.DMD2Config, resolve_path(cfg.distill.config, base), overrides)
+    result = distill_dmd2.train(dcfg, resume="latest" if resume else None)
+    return State(**{**state.to_dict(), "model": str(result.final), "lora": None})
+
+
 def run_data(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bool) -> State:
     if cfg.data.shapes_clips > 0:
         from vidpost.pipelines.shapes_models import export_data
@@ -237,16 +249,24 @@ def run_optimize(cfg: PipelineConfig, state: State, out: Path, base: Path, resum
     return State(**{**state.to_dict(), "inference": dict(cfg.optimize.inference)})
 
 
-RUNNERS = {"data": run_data, "sft": run_sft, "rl": run_rl, "enhance": run_enhance, "optimize": run_optimize}
+RUNNERS = {
+    "data": run_data,
+    "sft": run_sft,
+    "rl": run_rl,
+    "enhance": run_enhance,
+    "distill": run_distill,
+    "optimize": run_optimize,
+}
 
 
 def validate(cfg: PipelineConfig, base: Path) -> list[str]:
     """Load every stage's own config (with the pipeline's overrides) → problems found (empty: valid)."""
-    from vidpost.pipelines import enhance_train, rl, sft
+    from vidpost.pipelines import distill_dmd2, enhance_train, rl, sft
 
     problems = []
     checks = [("sft", sft.SFTConfig, cfg.sft.config, cfg.sft.overrides, cfg.sft.enabled)]
     checks += [("rl", rl.RLConfig, cfg.rl.config, cfg.rl.overrides, cfg.rl.enabled)]
+    checks += [("distill", distill_dmd2.DMD2Config, cfg.distill.config, cfg.distill.overrides, cfg.distill.enabled)]
     use_lm = cfg.enhance.enabled and not cfg.enhance.enhancer
     checks += [("enhance.sft", enhance_train.EnhanceSFTConfig, cfg.enhance.sft, cfg.enhance.sft_overrides, use_lm)]
     checks += [("enhance.grpo", enhance_train.EnhanceGRPOConfig, cfg.enhance.grpo, cfg.enhance.grpo_overrides, use_lm)]

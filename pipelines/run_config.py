@@ -91,6 +91,9 @@ class PipelineConfig:
     rl: TrainStage = field(default_factory=TrainStage)
     """`vidpost rl` (any algorithm: its YAML's `algorithm`) from the SFT model"""
     enhance: EnhanceStage = field(default_factory=EnhanceStage)
+    distill: TrainStage = field(default_factory=lambda: TrainStage(enabled=False))
+    """`vidpost distill --method dmd2` (a few-step, CFG-free student of the current model and LoRA); off unless the
+    pipeline file has a `distill:` section with a config"""
     optimize: OptimizeStage = field(default_factory=OptimizeStage)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)

@@ -25,6 +25,8 @@ TINY = [
     "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
     "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
     "enhance.sft_overrides=[train.max_steps=2,data.shapes_n=8,checkpoint.every=0]",
+    "distill.overrides=[train.max_steps=1,fake_score.updates=1,train.batch_size=2,checkpoint.every=0,"
+    "log.sample_count=1]",
     "eval.limit=2",
     "eval.steps=2",
     "eval.grid_videos=2",
@@ -71,7 +73,7 @@ def test_bad_configs_are_refused_with_the_key(tmp_path, capsys):
 def test_all_stages_run_and_report(tiny_run):
     run_dir, result = tiny_run
     assert [a for _, _, a in result["plan"]] == ["run"] * len(pipeline.STAGES)
-    assert [r["stage"] for r in result["rows"]] == ["base", "sft", "rl", "enhance", "optimize"]
+    assert [r["stage"] for r in result["rows"]] == ["base", "sft", "rl", "enhance", "distill", "optimize"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     states = {s["stage"]: s["state"] for s in manifest["stages"]}
     assert states["data"]["manifest"].endswith("manifest.jsonl")
@@ -79,8 +81,14 @@ def test_all_stages_run_and_report(tiny_run):
     assert Path(states["rl"]["lora"], "pytorch_lora_weights.safetensors").exists()
     assert Path(states["enhance"]["enhancer"], "rewriter.yaml").exists()
     assert states["optimize"]["inference"]["cache"]["method"] == "first_block"
+    # the distill stage's student is the RL model (its LoRA fused in), sampled on its own defaults
+    student = Path(states["distill"]["model"])
+    assert student.name == "final" and states["distill"]["lora"] is None
+    meta = json.loads((student / "vidpost.json").read_text())
+    assert meta["distilled"]["teacher_lora"] == states["rl"]["lora"] and meta["default_guidance_scale"] == 1.0
+    assert meta["generation"]["num_frames"] == 17  # the teacher's generation defaults carried over
     # what flows on: the later stages keep the earlier outputs
-    assert states["optimize"]["lora"] == states["rl"]["lora"]
+    assert states["optimize"]["model"] == states["distill"]["model"]
     assert states["optimize"]["enhancer"] == states["enhance"]["enhancer"]
     for row in result["rows"]:
         for key in ("caption", "user"):
@@ -113,14 +121,14 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
     assert calls == [] and all(a == "skip (done)" for _, _, a in again["plan"])
     assert again["rows"][2]["eval"] == first["rows"][2]["eval"]  # evaluations reused too
 
-    # a changed RL setting: rl, enhance and optimize rerun; base, data, sft are reused
+    # a changed RL setting: rl, enhance, distill and optimize rerun; base, data, sft are reused
     changed = tiny_cfg(
         run_dir,
         "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,"
         "rollout.prompts_per_step=1,rollout.steps=2,train.micro_batch=2,checkpoint.every=0,optim.lr=1e-5]",
     )
     plan = pipeline.run(changed, SHAPES, dry=True)["plan"]
-    assert [a for _, _, a in plan] == ["skip (done)"] * 3 + ["run"] * 3
+    assert [a for _, _, a in plan] == ["skip (done)"] * 3 + ["run"] * 4
 
     # --from reruns that stage and the later ones; an interrupted stage (no record) resumes
     (run_dir / "optimize" / "stage.json").unlink()
@@ -134,10 +142,10 @@ def test_second_run_skips_then_changes_rerun_only_downstream(tiny_run, monkeypat
     monkeypatch.setitem(pipeline.RUNNERS, "optimize", record_resume)
     res = pipeline.run(tiny_cfg(run_dir), SHAPES, stop="optimize")
     assert seen["resume"] is True
-    assert [a for _, _, a in res["plan"]] == ["skip (done)"] * 5 + ["run"]
+    assert [a for _, _, a in res["plan"]] == ["skip (done)"] * 6 + ["run"]
     calls.clear()
     plan = pipeline.run(tiny_cfg(run_dir), SHAPES, start="enhance", dry=True)["plan"]
-    assert [a for _, _, a in plan] == ["skip (done)"] * 4 + ["run"] * 2
+    assert [a for _, _, a in plan] == ["skip (done)"] * 4 + ["run"] * 3
 
 
 def res_hash(run_dir: Path, stage: str) -> str:

@@ -16,10 +16,14 @@ from vidpost.training.ema import EMA
 
 
 def add_lora(adapter: VideoModelAdapter, cfg: LoraConfig) -> None:
+    add_lora_to(adapter.transformer, cfg, list(cfg.target_modules or adapter.lora_target_modules))
+
+
+def add_lora_to(transformer: torch.nn.Module, cfg: LoraConfig, targets: list[str]) -> None:
+    """A fresh LoRA (peft, zero-initialised B) on `targets` of a diffusers transformer."""
     from peft import LoraConfig as PeftLoraConfig
 
-    targets = list(cfg.target_modules or adapter.lora_target_modules)
-    adapter.transformer.add_adapter(
+    transformer.add_adapter(
         PeftLoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.alpha,

@@ -22,7 +22,8 @@ def lr_lambda(step: int, cfg: OptimConfig, max_steps: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (or 8-bit AdamW) over `params`: parameters, or param groups (dicts with their own `lr`)."""
     if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb

@@ -84,13 +84,13 @@ def describe_changes(changed: list[tuple[str, Any, Any]]) -> str:
 
 
 def rebuild_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
-    """After `load_state_dict`, make the base lr `lr` and recompute the current lr from the scheduler's lambda at its
+    """After `load_state_dict`, make the base lr `lr` (times a param group's `lr_scale`, when it has one) and recompute the current lr from the scheduler's lambda at its
     restored position (a LambdaLR whose lambda reads the resuming config). With nothing changed the result is the
     restored lr exactly."""
-    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
-    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = lr
-        group["lr"] = lr * fn(scheduler.last_epoch)
+    scheduler.base_lrs = [lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 

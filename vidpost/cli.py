@@ -37,7 +37,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "distill": (
         "vidpost.pipelines.distill",
-        "stage 4 inference optimisation: distil a LiT linear-attention student from a dense model",
+        "stage 4 inference optimisation: distil a LiT linear-attention student (--method lit) or a few-step,"
+        " CFG-free student (--method dmd2)",
+    ),
+    "distill-eval": (
+        "vidpost.pipelines.distill_eval",
+        "a few-step student beside its teacher: quality, evaluations and wall time per clip, side by side",
     ),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),

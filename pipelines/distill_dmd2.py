@@ -1,0 +1,606 @@
+"""Stage 4c — few-step distillation by DMD2: a CFG-free, N-step student of a flow-matching video model.
+
+    vidpost distill --method dmd2 --config configs/shapes/dmd2.yaml [dotted.overrides=...] [--resume latest]
+
+Three networks (the maths: `vidpost.training.dmd`):
+- teacher  — the frozen model (`model.teacher`, optionally with a LoRA `model.lora` fused in: distil the RL model),
+             queried with CFG (`dmd.guidance_scale`): the real score;
+- generator — the student, initialised as a copy of the teacher's transformer, sampling with `generator.steps` Euler
+             steps on its own schedule (`generator.schedule`, `generator.shift`) and no CFG;
+- fake score — a second copy of the teacher's transformer, trained online on the generator's outputs.
+Both trained networks are the full transformer or a LoRA on it (`lora.enabled`).
+
+One training step (everything random is drawn from generators seeded by (seed, step, process), so a resumed run
+equals an uninterrupted one):
+  1. `fake_score.updates` times: `train.batch_size` prompts from the pool; generator outputs x0 = x̂0_k from
+     backward-simulated states x_k (k uniform per sample, no gradient); σ from the shifted uniform density on
+     [`dmd.t_min`, `dmd.t_max`], x_t = (1 − σ)·x0 + σ·ε; loss = mean((v_fake(x_t, σ, c) − (ε − x0))²) (+ the GAN
+     head's loss, weight `gan.head_weight`, with real latents from `gan.real_data`); AdamW step on the fake score (lr
+     `optim.lr`·`fake_score.lr_scale`) and the head.
+  2. one generator update: new prompts; x0 = x̂0_k of the generator at a backward-simulated state (with gradient);
+     the DMD gradient g = (x̂0_fake − x̂0_real)/mean|x0 − x̂0_real| at a re-noising of x0; loss = ½·mean((x0 −
+     sg(x0 − g))²) (+ `gan.weight`·softplus(−D(fake))); gradient clipping, AdamW step on the generator, lr schedule.
+
+Sources: DMD (Yin et al., CVPR 2024, arXiv 2311.18828) and DMD2 (Yin et al., NeurIPS 2024, arXiv 2405.14867):
+two-time-scale fake-score updates, no regression loss, backward simulation for multi-step generators, optional GAN
+head on the fake score's features. Departures: (a) the generator's steps are deterministic Euler steps (x_{k+1} is
+x̂0_k re-noised with the noise its own velocity implies) rather than re-noising with fresh noise, so the student runs
+in any flow-matching Euler sampler, stock diffusers' included; (b) the GAN head reads one transformer block's token
+average (DMD2: a classifier on the UNet bottleneck); (c) the real and fake scores are velocities converted to x̂0.
+
+Output: checkpoints (`checkpoints/step_N`: generator, fake score and head weights, optimizer, scheduler, RNG;
+`--resume latest`), `history.json`, tensorboard logs, `curves.png`, `samples/step_N.png` (the student on fixed
+prompts), and `final/`: the student as a complete diffusers model folder whose `vidpost.json` says how to sample
+it (`generation.steps`, `default_guidance_scale` 1, `default_shift`, `schedule`), so `vidpost generate --model
+final` samples it in `generator.steps` steps without CFG and stock diffusers loads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from vidpost.models import VideoModelAdapter, load, resolve_model_path
+from vidpost.models.base import VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config
+from vidpost.models.sampling import SCHEDULES, flow_sigmas, initial_noise
+from vidpost.rl.prompts import load_prompt_pool
+from vidpost.training.checkpoint import Checkpoints
+from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.dmd import (
+    FeatureTap,
+    GanHead,
+    dmd_gradient,
+    dmd_loss,
+    fake_score_loss,
+    gan_generator_loss,
+    gan_head_loss,
+    renoise,
+    sample_sigmas,
+    x0_from_velocity,
+)
+from vidpost.training.lora import add_lora_to, upcast_trainable
+from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.plots import Panel, history_curves, plot_panels
+from vidpost.training.recovery import velocity_probe
+from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.sampling import video_size_and_shift
+from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DMD2ModelConfig:
+    teacher: str = "shapes"
+    """the teacher: a diffusers-format model directory or preset"""
+    lora: str = ""
+    """a LoRA folder fused into the teacher first (e.g. an RL stage's `final/`): the student distils teacher + LoRA"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the frozen weights (trainable weights are kept in float32)"""
+    gradient_checkpointing: bool = False
+    """recompute the generator's and fake score's blocks in the backward pass (large models)"""
+
+
+@dataclass
+class GeneratorConfig:
+    steps: int = 4
+    """Euler steps of the student (its saved default)"""
+    schedule: Literal["uniform", "diffusers"] = "uniform"
+    """the student's σ schedule (`vidpost.models.sampling.flow_sigmas`): "uniform" spends every step; "diffusers" is
+    what stock WanPipeline's scheduler uses (its last step is from σ ≈ 0.003, nearly idle), so stock diffusers
+    reproduces the student exactly"""
+    shift: float | None = None
+    """the student's schedule shift (null: the teacher's)"""
+
+
+@dataclass
+class FakeScoreConfig:
+    updates: int = 5
+    """fake-score updates per generator update (DMD2's two time scales)"""
+    lr_scale: float = 1.0
+    """the fake score's (and GAN head's) learning rate as a multiple of optim.lr"""
+
+
+@dataclass
+class DMDLossConfig:
+    guidance_scale: float = 5.0
+    """CFG scale of the real score (the teacher)"""
+    t_min: float = 0.02
+    t_max: float = 0.98
+    """range of the uniform u whose shifted value σ re-noises generator outputs"""
+    shift: float | None = None
+    """shift of that density (null: the teacher's)"""
+
+
+@dataclass
+class GanConfig:
+    weight: float = 0.0
+    """weight of the generator's GAN loss (0: no GAN head)"""
+    head_weight: float = 1.0
+    """weight of the head's classification loss in the fake-score update"""
+    layer: int | None = None
+    """transformer block whose output feeds the head (null: the middle block)"""
+    real_data: str = ""
+    """a latent cache of real clips (`vidpost precompute`'s folder), needed when weight > 0"""
+
+
+@dataclass
+class DMD2DataConfig:
+    prompts: list[str] | str = "shapes-train"
+    """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
+    pool_size: int = 2048
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    """video size (null: the teacher's generation defaults)"""
+    sample_prompts: list[str] | str = "shapes-heldout"
+    """prompts of the sample grids (the first `log.sample_count`)"""
+
+
+@dataclass
+class DMD2TrainConfig:
+    max_steps: int = 300
+    """generator updates"""
+    batch_size: int = 8
+    """videos per update (per process)"""
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """autocast of the forward passes (GPU: bf16)"""
+
+
+@dataclass
+class DMD2LogConfig(LogConfig):
+    sample_every: int = 0
+    """write `samples/step_N.png` every N steps (0: only at the end)"""
+    sample_count: int = 4
+
+
+@dataclass
+class DMD2Config:
+    method: Literal["dmd2"] = "dmd2"
+    output_dir: str = "runs/dmd2"
+    model: DMD2ModelConfig = field(default_factory=DMD2ModelConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    fake_score: FakeScoreConfig = field(default_factory=FakeScoreConfig)
+    dmd: DMDLossConfig = field(default_factory=DMDLossConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False))
+    data: DMD2DataConfig = field(default_factory=DMD2DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5))
+    train: DMD2TrainConfig = field(default_factory=DMD2TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100))
+    log: DMD2LogConfig = field(default_factory=DMD2LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.generator.steps < 1:
+            raise ValueError(f"generator.steps must be >= 1, got {self.generator.steps}")
+        if self.generator.schedule not in SCHEDULES:
+            raise ValueError(f"generator.schedule must be one of {SCHEDULES}, got {self.generator.schedule!r}")
+        if self.fake_score.updates < 1 or self.fake_score.lr_scale <= 0:
+            raise ValueError("fake_score.updates must be >= 1 and fake_score.lr_scale > 0")
+        if not 0.0 <= self.dmd.t_min < self.dmd.t_max <= 1.0:
+            raise ValueError(f"need 0 <= dmd.t_min < dmd.t_max <= 1, got {self.dmd.t_min}, {self.dmd.t_max}")
+        if self.train.batch_size < 1 or self.train.max_steps < 0:
+            raise ValueError("train.batch_size must be >= 1 and train.max_steps >= 0")
+        if self.gan.weight < 0 or self.gan.head_weight < 0:
+            raise ValueError("gan.weight and gan.head_weight must be >= 0")
+        if self.gan.weight > 0 and not self.gan.real_data:
+            raise ValueError("gan.weight > 0 needs gan.real_data (a `vidpost precompute` latent cache of real clips)")
+
+
+# ---- pieces -------------------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, step: int, rank: int = 0, phase: int = 0) -> torch.Generator:
+    """The generator of step `step`'s phase (0..updates−1: fake-score updates; `updates`: the generator update)."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + phase)
+
+
+def load_teacher(cfg: DMD2ModelConfig, device: torch.device | str) -> tuple[VideoModelAdapter, Path]:
+    """The frozen teacher (its LoRA, if any, fused in) and its model folder."""
+    model_dir = resolve_model_path(cfg.teacher)
+    teacher = load(model_dir, dtype=DTYPES[cfg.dtype], device=device, lora=cfg.lora or None)
+    if cfg.lora:
+        teacher.transformer.fuse_lora()
+        teacher.transformer.unload_lora()
+    if getattr(teacher, "transformer_2", None) is not None:
+        raise ValueError(f"{model_dir} has two expert transformers; dmd2 distils single-transformer models")
+    return teacher, model_dir
+
+
+def trainable_copy(transformer: torch.nn.Module, lora: LoraConfig, targets: list[str]) -> torch.nn.Module:
+    """A deep copy of `transformer`, trainable in full (float32) or through a fresh LoRA."""
+    net = copy.deepcopy(transformer)
+    net.requires_grad_(not lora.enabled)
+    if lora.enabled:
+        add_lora_to(net, lora, targets)
+    upcast_trainable(net)
+    return net.train()
+
+
+def generator_sigmas(teacher: VideoModelAdapter, cfg: GeneratorConfig) -> torch.Tensor:
+    shift = cfg.shift if cfg.shift is not None else teacher.default_shift
+    return flow_sigmas(cfg.steps, shift, cfg.schedule)
+
+
+def generator_states(
+    teacher: VideoModelAdapter,
+    generator: torch.nn.Module,
+    cond: PromptEmbeds,
+    sigmas: torch.Tensor,
+    shape: tuple[int, ...],
+    rng: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward simulation: (x_k [B, ...], σ_k [B]) with k uniform in [0, N) per sample, each reached by the generator's
+    own Euler steps from fresh noise (no gradient)."""
+    b, n = shape[0], len(sigmas) - 1
+    stop = torch.randint(n, (b,), generator=rng)
+    x = initial_noise(shape, generator=rng).to(teacher.device)
+    out = x.clone()
+    with torch.no_grad():
+        for i in range(int(stop.max())):
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+            v = teacher.predict_velocity(x, s, cond, model=generator).float()
+            x = x + (s_next - s) * v
+            out[stop == i + 1] = x[stop == i + 1]
+    return out, sigmas[stop].to(x.device)
+
+
+def generator_output(
+    teacher: VideoModelAdapter, generator: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds
+) -> torch.Tensor:
+    """x̂0 = x_k − σ_k·v_G(x_k, σ_k) (with gradient when grad mode is on)."""
+    return x0_from_velocity(x, sigma, teacher.predict_velocity(x, sigma, cond, model=generator))
+
+
+@torch.no_grad()
+def sample_student(
+    teacher: VideoModelAdapter,
+    generator: torch.nn.Module,
+    cond: PromptEmbeds,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """The student's N-step Euler sample (float32 latents) from `noise`."""
+    x = noise.float()
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x = x + (s_next - s) * teacher.predict_velocity(x, s, cond, model=generator).float()
+    return x
+
+
+class RealLatents:
+    """Real clips for the GAN head: a `vidpost precompute` latent cache; `batch(n, rng)` → (latents, embeddings)."""
+
+    def __init__(self, cache_dir: str, shape: tuple[int, ...]) -> None:
+        from vidpost.media.data import LatentCache
+
+        self.cache = LatentCache(cache_dir)
+        self.index = [i for i, lat in enumerate(self.cache.latents) if tuple(lat.shape) == tuple(shape[1:])]
+        if not self.index:
+            raise ValueError(f"gan.real_data {cache_dir}: no cached clip has the latent shape {tuple(shape[1:])}")
+
+    def batch(self, n: int, rng: torch.Generator, device: torch.device | str) -> tuple[torch.Tensor, PromptEmbeds]:
+        pick = [self.index[i] for i in torch.randint(len(self.index), (n,), generator=rng).tolist()]
+        c = self.cache
+        embeds = PromptEmbeds(
+            torch.stack([c.embeds[i] for i in pick]),
+            None if c.masks[pick[0]] is None else torch.stack([c.masks[i] for i in pick]),
+            None if c.pooled[pick[0]] is None else torch.stack([c.pooled[i] for i in pick]),
+        )
+        return torch.stack([c.latents[i] for i in pick]).float().to(device), embeds.to(device)
+
+
+class Trainables(torch.nn.Module):
+    """The trained networks as one module (what checkpoints save): generator, fake score and the optional head."""
+
+    def __init__(self, generator: torch.nn.Module, fake_score: torch.nn.Module, head: GanHead | None) -> None:
+        super().__init__()
+        self.generator, self.fake_score, self.head = generator, fake_score, head
+
+    def groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        mods = {"generator": self.generator, "fake_score": self.fake_score, "head": self.head}
+        return {k: [p for p in m.parameters() if p.requires_grad] for k, m in mods.items() if m is not None}
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
+    """Average the gradients over processes (each process drew its own batch)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.flatten() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= accelerator.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def check_replicas(nets: torch.nn.Module, accelerator) -> None:
+    """With several processes: every process must hold the same weights (each drew its own batch; the averaged
+    gradients keep them equal); a difference is an error, not a silent divergence."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in nets.parameters()]).sum().view(1)
+    hi, lo = total.clone(), total.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    if float(hi - lo) > 1e-6 * max(1.0, abs(float(total))):
+        raise RuntimeError(f"the processes' weights differ (checksums {float(lo)} … {float(hi)})")
+
+
+# ---- the loop -----------------------------------------------------------------------------------------------------
+
+
+def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
+    out_dir = Path(cfg.output_dir)
+    accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    torch.manual_seed(cfg.train.seed)
+    teacher, model_dir = load_teacher(cfg.model, accelerator.device)
+    d = cfg.data
+    size, dmd_shift = video_size_and_shift(
+        teacher,
+        model_dir,
+        SimpleNamespace(num_frames=d.num_frames, height=d.height, width=d.width, shift=cfg.dmd.shift),
+    )
+    shape = teacher.latent_shape(cfg.train.batch_size, *size)
+    sigmas = generator_sigmas(teacher, cfg.generator)
+    targets = list(cfg.lora.target_modules or teacher.lora_target_modules)
+    generator = trainable_copy(teacher.transformer, cfg.lora, targets)
+    fake = trainable_copy(teacher.transformer, cfg.lora, targets)
+    if cfg.model.gradient_checkpointing:
+        generator.enable_gradient_checkpointing()
+        fake.enable_gradient_checkpointing()
+    head, tap, real = None, None, None
+    if cfg.gan.weight > 0:
+        blocks = getattr(fake, "blocks", None) or fake.transformer_blocks
+        layer = cfg.gan.layer if cfg.gan.layer is not None else len(blocks) // 2
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"gan.layer {layer} is not a block of the transformer (it has {len(blocks)})")
+        head = GanHead(fake.config.num_attention_heads * fake.config.attention_head_dim).to(accelerator.device)
+        tap = FeatureTap(blocks[layer])
+        real = RealLatents(cfg.gan.real_data, shape)
+    nets = Trainables(generator, fake, head)
+    if main:
+        write_config(out_dir, cfg)
+
+    groups = nets.groups()
+    scale = cfg.fake_score.lr_scale
+    param_groups = [
+        {
+            "params": ps,
+            "lr": cfg.optim.lr * (1.0 if k == "generator" else scale),
+            "lr_scale": 1.0 if k == "generator" else scale,
+        }
+        for k, ps in groups.items()
+    ]
+    optimizer = make_optimizer(param_groups, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
+    null = teacher.encode_prompt([""])
+    probe_latents = torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(cfg.train.seed))
+    probe = velocity_probe(teacher, probe_latents.to(teacher.device), teacher.encode_prompt(pool[:1]), model=generator)
+    ckpt = Checkpoints(out_dir, cfg, nets, optimizer, scheduler, probe=probe, main=main)
+    step = ckpt.resume(resume)
+    start_trackers(accelerator, cfg.log, "distill-dmd2", cfg)
+    history = read_history(out_dir, step)
+    sample_prompts = load_prompt_pool(cfg.data.sample_prompts, cfg.log.sample_count)[: cfg.log.sample_count]
+    sample_noise = initial_noise((len(sample_prompts), *shape[1:]), seed=cfg.train.seed + 7).to(teacher.device)
+
+    def batch_prompts(rng: torch.Generator) -> PromptEmbeds:
+        idx = torch.randint(len(pool), (cfg.train.batch_size,), generator=rng).tolist()
+        return teacher.encode_prompt([pool[i] for i in idx])
+
+    def gan_logits(x_t: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
+        teacher.predict_velocity(x_t, sigma, cond, model=fake)
+        return head(tap.pop())
+
+    def step_params(names: tuple[str, ...]) -> list[torch.nn.Parameter]:
+        return [p for k in names if k in groups for p in groups[k]]
+
+    def clip_and_step(names: tuple[str, ...], drop: tuple[str, ...] = ()) -> float | None:
+        for p in step_params(drop):
+            p.grad = None
+        params = step_params(names)
+        all_reduce_grads(params, accelerator)
+        norm = None
+        if cfg.optim.max_grad_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def fake_update(step: int, j: int, rec: dict[str, float]) -> tuple[float, float | None]:
+        """Fake-score update j of `step` (+ the GAN head's) → (its loss, the GAN head's loss or None)."""
+        rng = step_generator(cfg.train.seed, step, rank, j)
+        cond = batch_prompts(rng)
+        x_k, s_k = generator_states(teacher, generator, cond, sigmas, shape, rng)
+        with torch.no_grad():
+            x0 = generator_output(teacher, generator, x_k, s_k, cond)
+        sigma = sample_sigmas(shape[0], cfg.dmd.t_min, cfg.dmd.t_max, dmd_shift, rng).to(x0.device)
+        noise = torch.randn(x0.shape, generator=rng).to(x0.device)
+        v_fake = teacher.predict_velocity(renoise(x0, noise, sigma), sigma, cond, model=fake)
+        loss = fake_score_loss(v_fake, x0, noise)
+        h_value = None
+        if head is not None:
+            logit_fake = head(tap.pop())
+            lat, emb = real.batch(shape[0], rng, x0.device)
+            s_r = sample_sigmas(shape[0], cfg.dmd.t_min, cfg.dmd.t_max, dmd_shift, rng).to(x0.device)
+            x_r = renoise(lat, torch.randn(lat.shape, generator=rng).to(x0.device), s_r)
+            h_loss = gan_head_loss(gan_logits(x_r, s_r, emb), logit_fake)
+            h_value = float(h_loss.detach())
+            loss = loss + cfg.gan.head_weight * h_loss
+        ckpt.check_finite("fake-score loss", float(loss.detach()), step + 1)
+        loss.backward()
+        norm = clip_and_step(("fake_score", "head"))
+        if norm is not None:
+            rec["grad_norm_fake"] = norm
+        return float(loss.detach()), h_value
+
+    def generator_update(step: int, rec: dict[str, float]) -> tuple[float, float | None]:
+        """The generator's DMD (+ GAN) update of `step` → (its loss, its gradient norm)."""
+        rng = step_generator(cfg.train.seed, step, rank, cfg.fake_score.updates)
+        cond = batch_prompts(rng)
+        uncond = null.repeat_interleave(shape[0])
+        x_k, s_k = generator_states(teacher, generator, cond, sigmas, shape, rng)
+        x0 = generator_output(teacher, generator, x_k, s_k, cond)
+        sigma = sample_sigmas(shape[0], cfg.dmd.t_min, cfg.dmd.t_max, dmd_shift, rng).to(x0.device)
+        noise = torch.randn(x0.shape, generator=rng).to(x0.device)
+        x_t = renoise(x0.detach(), noise, sigma)
+        with torch.no_grad():
+            v_real = teacher.predict_velocity(x_t, sigma, cond, uncond, cfg.dmd.guidance_scale)
+            v_fake = teacher.predict_velocity(x_t, sigma, cond, model=fake)
+            if tap is not None:
+                tap.pop()
+        grad = dmd_gradient(x0, x0_from_velocity(x_t, sigma, v_real), x0_from_velocity(x_t, sigma, v_fake))
+        loss = dmd_loss(x0, grad)
+        rec["loss_dmd"] = float(loss.detach())
+        rec["dmd_grad_rms"] = float(grad.pow(2).mean().sqrt())
+        if head is not None:
+            g_loss = gan_generator_loss(gan_logits(renoise(x0, noise, sigma), sigma, cond))
+            rec["loss_gan_generator"] = float(g_loss.detach())
+            loss = loss + cfg.gan.weight * g_loss
+        ckpt.check_finite("generator loss", float(loss.detach()), step + 1)
+        loss.backward()
+        return float(loss.detach()), clip_and_step(("generator",), drop=("fake_score", "head"))
+
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="distill dmd2", disable=not main)
+    try:
+        while step < cfg.train.max_steps:
+            t0 = time.perf_counter()
+            rec: dict[str, float] = {}
+            with accelerator.autocast():
+                # 1. the fake score (and the GAN head) on the current generator's outputs, `updates` times
+                parts = [fake_update(step, j, rec) for j in range(cfg.fake_score.updates)]
+                # 2. the generator: distribution matching at a re-noising of its output
+                loss, norm = generator_update(step, rec)
+            rec["loss_fake"] = sum(f for f, _ in parts) / len(parts)
+            if parts[0][1] is not None:
+                rec["loss_gan_head"] = sum(h for _, h in parts) / len(parts)
+            scheduler.step()
+            step += 1
+            ckpt.check_step(step, grad_norm=norm)
+            rec |= {"loss": loss, "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - t0}
+            if norm is not None:
+                rec["grad_norm"] = norm
+            history.append({"step": step, **rec})
+            bar.update(1)
+            bar.set_postfix(dmd=f"{rec['loss_dmd']:.2e}", fake=f"{rec['loss_fake']:.4f}")
+            if step % cfg.log.every == 0 or step == cfg.train.max_steps:
+                accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
+            if ckpt.due(step):
+                ckpt.save(step)
+                if main:
+                    write_history(out_dir, history)
+            if main and cfg.log.sample_every and step % cfg.log.sample_every == 0:
+                write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step)
+    finally:
+        if tap is not None:
+            tap.remove()
+        bar.close()
+    check_replicas(nets, accelerator)
+    final = None
+    if main:
+        write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step)
+        final = save_student(teacher, generator, model_dir, cfg, out_dir / "final")
+        write_history(out_dir, history)
+        keys = [
+            k for k in ("loss_dmd", "loss_fake", "loss_gan_head", "loss_gan_generator") if history and k in history[-1]
+        ]
+        curves = history_curves(history, tuple(keys), alpha=0.8)
+        plot_panels(out_dir / "curves.png", [Panel("DMD2", curves, log_y=True)], panel_size=(6, 3.5))
+    accelerator.end_training()
+    result = TrainResult(
+        kind="full",
+        final=final,
+        steps=step,
+        history=history,
+        base_model=str(model_dir.resolve()),
+        extra={"generator": generator, "fake_score": fake, "steps": cfg.generator.steps},
+    )
+    if main:
+        result.write(out_dir)
+    return result
+
+
+def write_samples(
+    teacher: VideoModelAdapter,
+    generator: torch.nn.Module,
+    prompts: list[str],
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    out_dir: Path,
+    step: int,
+) -> Path:
+    """`samples/step_N.png`: the student's samples of the fixed prompts from fixed noise."""
+    from vidpost.media.video_io import contact_sheet
+
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        videos = teacher.decode(sample_student(teacher, generator, teacher.encode_prompt(prompts), sigmas, noise))
+    generator.train(was_training)
+    path = out_dir / "samples" / f"step_{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return contact_sheet(videos, path, labels=prompts)
+
+
+def save_student(
+    teacher: VideoModelAdapter, generator: torch.nn.Module, teacher_dir: Path, cfg: DMD2Config, path: Path
+) -> Path:
+    """The student as a complete diffusers model folder (a LoRA generator is fused) whose `vidpost.json` sets its
+    sampling: `generation.steps` = N, `default_guidance_scale` 1, its shift and schedule, and where it came from."""
+    import shutil
+
+    net = copy.deepcopy(generator)
+    if cfg.lora.enabled:
+        net.fuse_lora()
+        net.unload_lora()
+    dtype = next(teacher.transformer.parameters()).dtype
+    if next(net.parameters()).dtype != dtype:
+        net = net.to(dtype)
+    net = net.eval().requires_grad_(False)
+    student = copy.copy(teacher)
+    student.transformer = net
+    student.default_guidance_scale = 1.0
+    student.default_shift = cfg.generator.shift if cfg.generator.shift is not None else teacher.default_shift
+    student.schedule = cfg.generator.schedule
+    student.generation = {**(teacher.generation or {}), "steps": cfg.generator.steps}
+    if path.exists():
+        shutil.rmtree(path)
+    student.save_pretrained(path)
+    meta = read_vidpost_config(path)
+    teacher_meta = read_vidpost_config(teacher_dir)
+    meta["generation"] = {**teacher_meta.get("generation", {}), **meta.get("generation", {})}
+    meta["distilled"] = {
+        "method": "dmd2",
+        "teacher": cfg.model.teacher,
+        "teacher_lora": cfg.model.lora or None,
+        "teacher_guidance_scale": cfg.dmd.guidance_scale,
+        "steps": cfg.generator.steps,
+    }
+    (path / VIDPOST_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(DMD2Config, train, argv, "distill --method dmd2", "DMD2 few-step distillation.", "student")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
