@@ -197,14 +197,15 @@ def test_multi_process_stages_use_accelerate_launch(tmp_path, monkeypatch):
 
 
 def test_sft_and_rl_stages_under_accelerate_launch_two_cpu_processes(tmp_path, monkeypatch):
-    """`launch.processes: 2` runs the sft and rl stages with `accelerate launch` (2 CPU processes, gloo).
+    """`launch.processes: 2` runs the sft and rl stages with `accelerate launch` (2 CPU processes, gloo: on a machine
+    without GPUs `--multi_gpu` starts them through torchrun as MULTI_CPU; `--cpu` would start one process only).
     accelerate's FSDP plugin needs an accelerator, so FSDP itself (configs/accelerate/fsdp.yaml) runs only on GPUs;
     the process-group path is the same."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = tiny_cfg(
         tmp_path,
         "launch.processes=2",
-        "launch.extra_args=[--cpu,--num_machines,'1',--mixed_precision,'no',--dynamo_backend,'no']",
+        "launch.extra_args=[--multi_gpu,--num_machines,'1',--mixed_precision,'no',--dynamo_backend,'no']",
         "eval.limit=1",
         "rl.overrides=[train.max_steps=1,guard.every=0,rollout.group_size=2,rollout.prompts_per_step=1,"
         "rollout.steps=2,train.micro_batch=2,checkpoint.every=0]",
