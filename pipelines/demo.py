@@ -1,7 +1,7 @@
 """`make demo`: the main job on the embedded default — generate Shapes world prompts with the shipped model,
 write mp4s + a contact sheet, score them with the verifier, and print the stored per-stage table of the staged run
-(`make pipeline`, results/pipeline-shapes/report.md) and Stage 2's table of RL algorithms (`make rl-shapes`,
-results/shapes-rl/results.md).
+(`make pipeline`, results/pipeline-shapes/report.md), Stage 2's table of RL algorithms (`make rl-shapes`,
+results/shapes-rl/results.md) and Stage 4c's few-step student beside its teacher (results/shapes-fast/table.md).
 
 When the shipped model is absent (a checkout without assets/shapes), the demo says so, renders the same
 prompts' ground-truth clips with the Shapes world renderer instead, scores those, and shows how to build the
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if rl_table.exists():
         print(f"\nStage 2's algorithms at one budget of videos (`make rl-shapes`, {rl_table.relative_to(ROOT)}):\n")
         print(rl_table.read_text())
+    fast = RESULTS / "shapes-fast" / "table.md"
+    if fast.exists():
+        print(f"\nStage 4c: the 4-step DMD2 student `shapes-fast` beside its teacher ({fast.relative_to(ROOT)}):\n")
+        print(fast.read_text())
     return 0
 
 

@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if method != "lit":
         print(f"error: --method must be one of {', '.join(METHODS)}, got {method!r}", file=sys.stderr)
         return 2
-    return stage_main(DistillConfig, train, argv, "distill", "LiT linear-attention distillation.", "student")
+    about = "LiT linear-attention distillation (--method lit, the default; --method dmd2: few-step DMD2 distillation)."
+    return stage_main(DistillConfig, train, argv, "distill", about, "student")
 
 
 if __name__ == "__main__":

@@ -325,3 +325,25 @@ def test_dmd2_runs_on_the_hunyuan_video_miniature(tmp_path, tiny_hunyuan_dir):
     assert result.history[0]["loss_dmd"] > 0 and (result.final / "model_index.json").exists()
     student = load(result.final)
     assert student.family == "hunyuan_video" and student.default_guidance_scale == 1.0
+
+
+def test_a_teacher_lora_is_fused_into_the_teacher(tmp_path, tiny_wan_dir):
+    """`model.lora` (an RL stage's LoRA): the teacher the student learns from is base + LoRA, fused (no peft left)."""
+    from vidpost.pipelines.distill_dmd2 import DMD2ModelConfig, load_teacher
+    from vidpost.training.config import LoraConfig
+    from vidpost.training.lora import add_lora, lora_state_dict
+
+    a = load(tiny_wan_dir)
+    add_lora(a, LoraConfig(rank=4))
+    with torch.no_grad():
+        for n, p in a.transformer.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    a.save_lora(tmp_path / "lora", lora_state_dict(a.transformer))
+    teacher, _ = load_teacher(DMD2ModelConfig(teacher=str(tiny_wan_dir), lora=str(tmp_path / "lora")), "cpu")
+    assert not [n for n, _ in teacher.transformer.named_parameters() if "lora" in n]
+    x, cond = torch.randn(teacher.latent_shape(1, 5, 32, 32)), teacher.encode_prompt(PROMPTS[:1])
+    with torch.no_grad():
+        fused = teacher.predict_velocity(x, 0.5, cond)
+        torch.testing.assert_close(fused, load(tiny_wan_dir, lora=tmp_path / "lora").predict_velocity(x, 0.5, cond))
+        assert (fused - load(tiny_wan_dir).predict_velocity(x, 0.5, cond)).abs().max() > 1e-3

@@ -29,6 +29,12 @@ def _distill(out, tiny_wan_dir, **_):
     return ["distill", *args, "data.num_frames=5", "data.height=32", "data.width=32", "data.steps=3", *NO_TB]
 
 
+def _dmd2(out, tiny_wan_dir, **_):
+    args = [f"output_dir={out}", f"model.teacher={tiny_wan_dir}", "data.prompts=['a red circle', 'a blue square']"]
+    args += ["data.sample_prompts=['a red circle']", "log.sample_count=1", "generator.steps=2", "fake_score.updates=1"]
+    return ["distill", "--method", "dmd2", *args, "data.num_frames=5", "data.height=32", "data.width=32", *NO_TB]
+
+
 def _grpo(out, tiny_wan_dir, grpo_overrides, **_):
     return ["grpo", *grpo_overrides(out, tiny_wan_dir), *NO_TB]
 
@@ -46,7 +52,13 @@ def _enhance_grpo(out, lm_dir, tiny_wan_dir, pairs_file, **_):
     return ["enhance-train", "grpo", *args, "lora.rank=4", "train.micro_batch=2"]
 
 
-TRAINERS = {"distill": _distill, "grpo": _grpo, "enhance-sft": _enhance_sft, "enhance-grpo": _enhance_grpo}
+TRAINERS = {
+    "distill": _distill,
+    "dmd2": _dmd2,
+    "grpo": _grpo,
+    "enhance-sft": _enhance_sft,
+    "enhance-grpo": _enhance_grpo,
+}
 
 
 @pytest.mark.parametrize("trainer", list(TRAINERS))
