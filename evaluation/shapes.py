@@ -59,6 +59,53 @@ def sample_and_verify(
 
 
 @torch.no_grad()
+def score_row(
+    adapter: Any,
+    settings: GenerationSettings,
+    items: list[dict[str, Any]],
+    *,
+    seeds: int,
+    batch_size: int,
+    temporal: Any,
+    on_batch: Any = None,
+    keep: int = 4,
+) -> dict[str, Any]:
+    """One row of a side-by-side table: sample the items' captions `seeds` times (the one seeding rule), verify and
+    score temporal consistency → {success, score, temporal (per-clip lists), seconds (the sampler), decode_seconds
+    (the VAE's share of them), videos (the first `keep` of seed 0)}. `on_batch(k, indices, videos)` sees every batch."""
+    captions = [it["caption"] for it in items]
+    decode_seconds = [0.0]
+    decode = adapter.decode
+
+    def timed(latents: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = decode(latents)
+        decode_seconds[0] += time.perf_counter() - t0
+        return out
+
+    row: dict[str, Any] = {"success": [], "score": [], "temporal": [], "seconds": 0.0, "videos": []}
+    adapter.decode = timed
+    try:
+        for k in range(seeds):
+            noise_seeds = [video_seed(prompt_seed(it.get("seed"), 0, i), k) for i, it in enumerate(items)]
+            for start, videos, secs in sample_batches(adapter, captions, noise_seeds, settings, batch_size=batch_size):
+                idx = list(range(start, start + len(videos)))
+                res = verify_rows(videos, [items[i]["spec"] for i in idx])
+                row["success"] += [float(r["success"]) for r in res]
+                row["score"] += [float(r["score"]) for r in res]
+                row["temporal"] += temporal(videos, [captions[i] for i in idx]).score.tolist()
+                row["seconds"] += secs
+                if k == 0 and len(row["videos"]) < keep:
+                    row["videos"] += list(videos[: keep - len(row["videos"])])
+                if on_batch is not None:
+                    on_batch(k, idx, videos)
+    finally:
+        del adapter.decode
+    row["decode_seconds"] = decode_seconds[0]
+    return row
+
+
+@torch.no_grad()
 def evaluate_model(
     spec: str,
     items: list[dict[str, Any]],

@@ -2,7 +2,8 @@
 
 `load(path_or_preset)` takes a local diffusers-format directory (the family is read from `model_index.json`'s
 `_class_name`) or the name of a shipped preset (`shapes`, `shapes-base`: the Shapes world models in `assets/`).
-A folder with a `lit.json` (a distilled LiT student, `vidpost.models.lit`) gets its linear attention reinstalled.
+A folder with a `lit.json` (a distilled LiT student, `vidpost.models.lit`) gets its linear attention reinstalled; one with
+a `quant.json` (`vidpost quantize`) gets its low-precision linear layers (`vidpost.models.quant`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .base import ModelPathError, PromptEmbeds, VideoModelAdapter, read_vidpost_
 from .hunyuan_video import HunyuanVideoAdapter
 from .lit import LIT_CONFIG, install_lit_from_folder
 from .provenance import LORA_FILE, lora_base_mismatch
+from .quant import QUANT_CONFIG
 from .sampling import SCHEDULES
 from .wan import WanAdapter
 
@@ -131,6 +133,10 @@ def load(
         except OSError as e:
             raise ModelPathError(f"LoRA {lora}: {_first_line(e)}") from None
         adapter.transformer.requires_grad_(False)
+    if (path / QUANT_CONFIG).exists():  # a quantised model folder (`vidpost quantize`): its recipe is re-applied
+        from .quant import install_quant_from_folder
+
+        install_quant_from_folder(adapter, path)
     return adapter
 
 

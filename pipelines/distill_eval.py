@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,13 @@ def evaluate_rows(
     batch_size: int,
     teacher_steps: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample and score each row; → one dict per row with its per-clip lists and summary."""
-    from vidpost.evaluation.generate import sample_batches
-    from vidpost.evaluation.seeds import prompt_seed, video_seed
+    """Sample and score each row (`vidpost.evaluation.shapes.score_row`); → one dict per row."""
     from vidpost.evaluation.settings import resolve_settings
-    from vidpost.evaluation.shapes import parse_model, verify_rows
+    from vidpost.evaluation.shapes import parse_model, score_row
     from vidpost.models import load, resolve_model_path
     from vidpost.rewards.base import build_reward
 
     temporal = build_reward("temporal")
-    captions = [it["caption"] for it in items]
     rows = []
     plan = [(teacher, teacher_steps)] + [(student, s) for s in student_steps]
     loaded: dict[str, Any] = {}
@@ -54,52 +50,18 @@ def evaluate_rows(
             loaded[spec] = (load(base, lora=lora), resolve_model_path(base))
         adapter, path = loaded[spec]
         settings = resolve_settings(path, adapter, steps=steps)
-        cfg = adapter.uses_cfg(settings.guidance)
-        decode_seconds = [0.0]
-        timed_decode(adapter, decode_seconds)
         row = {
             "model": spec,
             "steps": settings.steps,
             "guidance": settings.guidance,
             "schedule": adapter.schedule,
-            "evals_per_clip": settings.steps * (2 if cfg else 1),
-            "success": [],
-            "score": [],
-            "temporal": [],
-            "seconds": 0.0,
-            "videos": [],
+            "evals_per_clip": settings.steps * (2 if adapter.uses_cfg(settings.guidance) else 1),
         }
-        for k in range(seeds):
-            noise_seeds = [video_seed(prompt_seed(it.get("seed"), 0, i), k) for i, it in enumerate(items)]
-            for start, videos, secs in sample_batches(adapter, captions, noise_seeds, settings, batch_size=batch_size):
-                idx = list(range(start, start + len(videos)))
-                res = verify_rows(videos, [items[i]["spec"] for i in idx])
-                row["success"] += [float(r["success"]) for r in res]
-                row["score"] += [float(r["score"]) for r in res]
-                row["temporal"] += temporal(videos, [captions[i] for i in idx]).score.tolist()
-                row["seconds"] += secs
-                if k == 0 and len(row["videos"]) < 4:
-                    row["videos"] += list(videos[: 4 - len(row["videos"])])
-        row["decode_seconds"] = decode_seconds[0]
-        row["settings"] = replace(settings).record()
+        row |= score_row(adapter, settings, items, seeds=seeds, batch_size=batch_size, temporal=temporal)
+        row["settings"] = settings.record()
         rows.append(row)
         print(f"{spec} · {settings.steps} steps: {_line(row, rows[0])}", file=sys.stderr)
     return rows
-
-
-def timed_decode(adapter: Any, total: list[float]) -> None:
-    """Make `adapter.decode` add the seconds it takes to `total[0]` (the VAE's share of the sampler's time)."""
-    import time
-
-    decode = type(adapter).decode
-
-    def timed(latents: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = decode(adapter, latents)
-        total[0] += time.perf_counter() - t0
-        return out
-
-    adapter.decode = timed
 
 
 def _line(row: dict[str, Any], ref: dict[str, Any]) -> str:

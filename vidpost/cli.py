@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidpost.pipelines.distill_eval",
         "a few-step student beside its teacher: quality, evaluations and wall time per clip, side by side",
     ),
+    "quantize": (
+        "vidpost.pipelines.quantize",
+        "stage 4d: low-precision linear layers by recipe (FP8, INT8, MXFP8, MXINT8, INT4, NVFP4, MXFP4)",
+    ),
+    "quant-eval": ("vidpost.pipelines.quant_eval", "quantisation recipes side by side on the Shapes held-out prompts"),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
     "enhance": (

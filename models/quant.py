@@ -1,0 +1,484 @@
+"""Low-precision linear layers: recipes, the fake-quantised `QuantLinear` (the reference path), torchao's kernels
+(the real path), calibration of static activation scales across denoising steps, and the model folder a recipe
+writes.
+
+A recipe (`QuantRecipe`, YAML in configs/quant/) names the weight and activation formats and scale granularities
+(`vidpost.kernels.quant_formats`), which linear layers it applies to (fnmatch patterns over module names inside the
+transformer; `keep` lists layers left in full precision), and options:
+- `smoothquant_alpha` α: per input channel j, s_j = max|X_j|^α / max|W_j|^(1−α) from calibration; the layer computes
+  (X / s)·(W·s)ᵀ, moving activation outliers into the weights before both are quantised (SmoothQuant);
+- `rotate`: a block-diagonal orthonormal Hadamard H over the input features (blocks of the largest power of two
+  dividing them, at most 256): (X·H)·(W·H)ᵀ = X·Wᵀ exactly, with outliers spread over every channel (QuaRot-style);
+- static activation scales (`activation.scale: tensor`): amax / max(format) measured on calibration prompts, one per
+  layer, or one per group of `per_step` denoising steps (activation ranges move with the timestep); an input beyond
+  the calibrated range saturates.
+`QuantLinear` quantises its weight once (x̂ = s·Q(x·(1/s)), stored dequantised in float32) and its input on every
+call, then runs the float matmul: the exact numerics of the format, not its speed. With `backend: torchao` the
+layers torchao has kernels for are converted by `torchao.quantization.quantize_` instead (int8 dynamic activation ×
+int8 weight, per token × per channel, which matches the `int8_full` reference; on a GPU also float8 dynamic and int4
+weight-only); everything else stays on the reference path, and `QuantReport.backend_used` says which path each
+layer took.
+
+A quantised model folder = the model's own diffusers folder (full-precision weights, so stock diffusers still loads
+it) + `quant.json` (the recipe, the layers and the packed weight bytes) + `quant.safetensors` (calibrated scales);
+`vidpost.models.load` re-applies the recipe, so the folder samples exactly as it was measured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from vidpost.kernels.quant_formats import (
+    FORMATS,
+    absmax_scale,
+    fake_quant,
+    fake_quant_groups,
+    fake_quant_mx,
+    fake_quant_nvfp4,
+    hadamard,
+    quantize_elements,
+)
+
+QUANT_CONFIG = "quant.json"
+QUANT_WEIGHTS = "quant.safetensors"
+
+WEIGHT_SCALES = ("tensor", "channel", "group", "mx", "nvfp4")
+ACTIVATION_SCALES = ("tensor", "token", "mx", "nvfp4")
+
+
+@dataclass
+class TensorQuant:
+    format: str = "none"
+    """element format: e4m3, e5m2, int8 (±127), int8_full (torchao's [−128, 127]), int4, e2m1; none = full precision"""
+    scale: str = "channel"
+    """weights: tensor | channel | group | mx | nvfp4; activations: tensor (static, calibrated) | token (dynamic) |
+    mx | nvfp4"""
+    block: int = 32
+    """elements per scale for group / mx (group: e.g. 128; MX: 32; NVFP4 uses 16)"""
+
+
+@dataclass
+class CalibrationConfig:
+    prompts: list[str] | str = "shapes-train"
+    """prompts run through the sampler to measure activation ranges"""
+    count: int = 8
+    steps: int | None = None
+    """sampler steps (null: the model's default)"""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    """video size (null: the model's generation defaults)"""
+    seed: int = 0
+
+
+@dataclass
+class QuantRecipe:
+    name: str = "recipe"
+    weight: TensorQuant = field(default_factory=lambda: TensorQuant("int8", "channel"))
+    activation: TensorQuant = field(default_factory=lambda: TensorQuant("none", "token"))
+    include: list[str] = field(default_factory=lambda: ["blocks.*"])
+    """linear layers (fnmatch over module names in the transformer) the recipe applies to"""
+    exclude: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    """layers left in full precision (mixed precision, e.g. the most sensitive ones)"""
+    smoothquant_alpha: float | None = None
+    rotate: bool = False
+    per_step: int = 0
+    """static activation scales: 0 = one per layer; N = one per group of N denoising steps"""
+    backend: Literal["reference", "torchao"] = "reference"
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        for what, tq, scales in (
+            ("weight", self.weight, WEIGHT_SCALES),
+            ("activation", self.activation, ACTIVATION_SCALES),
+        ):
+            if tq.format != "none" and tq.format not in FORMATS:
+                raise ValueError(f"{what}.format must be none or one of {sorted(FORMATS)}, got {tq.format!r}")
+            if tq.format != "none" and tq.scale not in scales:
+                raise ValueError(f"{what}.scale must be one of {scales}, got {tq.scale!r}")
+            if tq.scale == "nvfp4" and tq.format not in ("e2m1", "none"):
+                raise ValueError(f"{what}: nvfp4 scales go with format e2m1, got {tq.format!r}")
+            if tq.block < 1:
+                raise ValueError(f"{what}.block must be >= 1")
+        if self.weight.format == "none":
+            raise ValueError("weight.format none quantises nothing; use the model itself")
+        if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ValueError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
+        if self.per_step < 0:
+            raise ValueError("per_step must be >= 0")
+
+    @property
+    def static(self) -> bool:
+        return self.activation.format != "none" and self.activation.scale == "tensor"
+
+    def needs_calibration(self) -> bool:
+        return self.static or self.smoothquant_alpha is not None
+
+
+def quantize_tensor(x: torch.Tensor, tq: TensorQuant, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Fake-quantise `x` as `tq` says (the last axis is the reduction axis of the matmul)."""
+    if tq.format == "none":
+        return x
+    if tq.scale in ("channel", "token"):
+        return fake_quant(x, tq.format, "token")
+    if tq.scale == "tensor":
+        return fake_quant(x, tq.format, "tensor", scale=scale)
+    if tq.scale == "group":
+        return fake_quant_groups(x, tq.format, tq.block)
+    if tq.scale == "mx":
+        return fake_quant_mx(x, tq.format, tq.block)
+    return fake_quant_nvfp4(x)
+
+
+def bits_per_weight(tq: TensorQuant, in_features: int) -> float:
+    """Packed storage per weight element: the element bits plus the scales' share (fp32 per channel / group / tensor,
+    8-bit E8M0 per MX block, 8-bit E4M3 per NVFP4 block of 16)."""
+    bits = FORMATS[tq.format].bits
+    if tq.scale == "channel":
+        return bits + 32 / in_features
+    if tq.scale == "group":
+        return bits + 32 / tq.block
+    if tq.scale == "mx":
+        return bits + 8 / tq.block
+    if tq.scale == "nvfp4":
+        return bits + 8 / 16
+    return bits
+
+
+def rotation(n: int) -> torch.Tensor:
+    """Block-diagonal orthonormal Hadamard over n features (blocks of the largest power of two dividing n, ≤ 256)."""
+    b = math.gcd(n, 256)
+    return torch.block_diag(*[hadamard(b)] * (n // b))
+
+
+class QuantLinear(torch.nn.Module):
+    """A linear layer computing ŷ = Q_a(x̃)·Q_w(W̃)ᵀ + b with x̃ = (x / s)·H and W̃ = (W·s)·H (s: SmoothQuant scales,
+    H: the rotation; both optional). Static activation scales are indexed by the current denoising step's group."""
+
+    def __init__(self, linear: torch.nn.Linear, recipe: QuantRecipe, state: Any = None) -> None:
+        super().__init__()
+        self.recipe, self.state = recipe, state
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_fp", linear.weight.detach().float().clone(), persistent=False)
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float().clone(), False)
+        self.register_buffer("smooth", torch.ones(self.in_features))
+        self.register_buffer("act_scale", torch.zeros(0))
+        self.rot = rotation(self.in_features) if recipe.rotate else None
+        self.observe: dict[str, Any] | None = None
+        self.refresh_weight()
+
+    def refresh_weight(self) -> None:
+        w = self.weight_fp * self.smooth[None, :]
+        if self.rot is not None:
+            w = w @ self.rot
+        self.register_buffer("weight_q", quantize_tensor(w, self.recipe.weight), persistent=False)
+
+    def _step_group(self) -> int:
+        per = self.recipe.per_step
+        step = getattr(self.state, "step", None)
+        if not per or step is None or self.act_scale.numel() <= 1:
+            return 0
+        return min(int(step) // per, self.act_scale.numel() - 1)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / self.smooth
+        return x @ self.rot if self.rot is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        if self.observe is not None:  # calibration: record ranges of the raw input (smoothing) or prepared input
+            self._record(x)
+        xq = self.prepare_input(x)
+        if self.recipe.activation.format != "none":
+            scale = None
+            if self.recipe.static and self.act_scale.numel():
+                scale = self.act_scale[self._step_group()]
+            xq = quantize_tensor(xq, self.recipe.activation, scale)
+        return F.linear(xq, self.weight_q, self.bias).to(dtype)
+
+    def _record(self, x: torch.Tensor) -> None:
+        obs = self.observe
+        flat = x.detach().float().reshape(-1, x.shape[-1])
+        if obs["what"] == "channels":
+            cur = flat.abs().amax(0)
+            obs["amax"] = cur if obs.get("amax") is None else torch.maximum(obs["amax"], cur)
+        else:
+            g = 0
+            per = self.recipe.per_step
+            step = getattr(self.state, "step", None)
+            if per and step is not None:
+                g = int(step) // per
+            amax = self.prepare_input(flat).abs().amax()
+            obs.setdefault("groups", {})
+            obs["groups"][g] = max(obs["groups"].get(g, 0.0), float(amax))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, recipe={self.recipe.name}"
+
+
+def _parent(root: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    parts = name.split(".")
+    mod = root
+    for p in parts[:-1]:
+        mod = getattr(mod, p)
+    return mod, parts[-1]
+
+
+def selected_linears(transformer: torch.nn.Module, recipe: QuantRecipe) -> list[str]:
+    """Names of the nn.Linear modules the recipe quantises (include − exclude − keep), in module order."""
+
+    def match(name: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return [
+        n
+        for n, m in transformer.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and match(n, recipe.include)
+        and not match(n, recipe.exclude)
+        and not match(n, recipe.keep)
+    ]
+
+
+@dataclass
+class QuantReport:
+    recipe: str
+    layers: list[str]
+    backend_used: dict[str, str]
+    """layer → "reference" or "torchao" """
+    weight_bytes: float
+    """the transformer's weights packed (computed): quantised layers at their format's bits plus their scales, every
+    other parameter (biases included) at 16 bits"""
+    bf16_bytes: float
+
+    @property
+    def ratio(self) -> float:
+        return self.weight_bytes / self.bf16_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ratio_to_bf16": self.ratio}
+
+
+def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Tensor] | None = None) -> QuantReport:
+    """Replace the recipe's linear layers of `adapter.transformer` in place (QuantLinear, or torchao's kernels with
+    `backend: torchao`); `scales`: calibrated buffers (`<layer>.smooth`, `<layer>.act_scale`)."""
+    transformer = adapter.transformer
+    names = selected_linears(transformer, recipe)
+    if not names:
+        raise ValueError(f"recipe {recipe.name}: no linear layer matches include={recipe.include}")
+    bf16 = 2.0 * sum(p.numel() for p in transformer.parameters())
+    packed = bf16
+    for name in names:
+        w = transformer.get_submodule(name).weight
+        packed += w.numel() * (bits_per_weight(recipe.weight, w.shape[1]) / 8 - 2)
+    state = adapter.attention_state
+    used: dict[str, str] = {}
+    for name in names:
+        parent, attr = _parent(transformer, name)
+        q = QuantLinear(getattr(parent, attr), recipe, state)
+        if scales:
+            for buf in ("smooth", "act_scale"):
+                if f"{name}.{buf}" in scales:
+                    setattr(q, buf, scales[f"{name}.{buf}"].float().clone())
+            q.refresh_weight()
+        setattr(parent, attr, q)
+        used[name] = "reference"
+    if recipe.backend == "torchao":
+        used |= _torchao(transformer, recipe, names)
+    return QuantReport(recipe.name, names, used, packed, bf16)
+
+
+def torchao_kind(recipe: QuantRecipe, device: torch.device) -> str | None:
+    """The torchao config that computes this recipe exactly, on this device, or None."""
+    w, a = recipe.weight, recipe.activation
+    plain = recipe.smoothquant_alpha is None and not recipe.rotate
+    if plain and (w.format, w.scale, a.format, a.scale) == ("int8_full", "channel", "int8_full", "token"):
+        return "int8_dynamic"
+    if (
+        plain
+        and device.type == "cuda"
+        and (w.format, w.scale, a.format, a.scale) == ("e4m3", "channel", "e4m3", "token")
+    ):
+        return "float8_dynamic"
+    if plain and device.type == "cuda" and (w.format, w.scale, a.format) == ("int4", "group", "none"):
+        return "int4_weight_only"
+    return None
+
+
+def _torchao(transformer: torch.nn.Module, recipe: QuantRecipe, names: list[str]) -> dict[str, str]:
+    """Swap the QuantLinear layers back to nn.Linear and convert them with torchao where it has the kernel."""
+    device = next(transformer.parameters()).device
+    kind = torchao_kind(recipe, device)
+    if kind is None:
+        return {}
+    from torchao.quantization import quantize_
+
+    if kind == "int8_dynamic":
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        config = Int8DynamicActivationInt8WeightConfig()
+    elif kind == "float8_dynamic":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    else:
+        from torchao.quantization import Int4WeightOnlyConfig
+
+        config = Int4WeightOnlyConfig(group_size=recipe.weight.block)
+    for name in names:
+        parent, attr = _parent(transformer, name)
+        q = getattr(parent, attr)
+        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, device=device)
+        with torch.no_grad():
+            lin.weight.copy_(q.weight_fp)
+            if q.bias is not None:
+                lin.bias.copy_(q.bias)
+        lin.requires_grad_(False)
+        holder = torch.nn.Sequential(lin)
+        quantize_(holder, config)
+        setattr(parent, attr, holder[0])
+    return {n: f"torchao:{kind}" for n in names}
+
+
+def quant_modules(transformer: torch.nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in transformer.named_modules() if isinstance(m, QuantLinear)}
+
+
+def scales_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for n, m in quant_modules(transformer).items():
+        out[f"{n}.smooth"] = m.smooth.detach().cpu().contiguous()
+        out[f"{n}.act_scale"] = m.act_scale.detach().cpu().contiguous()
+    return out
+
+
+def read_recipe(path: str | Path) -> QuantRecipe:
+    """A recipe YAML (configs/quant/*.yaml); unknown keys are errors that name them."""
+    from vidpost.config import load_config
+
+    return load_config(QuantRecipe, Path(path))
+
+
+def recipe_from_dict(d: dict[str, Any]) -> QuantRecipe:
+    from vidpost.config import from_dict
+
+    return from_dict(QuantRecipe, dict(d), prefix="quant.json recipe.")
+
+
+def install_quant_from_folder(adapter: Any, path: str | Path) -> QuantReport:
+    """Re-apply the recipe recorded in `path/quant.json` with the calibrated scales of `path/quant.safetensors`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = json.loads((path / QUANT_CONFIG).read_text())
+    recipe = recipe_from_dict(meta["recipe"])
+    scales = load_file(str(path / QUANT_WEIGHTS)) if (path / QUANT_WEIGHTS).exists() else None
+    return install_quant(adapter, recipe, scales)
+
+
+def save_quant_folder(adapter: Any, recipe: QuantRecipe, report: QuantReport, path: str | Path, source: str) -> Path:
+    """The quantised model folder: the model's diffusers folder with its original weights (the recipe is applied on
+    load), quant.json and quant.safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    transformer = adapter.transformer
+    scales = scales_state(transformer)
+    swapped = _restore_linears(transformer)
+    try:
+        adapter.save_pretrained(path)
+    finally:
+        for name, module in swapped.items():
+            parent, attr = _parent(transformer, name)
+            setattr(parent, attr, module)
+    save_file(scales, str(path / QUANT_WEIGHTS))
+    meta = {"recipe": _recipe_dict(recipe), "source": source, "report": report.to_dict()}
+    (path / QUANT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def _recipe_dict(recipe: QuantRecipe) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(recipe)))
+
+
+def _restore_linears(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Put plain nn.Linear layers (original weights) where QuantLinear layers are; → the swapped-out modules."""
+    swapped = {}
+    for name, q in quant_modules(transformer).items():
+        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(q.weight_fp)
+            if q.bias is not None:
+                lin.bias.copy_(q.bias)
+        lin.requires_grad_(False)
+        parent, attr = _parent(transformer, name)
+        setattr(parent, attr, lin)
+        swapped[name] = q
+    return swapped
+
+
+@torch.no_grad()
+def calibrate(adapter: Any, recipe: QuantRecipe, prompts: list[str], settings: Any) -> None:
+    """Measure what the recipe needs on `prompts` sampled with `settings` (GenerationSettings): first the input
+    channels' amax (SmoothQuant: then s and the weights are set), then the prepared inputs' amax per step group
+    (static scales: amax / max(format))."""
+    from vidpost.models.sampling import sample
+
+    modules = quant_modules(adapter.transformer)
+    kw = settings.sample_kwargs() | {"num_inference_steps": settings.steps}
+
+    def run(what: str) -> None:
+        for m in modules.values():
+            m.observe = {"what": what}
+        try:
+            for i in range(0, len(prompts), 8):
+                sample(adapter, prompts[i : i + 8], **kw, seed=recipe.calibration.seed + i, return_latents=True)
+        finally:
+            for m in modules.values():
+                m.observe, obs = None, m.observe
+                m._obs = obs
+
+    if recipe.smoothquant_alpha is not None:
+        run("channels")
+        a = recipe.smoothquant_alpha
+        for m in modules.values():
+            x_max = m._obs["amax"].clamp_min(1e-5)
+            w_max = m.weight_fp.abs().amax(0).clamp_min(1e-5)
+            m.smooth = (x_max**a / w_max ** (1 - a)).clamp_min(1e-5)
+            m.refresh_weight()
+    if recipe.static:
+        run("ranges")
+        fmt = FORMATS[recipe.activation.format]
+        for m in modules.values():
+            groups = m._obs.get("groups", {0: 0.0})
+            n = max(groups) + 1
+            amax = torch.tensor([groups.get(g, max(groups.values())) for g in range(n)], dtype=torch.float32)
+            m.act_scale = torch.where(amax > 0, amax / (fmt.scale_divisor or fmt.max_value), torch.ones_like(amax))
+    for m in modules.values():
+        m.__dict__.pop("_obs", None)
+
+
+__all__ = [
+    "QUANT_CONFIG",
+    "QuantLinear",
+    "QuantRecipe",
+    "QuantReport",
+    "TensorQuant",
+    "absmax_scale",
+    "calibrate",
+    "install_quant",
+    "install_quant_from_folder",
+    "quantize_elements",
+    "read_recipe",
+    "save_quant_folder",
+    "selected_linears",
+]
