@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes rl-shapes pipeline enhance-eval distill-shapes distill-fast-shapes bench-lit
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes rl-shapes pipeline enhance-eval distill-shapes distill-fast-shapes quant-shapes bench-lit
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -27,6 +27,7 @@ help:
 	@echo "make shapes-eval    verifier success of base vs SFT on the held-out Shapes prompts"
 	@echo "make rl-shapes  every RL algorithm at one budget of videos on the Shapes world, one table (results/shapes-rl)"
 	@echo "make distill-fast-shapes  distil a 4-step DMD2 student of shapes-rl, then the side-by-side table"
+	@echo "make quant-shapes  every low-precision recipe (configs/quant) on the Shapes model, side by side"
 	@echo "make pipeline   the whole Shapes pipeline (SFT → RL → enhance → distill → optimize) with its report (~40 min CPU)"
 	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
 
@@ -76,6 +77,11 @@ distill-fast-shapes: venv
 	$(BIN)/python -m vidpost.pipelines.distill --config configs/shapes/dmd2.yaml
 	$(BIN)/python -m vidpost.pipelines.distill_eval --teacher shapes-rl --student runs/shapes-dmd2/final \
 		--student-steps 4 2 1 --seeds 2 --threads 2 --out results/shapes-fast
+
+SENSITIVITY = configs/quant/w8a8-fp8.yaml configs/quant/w4a4-int4.yaml configs/quant/w4a4-int4-rot.yaml configs/quant/nvfp4.yaml
+quant-shapes: venv
+	$(BIN)/python -m vidpost.pipelines.quant_eval --model shapes --recipes $(sort $(wildcard configs/quant/*.yaml)) \
+		--seeds 2 --threads 2 --sensitivity $(SENSITIVITY) --out results/shapes-quant
 
 test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

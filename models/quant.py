@@ -428,27 +428,35 @@ def _restore_linears(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]
 
 @torch.no_grad()
 def calibrate(adapter: Any, recipe: QuantRecipe, prompts: list[str], settings: Any) -> None:
-    """Measure what the recipe needs on `prompts` sampled with `settings` (GenerationSettings): first the input
-    channels' amax (SmoothQuant: then s and the weights are set), then the prepared inputs' amax per step group
-    (static scales: amax / max(format))."""
+    """Measure what the recipe needs on `prompts` sampled with `settings` (GenerationSettings): see `calibrate_with`."""
     from vidpost.models.sampling import sample
 
-    modules = quant_modules(adapter.transformer)
     kw = settings.sample_kwargs() | {"num_inference_steps": settings.steps}
 
-    def run(what: str) -> None:
+    def run() -> None:
+        for i in range(0, len(prompts), 8):
+            sample(adapter, prompts[i : i + 8], **kw, seed=recipe.calibration.seed + i, return_latents=True)
+
+    calibrate_with(quant_modules(adapter.transformer), recipe, run)
+
+
+@torch.no_grad()
+def calibrate_with(modules: dict[str, QuantLinear], recipe: QuantRecipe, run: Any) -> None:
+    """Calibrate `modules` by calling `run()` (which drives the model): first the input channels' amax (SmoothQuant:
+    then s and the weights are set), then the prepared inputs' amax per step group (static scales: amax / max)."""
+
+    def observe(what: str) -> None:
         for m in modules.values():
             m.observe = {"what": what}
         try:
-            for i in range(0, len(prompts), 8):
-                sample(adapter, prompts[i : i + 8], **kw, seed=recipe.calibration.seed + i, return_latents=True)
+            run()
         finally:
             for m in modules.values():
                 m.observe, obs = None, m.observe
                 m._obs = obs
 
     if recipe.smoothquant_alpha is not None:
-        run("channels")
+        observe("channels")
         a = recipe.smoothquant_alpha
         for m in modules.values():
             x_max = m._obs["amax"].clamp_min(1e-5)
@@ -456,7 +464,7 @@ def calibrate(adapter: Any, recipe: QuantRecipe, prompts: list[str], settings: A
             m.smooth = (x_max**a / w_max ** (1 - a)).clamp_min(1e-5)
             m.refresh_weight()
     if recipe.static:
-        run("ranges")
+        observe("ranges")
         fmt = FORMATS[recipe.activation.format]
         for m in modules.values():
             groups = m._obs.get("groups", {0: 0.0})
@@ -482,3 +490,84 @@ __all__ = [
     "save_quant_folder",
     "selected_linears",
 ]
+
+
+LAYER_TYPES: tuple[tuple[str, str], ...] = (
+    ("*attn1.to_q", "self-attn q/k/v"),
+    ("*attn1.to_k", "self-attn q/k/v"),
+    ("*attn1.to_v", "self-attn q/k/v"),
+    ("*attn1.to_out.0", "self-attn out"),
+    ("*attn2.to_q", "cross-attn q"),
+    ("*attn2.to_k", "cross-attn k/v"),
+    ("*attn2.to_v", "cross-attn k/v"),
+    ("*attn2.to_out.0", "cross-attn out"),
+    ("*ffn.net.0.proj", "FFN up"),
+    ("*ffn.net.2", "FFN down"),
+    ("condition_embedder.time*", "time embedding"),
+    ("condition_embedder.text*", "text embedding"),
+    ("proj_out", "output"),
+)
+"""Wan transformer linear layers by role (fnmatch over module names); others are "other"."""
+
+
+def layer_type(name: str) -> str:
+    for pattern, kind in LAYER_TYPES:
+        if fnmatch.fnmatchcase(name, pattern):
+            return kind
+    return "other"
+
+
+@torch.no_grad()
+def layer_sensitivity(
+    adapter: Any, recipe: QuantRecipe, prompts: list[str], settings: Any, every: int = 4, seed: int = 0
+) -> dict[str, float]:
+    """The output error of quantising each of the recipe's layers alone: ‖v_q − v‖ / ‖v‖ of the model's (CFG) velocity
+    on the states of its own unquantised trajectories for `prompts` (every `every`-th step), one layer at a time
+    (dynamic scales: static recipes are measured with their dynamic counterpart, no calibration)."""
+    from dataclasses import replace
+
+    from vidpost.models.sampling import flow_sigmas, initial_noise, sample
+
+    transformer = adapter.transformer
+    kw = settings.sample_kwargs()
+    n = settings.steps
+    sigmas = flow_sigmas(n, settings.shift, adapter.schedule)
+    shape = adapter.latent_shape(len(prompts), settings.num_frames, settings.height, settings.width)
+    noise = initial_noise(shape, seed=seed)
+    states = {0: noise.clone()}
+
+    def keep(i: int, sigma: torch.Tensor, x: torch.Tensor) -> None:
+        if i + 1 < n:
+            states[i + 1] = x.clone()
+
+    sample(adapter, prompts, **kw, seed=seed, latents=noise, return_latents=True, callback=keep)
+    steps = list(range(0, n, every))
+    cond = adapter.encode_prompt(prompts)
+    uncond = adapter.encode_prompt([""] * len(prompts)) if adapter.uses_cfg(settings.guidance) else None
+    state = adapter.attention_state
+
+    def velocities() -> list[torch.Tensor]:
+        out = []
+        for i in steps:
+            state.set_step(i, n, float(sigmas[i]))
+            out.append(adapter.predict_velocity(states[i], float(sigmas[i]), cond, uncond, settings.guidance).float())
+        state.clear_step()
+        return out
+
+    reference = velocities()
+    dynamic = recipe
+    if recipe.static:
+        dynamic = replace(recipe, activation=replace(recipe.activation, scale="token"))
+    errors = {}
+    for name in selected_linears(transformer, recipe):
+        parent, attr = _parent(transformer, name)
+        original = getattr(parent, attr)
+        setattr(parent, attr, QuantLinear(original, dynamic, state))
+        try:
+            got = velocities()
+        finally:
+            setattr(parent, attr, original)
+        num = sum(float((a - b).pow(2).sum()) for a, b in zip(got, reference, strict=True))
+        den = sum(float(b.pow(2).sum()) for b in reference)
+        errors[name] = math.sqrt(num / den)
+    return errors

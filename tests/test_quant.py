@@ -173,3 +173,21 @@ def adapter_recipe(path: Path) -> QuantRecipe:
     from vidpost.models.quant import read_recipe
 
     return read_recipe(path)
+
+
+def test_layer_sensitivity_measures_each_layer_alone_and_names_its_type(tiny_wan_dir):
+    from vidpost.evaluation.settings import resolve_settings
+    from vidpost.models.quant import layer_sensitivity, layer_type
+
+    adapter = load(tiny_wan_dir)
+    settings = resolve_settings(tiny_wan_dir, adapter, num_frames=5, height=32, width=32, steps=4)
+    w4 = recipe(weight={"format": "int4", "scale": "channel"}, activation={"format": "int4", "scale": "token"})
+    w8 = recipe(weight={"format": "e4m3", "scale": "channel"}, activation={"format": "e4m3", "scale": "token"})
+    e4 = layer_sensitivity(adapter, w4, ["a red circle", "a blue square"], settings, every=2)
+    e8 = layer_sensitivity(adapter, w8, ["a red circle", "a blue square"], settings, every=2)
+    assert list(e4) == selected_linears(adapter.transformer, w4) and all(v > 0 for v in e4.values())
+    assert sum(e4.values()) > 2 * sum(e8.values())  # 4 bits hurt more than 8 (e4m3 measured 3.3× less error)
+    assert not [m for m in adapter.transformer.modules() if isinstance(m, QuantLinear)]  # every layer restored
+    kinds = {layer_type(n) for n in e4}
+    assert {"self-attn q/k/v", "self-attn out", "cross-attn k/v", "FFN up", "FFN down"} <= kinds
+    assert layer_type("condition_embedder.time_proj") == "time embedding" and layer_type("x.y") == "other"

@@ -123,3 +123,15 @@ def test_hadamard_is_orthonormal_and_preserves_products():
     torch.testing.assert_close((x @ h) @ (w @ h).T, x @ w.T, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="power-of-two"):
         hadamard(48)
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2", "e2m1"])
+def test_fast_paths_equal_the_rounding_rule_everywhere(fmt):
+    """The FP8 casts and the e2m1 table give exactly `round_float` on values spanning every binade, the subnormals,
+    the exact midpoints (ties) and beyond the largest value (saturation)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50000, generator=g) * 10 ** torch.empty(50000).uniform_(-6, 5, generator=g)
+    grid = quantize_elements(x, fmt, exact=True).unique()
+    mids = (grid[1:] + grid[:-1]) / 2  # every tie
+    x = torch.cat([x, mids, -mids, grid, t(0.0, 1e9, -1e9)])
+    torch.testing.assert_close(quantize_elements(x, fmt), quantize_elements(x, fmt, exact=True), rtol=0, atol=0)
