@@ -58,9 +58,9 @@ ACTIVATION_SCALES = ("tensor", "token", "mx", "nvfp4")
 class TensorQuant:
     format: str = "none"
     """element format: e4m3, e5m2, int8 (±127), int8_full (torchao's [−128, 127]), int4, e2m1; none = full precision"""
-    scale: str = "channel"
-    """weights: tensor | channel | group | mx | nvfp4; activations: tensor (static, calibrated) | token (dynamic) |
-    mx | nvfp4"""
+    scale: str | None = None
+    """weights: tensor | channel | group | mx | nvfp4 (null: channel); activations: tensor (static, calibrated) |
+    token (dynamic) | mx | nvfp4 (null: token)"""
     block: int = 32
     """elements per scale for group / mx (group: e.g. 128; MX: 32; NVFP4 uses 16)"""
 
@@ -101,6 +101,8 @@ class QuantRecipe:
             ("weight", self.weight, WEIGHT_SCALES),
             ("activation", self.activation, ACTIVATION_SCALES),
         ):
+            if tq.scale is None:
+                tq.scale = scales[1]  # channel for weights, token for activations
             if tq.format != "none" and tq.format not in FORMATS:
                 raise ValueError(f"{what}.format must be none or one of {sorted(FORMATS)}, got {tq.format!r}")
             if tq.format != "none" and tq.scale not in scales:
@@ -182,12 +184,28 @@ class QuantLinear(torch.nn.Module):
             w = w @ self.rot
         self.register_buffer("weight_q", quantize_tensor(w, self.recipe.weight), persistent=False)
 
-    def _step_group(self) -> int:
+    def _raw_step_group(self) -> int:
+        """The current denoising step's group (0 without per-step scales or outside the sampler)."""
         per = self.recipe.per_step
         step = getattr(self.state, "step", None)
-        if not per or step is None or self.act_scale.numel() <= 1:
+        return int(step) // per if per and step is not None else 0
+
+    def _step_group(self) -> int:
+        """The index of the static scale to use: the step's group, capped at the last calibrated one."""
+        if self.act_scale.numel() <= 1:
             return 0
-        return min(int(step) // per, self.act_scale.numel() - 1)
+        return min(self._raw_step_group(), self.act_scale.numel() - 1)
+
+    def to_linear(self) -> torch.nn.Linear:
+        """A frozen plain `nn.Linear` with this layer's full-precision weight and bias."""
+        lin = torch.nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=self.weight_fp.device
+        )
+        with torch.no_grad():
+            lin.weight.copy_(self.weight_fp)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin.requires_grad_(False)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / self.smooth
@@ -212,11 +230,7 @@ class QuantLinear(torch.nn.Module):
             cur = flat.abs().amax(0)
             obs["amax"] = cur if obs.get("amax") is None else torch.maximum(obs["amax"], cur)
         else:
-            g = 0
-            per = self.recipe.per_step
-            step = getattr(self.state, "step", None)
-            if per and step is not None:
-                g = int(step) // per
+            g = self._raw_step_group()
             amax = self.prepare_input(flat).abs().amax()
             obs.setdefault("groups", {})
             obs["groups"][g] = max(obs["groups"].get(g, 0.0), float(amax))
@@ -336,14 +350,7 @@ def _torchao(transformer: torch.nn.Module, recipe: QuantRecipe, names: list[str]
         config = Int4WeightOnlyConfig(group_size=recipe.weight.block)
     for name in names:
         parent, attr = _parent(transformer, name)
-        q = getattr(parent, attr)
-        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, device=device)
-        with torch.no_grad():
-            lin.weight.copy_(q.weight_fp)
-            if q.bias is not None:
-                lin.bias.copy_(q.bias)
-        lin.requires_grad_(False)
-        holder = torch.nn.Sequential(lin)
+        holder = torch.nn.Sequential(getattr(parent, attr).to_linear())
         quantize_(holder, config)
         setattr(parent, attr, holder[0])
     return {n: f"torchao:{kind}" for n in names}
@@ -414,14 +421,8 @@ def _restore_linears(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]
     """Put plain nn.Linear layers (original weights) where QuantLinear layers are; → the swapped-out modules."""
     swapped = {}
     for name, q in quant_modules(transformer).items():
-        lin = torch.nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(q.weight_fp)
-            if q.bias is not None:
-                lin.bias.copy_(q.bias)
-        lin.requires_grad_(False)
         parent, attr = _parent(transformer, name)
-        setattr(parent, attr, lin)
+        setattr(parent, attr, q.to_linear())
         swapped[name] = q
     return swapped
 
@@ -445,34 +446,33 @@ def calibrate_with(modules: dict[str, QuantLinear], recipe: QuantRecipe, run: An
     """Calibrate `modules` by calling `run()` (which drives the model): first the input channels' amax (SmoothQuant:
     then s and the weights are set), then the prepared inputs' amax per step group (static scales: amax / max)."""
 
-    def observe(what: str) -> None:
+    def observe(what: str) -> dict[str, dict[str, Any]]:
         for m in modules.values():
             m.observe = {"what": what}
         try:
             run()
         finally:
-            for m in modules.values():
-                m.observe, obs = None, m.observe
-                m._obs = obs
+            seen = {}
+            for n, m in modules.items():
+                seen[n], m.observe = m.observe, None
+        return seen
 
     if recipe.smoothquant_alpha is not None:
-        observe("channels")
+        seen = observe("channels")
         a = recipe.smoothquant_alpha
-        for m in modules.values():
-            x_max = m._obs["amax"].clamp_min(1e-5)
+        for n, m in modules.items():
+            x_max = seen[n]["amax"].clamp_min(1e-5)
             w_max = m.weight_fp.abs().amax(0).clamp_min(1e-5)
             m.smooth = (x_max**a / w_max ** (1 - a)).clamp_min(1e-5)
             m.refresh_weight()
     if recipe.static:
-        observe("ranges")
+        seen = observe("ranges")
         fmt = FORMATS[recipe.activation.format]
-        for m in modules.values():
-            groups = m._obs.get("groups", {0: 0.0})
+        for n, m in modules.items():
+            groups = seen[n].get("groups", {0: 0.0})
             n = max(groups) + 1
             amax = torch.tensor([groups.get(g, max(groups.values())) for g in range(n)], dtype=torch.float32)
             m.act_scale = torch.where(amax > 0, amax / (fmt.scale_divisor or fmt.max_value), torch.ones_like(amax))
-    for m in modules.values():
-        m.__dict__.pop("_obs", None)
 
 
 __all__ = [
