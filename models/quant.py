@@ -7,8 +7,12 @@ A recipe (`QuantRecipe`, YAML in configs/quant/) names the weight and activation
 transformer; `keep` lists layers left in full precision), and options:
 - `smoothquant_alpha` α: per input channel j, s_j = max|X_j|^α / max|W_j|^(1−α) from calibration; the layer computes
   (X / s)·(W·s)ᵀ, moving activation outliers into the weights before both are quantised (SmoothQuant);
-- `rotate`: a block-diagonal orthonormal Hadamard H over the input features (blocks of the largest power of two
-  dividing them, at most 256): (X·H)·(W·H)ᵀ = X·Wᵀ exactly, with outliers spread over every channel (QuaRot-style);
+- `rotate`: an orthonormal rotation R over the input features: (X·R)·(W·R)ᵀ = X·Wᵀ exactly, with outliers spread
+  over every channel (QuaRot-style). `hadamard`: R = H, block-diagonal Hadamard (blocks of the largest power of two
+  dividing the features, at most 256); `randomized`: R = D·H with D a fixed diagonal of random signs. The plain
+  Hadamard's first row is all ones, so it gathers an input's mean into one channel per block: after the FFN's GELU
+  (inputs with mean ≈ 0.3 × their RMS on the Shapes model) that channel becomes the outlier and W4A4 gets worse;
+  the random signs spread the mean too (`rotation`, measured in results/shapes-quant);
 - static activation scales (`activation.scale: tensor`): amax / max(format) measured on calibration prompts, one per
   layer, or one per group of `per_step` denoising steps (activation ranges move with the timestep); an input beyond
   the calibrated range saturates.
@@ -90,7 +94,8 @@ class QuantRecipe:
     keep: list[str] = field(default_factory=list)
     """layers left in full precision (mixed precision, e.g. the most sensitive ones)"""
     smoothquant_alpha: float | None = None
-    rotate: bool = False
+    rotate: Literal["none", "hadamard", "randomized"] = "none"
+    """rotation of inputs and weights over the input features (see the module docstring)"""
     per_step: int = 0
     """static activation scales: 0 = one per layer; N = one per group of N denoising steps"""
     backend: Literal["reference", "torchao"] = "reference"
@@ -156,10 +161,15 @@ def bits_per_weight(tq: TensorQuant, in_features: int) -> float:
     return bits
 
 
-def rotation(n: int) -> torch.Tensor:
-    """Block-diagonal orthonormal Hadamard over n features (blocks of the largest power of two dividing n, ≤ 256)."""
+def rotation(n: int, kind: str = "hadamard") -> torch.Tensor:
+    """An orthonormal n × n rotation: the block-diagonal Hadamard H (blocks of the largest power of two dividing n,
+    ≤ 256), or for `randomized` D·H with D = diag(±1) drawn from a generator seeded with n (the same on every load)."""
     b = math.gcd(n, 256)
-    return torch.block_diag(*[hadamard(b)] * (n // b))
+    h = torch.block_diag(*[hadamard(b)] * (n // b))
+    if kind == "randomized":
+        signs = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(n)).float() * 2 - 1
+        h = signs[:, None] * h
+    return h
 
 
 class QuantLinear(torch.nn.Module):
@@ -174,7 +184,7 @@ class QuantLinear(torch.nn.Module):
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float().clone(), False)
         self.register_buffer("smooth", torch.ones(self.in_features))
         self.register_buffer("act_scale", torch.zeros(0))
-        self.rot = rotation(self.in_features) if recipe.rotate else None
+        self.rot = rotation(self.in_features, recipe.rotate) if recipe.rotate != "none" else None
         self.observe: dict[str, Any] | None = None
         self.refresh_weight()
 
@@ -314,7 +324,7 @@ def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Ten
 def torchao_kind(recipe: QuantRecipe, device: torch.device) -> str | None:
     """The torchao config that computes this recipe exactly, on this device, or None."""
     w, a = recipe.weight, recipe.activation
-    plain = recipe.smoothquant_alpha is None and not recipe.rotate
+    plain = recipe.smoothquant_alpha is None and recipe.rotate == "none"
     if plain and (w.format, w.scale, a.format, a.scale) == ("int8_full", "channel", "int8_full", "token"):
         return "int8_dynamic"
     if (

@@ -54,7 +54,7 @@ def test_rotation_and_smoothing_leave_the_exact_product_unchanged():
     lin, x = _linear(96, 32), torch.randn(5, 96)
     h = rotation(96)  # blocks of 32 (the largest power of two dividing 96)
     torch.testing.assert_close(h @ h.T, torch.eye(96), atol=1e-6, rtol=0)
-    q = QuantLinear(lin, recipe(weight={"format": "e5m2", "scale": "channel"}, rotate=True))
+    q = QuantLinear(lin, recipe(weight={"format": "e5m2", "scale": "channel"}, rotate="hadamard"))
     q.smooth = torch.rand(96) + 0.5
     q.refresh_weight()
     # the product of the prepared input with the prepared (unquantised) weight is the original x·Wᵀ
@@ -63,6 +63,31 @@ def test_rotation_and_smoothing_leave_the_exact_product_unchanged():
     # and the layer quantises exactly those prepared tensors
     want = q.prepare_input(x) @ fake_quant(w_prep, "e5m2", "channel").T + lin.bias
     torch.testing.assert_close(q(x), want, rtol=0, atol=1e-5)
+
+
+def test_randomized_rotation_is_exact_fixed_and_spreads_the_mean_the_plain_hadamard_gathers():
+    r = rotation(512, "randomized")
+    torch.testing.assert_close(r @ r.T, torch.eye(512), atol=1e-5, rtol=0)
+    assert torch.equal(r, rotation(512, "randomized"))  # the same signs on every load
+    assert not torch.equal(r.abs(), r) and not torch.equal(r, rotation(512))
+    # inputs like the FFN's after GELU: a positive mean of ~0.3 × their RMS
+    x = torch.nn.functional.gelu(torch.randn(64, 512, generator=torch.Generator().manual_seed(0)))
+
+    def int4_error(rot: torch.Tensor) -> float:
+        back = fake_quant(x @ rot, "int4", "token") @ rot.T
+        return float((back - x).norm() / x.norm())
+
+    none, plain, randomized = int4_error(torch.eye(512)), int4_error(rotation(512)), int4_error(r)
+    # the Hadamard's all-ones row puts √256 × the mean into one channel per block: the new outlier
+    peaks = (x @ rotation(512)).abs().amax(0)
+    assert float(peaks[0]) > 3 * float(peaks.median()) and float(peaks[256]) > 3 * float(peaks.median())
+    assert plain > 1.2 * none and randomized < 0.8 * none
+
+
+def test_a_left_out_scale_defaults_per_role():
+    r = recipe(weight={"format": "int8"}, activation={"format": "e4m3"})
+    assert (r.weight.scale, r.activation.scale) == ("channel", "token")
+    assert recipe(weight={"format": "int4", "scale": "group", "block": 128}).weight.scale == "group"
 
 
 def test_static_scales_follow_the_step_group():
