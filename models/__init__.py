@@ -136,7 +136,7 @@ def load(
     if (path / QUANT_CONFIG).exists():  # a quantised model folder (`vidpost quantize`): its recipe is re-applied
         from .quant import install_quant_from_folder
 
-        install_quant_from_folder(adapter, path)
+        adapter.quant_report = install_quant_from_folder(adapter, path)
     return adapter
 
 

@@ -103,6 +103,8 @@ class VideoModelAdapter(abc.ABC):
     default_guidance_scale: float = 5.0
     generation: dict[str, Any] | None = None
     """Generation defaults from the folder's vidpost.json (num_frames, height, width, steps, fps); kept on save."""
+    quant_report: Any = None
+    """For a quantised model folder (`quant.json`): the `QuantReport` of the recipe `load` re-applied."""
 
     @property
     def attention_state(self) -> AttentionState:

@@ -93,6 +93,9 @@ class QuantRecipe:
     exclude: list[str] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
     """layers left in full precision (mixed precision, e.g. the most sensitive ones)"""
+    keep_worst: int = 0
+    """mixed precision by sensitivity: also keep the N layers whose quantisation alone moves the model's velocity
+    most (`layer_sensitivity` on the calibration prompts; `vidpost quantize` writes their names into `keep`)"""
     smoothquant_alpha: float | None = None
     rotate: Literal["none", "hadamard", "randomized"] = "none"
     """rotation of inputs and weights over the input features (see the module docstring)"""
@@ -122,6 +125,8 @@ class QuantRecipe:
             raise ValueError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
         if self.per_step < 0:
             raise ValueError("per_step must be >= 0")
+        if self.keep_worst < 0:
+            raise ValueError("keep_worst must be >= 0")
 
     @property
     def static(self) -> bool:
@@ -186,12 +191,40 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("act_scale", torch.zeros(0))
         self.rot = rotation(self.in_features, recipe.rotate) if recipe.rotate != "none" else None
         self.observe: dict[str, Any] | None = None
+        self.lora_A: torch.nn.Parameter | None = None
+        self.lora_B: torch.nn.Parameter | None = None
+        self.lora_scale = 0.0
+        self.refresh_weight()
+
+    # ---- quantisation-aware training: a LoRA on the weight, trained through the fake quantisation ----
+
+    def enable_qat(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
+        """Add a trainable LoRA (A: rank × in, Kaiming-uniform; B: out × rank, zeros) to the weight. While it is
+        present the forward computes Q_a(x̃)·Q_w(W̃ + ΔW)ᵀ with ΔW = (alpha / rank)·B·A, values exactly as the frozen
+        layer with its weight replaced, gradients straight through both quantisers (`_straight_through`)."""
+        a = torch.empty(rank, self.in_features)
+        bound = 1.0 / math.sqrt(self.in_features)
+        a.uniform_(-bound, bound, generator=generator)
+        device = self.weight_fp.device
+        self.lora_A = torch.nn.Parameter(a.to(device))
+        self.lora_B = torch.nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.lora_scale = alpha / rank
+
+    def lora_delta(self) -> torch.Tensor:
+        return self.lora_scale * (self.lora_B @ self.lora_A)
+
+    @torch.no_grad()
+    def merge_qat(self) -> None:
+        """Fold the LoRA into the full-precision weight and re-quantise it (the layer is then what it trained as)."""
+        if self.lora_A is None:
+            return
+        self.weight_fp = self.weight_fp + self.lora_delta().detach()
+        self.lora_A = self.lora_B = None
         self.refresh_weight()
 
     def refresh_weight(self) -> None:
-        w = self.weight_fp * self.smooth[None, :]
-        if self.rot is not None:
-            w = w @ self.rot
+        with torch.no_grad():
+            w = self._prepared_weight()
         self.register_buffer("weight_q", quantize_tensor(w, self.recipe.weight), persistent=False)
 
     def _raw_step_group(self) -> int:
@@ -221,6 +254,11 @@ class QuantLinear(torch.nn.Module):
         x = x.float() / self.smooth
         return x @ self.rot if self.rot is not None else x
 
+    def _prepared_weight(self) -> torch.Tensor:
+        w = self.weight_fp + self.lora_delta() if self.lora_A is not None else self.weight_fp
+        w = w * self.smooth[None, :]
+        return w @ self.rot if self.rot is not None else w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         if self.observe is not None:  # calibration: record ranges of the raw input (smoothing) or prepared input
@@ -230,8 +268,13 @@ class QuantLinear(torch.nn.Module):
             scale = None
             if self.recipe.static and self.act_scale.numel():
                 scale = self.act_scale[self._step_group()]
-            xq = quantize_tensor(xq, self.recipe.activation, scale)
-        return F.linear(xq, self.weight_q, self.bias).to(dtype)
+            q = quantize_tensor(xq.detach(), self.recipe.activation, scale)
+            xq = _straight_through(q, xq) if xq.requires_grad else q
+        weight = self.weight_q
+        if self.lora_A is not None:
+            w = self._prepared_weight()
+            weight = _straight_through(quantize_tensor(w.detach(), self.recipe.weight), w)
+        return F.linear(xq, weight, self.bias).to(dtype)
 
     def _record(self, x: torch.Tensor) -> None:
         obs = self.observe
@@ -247,6 +290,11 @@ class QuantLinear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, recipe={self.recipe.name}"
+
+
+def _straight_through(quantised: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The value of `quantised` (exactly: q + 0), the gradient of the identity with respect to `x`."""
+    return quantised + (x - x.detach())
 
 
 def _parent(root: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:

@@ -148,15 +148,22 @@ def attention_config(cfg: StudentConfig) -> AttentionConfig:
     return AttentionConfig("lit", layers=cfg.layers, options=dict(cfg.options))
 
 
+def copy_adapter(teacher: VideoModelAdapter) -> VideoModelAdapter:
+    """A second adapter sharing the teacher's VAE and text encoder, with deep copies of its transformer(s) and its own
+    attention context."""
+    student = copy.copy(teacher)
+    student.__dict__.pop("_attention_state", None)
+    student.transformer = copy.deepcopy(teacher.transformer)
+    if getattr(teacher, "transformer_2", None) is not None:
+        student.transformer_2 = copy.deepcopy(teacher.transformer_2)
+    return student
+
+
 def make_student(teacher: VideoModelAdapter, cfg: StudentConfig, seed: int = 0) -> VideoModelAdapter:
     """A second adapter sharing the teacher's VAE and text encoder, with a deep copy of its transformer(s), "lit"
     installed on `cfg.layers`, the LiT layers' projections re-initialised when `cfg.inherit` is false, and
     `requires_grad` set per `cfg.trainable` (other weights frozen)."""
-    student = copy.copy(teacher)
-    student.__dict__.pop("_attention_state", None)  # its own attention context
-    student.transformer = copy.deepcopy(teacher.transformer)
-    if getattr(teacher, "transformer_2", None) is not None:
-        student.transformer_2 = copy.deepcopy(teacher.transformer_2)
+    student = copy_adapter(teacher)
     transformers = [t for t in (student.transformer, getattr(student, "transformer_2", None)) if t is not None]
     if not cfg.inherit:
         reinit_attention_projections(student, cfg.layers, seed)

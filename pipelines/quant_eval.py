@@ -38,6 +38,7 @@ def evaluate_recipes(
     from vidpost.evaluation.settings import resolve_settings
     from vidpost.evaluation.shapes import parse_model, score_row
     from vidpost.models import load, resolve_model_path
+    from vidpost.models.quant import QUANT_CONFIG
     from vidpost.pipelines.quantize import quantize_model
     from vidpost.rewards.base import build_reward
 
@@ -49,6 +50,12 @@ def evaluate_recipes(
     for recipe in [None, *recipes]:
         if recipe is None:
             adapter, report = load(path, lora=lora), None
+        elif Path(recipe).is_dir():  # a quantised model folder (`vidpost quantize`, `vidpost qat`): as it loads
+            adapter = load(recipe)
+            report = adapter.quant_report
+            if report is None:
+                raise ValueError(f"{recipe} is a model folder without {QUANT_CONFIG}: not a quantised model")
+            report.recipe = f"{report.recipe} ({recipe})"
         else:
             adapter, report = quantize_model(model, recipe)
         settings = resolve_settings(path, adapter)
@@ -166,7 +173,12 @@ def sensitivity_report(model: str, recipes: list[str], prompts: list[str], out: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vidpost quant-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes")
-    p.add_argument("--recipes", nargs="+", required=True, help="recipe YAMLs (configs/quant/*.yaml)")
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        required=True,
+        help="recipe YAMLs (configs/quant/*.yaml) applied to --model, or quantised model folders (vidpost quantize, qat)",
+    )
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--limit", type=int, help="the first N held-out prompts (default: all 64)")
     p.add_argument("--batch-size", type=int, default=16)

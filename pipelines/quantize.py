@@ -20,13 +20,45 @@ from typing import Any
 from vidpost.training.runner import ExitCode
 
 
+def resolve_keep_worst(adapter: Any, model_dir: Path, recipe: Any) -> list[str]:
+    """Mixed precision by sensitivity: add the recipe's `keep_worst` most sensitive layers (measured on the
+    unquantised `adapter` over the calibration prompts, among the layers not kept already) to `recipe.keep`; → those
+    layers' names. (A saved folder's `quant.json` holds the resolved `keep`; loading it does not measure again.)"""
+    from vidpost.evaluation.settings import resolve_settings
+    from vidpost.models.quant import layer_sensitivity
+    from vidpost.rl.prompts import load_prompt_pool
+
+    if not recipe.keep_worst:
+        return []
+    cal = recipe.calibration
+    prompts = load_prompt_pool(cal.prompts, cal.count)[: min(cal.count, 4)]
+    size = {"num_frames": cal.num_frames, "height": cal.height, "width": cal.width}
+    settings = resolve_settings(model_dir, adapter, steps=cal.steps, **size)
+    errors = layer_sensitivity(adapter, recipe, prompts, settings, seed=cal.seed)
+    worst = sorted(errors, key=errors.get, reverse=True)[: recipe.keep_worst]
+    recipe.keep = [*recipe.keep, *worst]
+    return worst
+
+
+def calibrate_recipe(adapter: Any, model_dir: Path, recipe: Any) -> None:
+    """Calibrate the installed recipe on its calibration prompts, when it needs to (static scales, SmoothQuant)."""
+    from vidpost.evaluation.settings import resolve_settings
+    from vidpost.models.quant import calibrate
+    from vidpost.rl.prompts import load_prompt_pool
+
+    if not recipe.needs_calibration():
+        return
+    cal = recipe.calibration
+    prompts = load_prompt_pool(cal.prompts, cal.count)[: cal.count]
+    size = {"num_frames": cal.num_frames, "height": cal.height, "width": cal.width}
+    calibrate(adapter, recipe, prompts, resolve_settings(model_dir, adapter, steps=cal.steps, **size))
+
+
 def quantize_model(spec: str, recipe_path: str | Path, out: str | Path | None = None, device: str = "cpu") -> Any:
     """Load `spec`, apply and calibrate the recipe; write the folder when `out` is given → (adapter, report)."""
-    from vidpost.evaluation.settings import resolve_settings
     from vidpost.evaluation.shapes import parse_model
     from vidpost.models import load, resolve_model_path
-    from vidpost.models.quant import calibrate, install_quant, read_recipe, save_quant_folder
-    from vidpost.rl.prompts import load_prompt_pool
+    from vidpost.models.quant import install_quant, read_recipe, save_quant_folder
 
     recipe = read_recipe(recipe_path)
     base, lora = parse_model(spec)
@@ -35,12 +67,9 @@ def quantize_model(spec: str, recipe_path: str | Path, out: str | Path | None = 
     if lora:
         adapter.transformer.fuse_lora()
         adapter.transformer.unload_lora()
+    resolve_keep_worst(adapter, path, recipe)
     report = install_quant(adapter, recipe)
-    if recipe.needs_calibration():
-        cal = recipe.calibration
-        prompts = load_prompt_pool(cal.prompts, cal.count)[: cal.count]
-        size = {"num_frames": cal.num_frames, "height": cal.height, "width": cal.width}
-        calibrate(adapter, recipe, prompts, resolve_settings(path, adapter, steps=cal.steps, **size))
+    calibrate_recipe(adapter, path, recipe)
     if out is not None:
         save_quant_folder(adapter, recipe, report, out, source=spec)
     return adapter, report

@@ -216,3 +216,27 @@ def test_layer_sensitivity_measures_each_layer_alone_and_names_its_type(tiny_wan
     kinds = {layer_type(n) for n in e4}
     assert {"self-attn q/k/v", "self-attn out", "cross-attn k/v", "FFN up", "FFN down"} <= kinds
     assert layer_type("condition_embedder.time_proj") == "time embedding" and layer_type("x.y") == "other"
+
+
+def test_keep_worst_keeps_the_most_sensitive_layers_and_the_folder_remembers_them(tmp_path, tiny_wan_dir):
+    from vidpost.evaluation.settings import resolve_settings
+    from vidpost.models.quant import layer_sensitivity, read_recipe
+    from vidpost.pipelines.quantize import main
+
+    cal = "calibration: {prompts: ['a red circle', 'a blue square'], count: 2, steps: 4, num_frames: 5, height: 32, width: 32}"
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"name: w4-mixed\nweight: {{format: int4}}\nactivation: {{format: int4}}\nkeep_worst: 3\n{cal}\n")
+    plain = load(tiny_wan_dir)
+    settings = resolve_settings(tiny_wan_dir, plain, steps=4, num_frames=5, height=32, width=32)
+    errors = layer_sensitivity(plain, read_recipe(cfg), ["a red circle", "a blue square"], settings)
+    worst = sorted(errors, key=errors.get, reverse=True)[:3]
+    assert errors[worst[-1]] > min(errors.values())  # a real ranking, not ties
+    out = tmp_path / "q"
+    assert main(["--model", str(tiny_wan_dir), "--recipe", str(cfg), "--out", str(out)]) == 0
+    meta = json.loads((out / "quant.json").read_text())
+    assert sorted(meta["recipe"]["keep"]) == sorted(worst)
+    assert not set(worst) & set(meta["report"]["layers"]) and len(meta["report"]["layers"]) == len(errors) - 3
+    reloaded = load(out)
+    for name in worst:
+        assert type(reloaded.transformer.get_submodule(name)) is torch.nn.Linear
+    assert reloaded.quant_report.layers == meta["report"]["layers"]

@@ -48,6 +48,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidpost.pipelines.quantize",
         "stage 4d: low-precision linear layers by recipe (FP8, INT8, MXFP8, MXINT8, INT4, NVFP4, MXFP4)",
     ),
+    "qat": (
+        "vidpost.pipelines.quant_qat",
+        "stage 4d: quantisation-aware recovery, a LoRA trained through a recipe's fake quantisation",
+    ),
     "quant-eval": ("vidpost.pipelines.quant_eval", "quantisation recipes side by side on the Shapes held-out prompts"),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
     "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
