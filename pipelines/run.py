@@ -14,7 +14,8 @@ Stages, in order (each one optional, `enabled: false` passes its input through):
     distill   `vidpost distill --method dmd2` (optional; `distill.config`): a few-step, CFG-free student of the
               current model (its RL LoRA fused in); the later stages and the report use the student
     optimize  inference settings (attention implementation, Enhance-A-Video, step caching, torch.compile) applied
-              to the final model at generation time; nothing is trained
+              to the final model at generation time, and optionally a low-precision recipe (`optimize.quant`: the
+              model quantised and calibrated as `vidpost quantize` does); nothing is trained
 
 What flows from stage to stage is a small state: {model folder, LoRA folder, enhancer folder, inference settings}.
 Each stage writes `<run_dir>/<stage>/stage.json` with that state, the seconds it took, and a hash of everything
@@ -93,6 +94,8 @@ def stage_hash(name: str, cfg: PipelineConfig, upstream: str, base: Path) -> str
         files = _file_text(section["config"], base) if section["enabled"] else ""
     elif name == "enhance" and section["enabled"] and not section["enhancer"]:
         files = _file_text(section["sft"], base) + _file_text(section["grpo"], base)
+    elif name == "optimize" and section["enabled"] and section["quant"]:
+        files = _file_text(section["quant"], base)
     blob = json.dumps({"stage": name, "section": section, "files": files, "upstream": upstream}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -246,7 +249,14 @@ def run_optimize(cfg: PipelineConfig, state: State, out: Path, base: Path, resum
     from vidpost.models.inference import InferenceConfig
 
     InferenceConfig.from_dict(cfg.optimize.inference)  # validate now, not at generation time
-    return State(**{**state.to_dict(), "inference": dict(cfg.optimize.inference)})
+    model, lora = state.model, state.lora
+    if cfg.optimize.quant:
+        from vidpost.pipelines.quantize import quantize_model
+
+        spec = f"{model}+{lora}" if lora else model
+        quantize_model(spec, resolve_path(cfg.optimize.quant, base), out / "model")
+        model, lora = str(out / "model"), None
+    return State(**{**state.to_dict(), "model": model, "lora": lora, "inference": dict(cfg.optimize.inference)})
 
 
 RUNNERS = {
@@ -287,6 +297,13 @@ def validate(cfg: PipelineConfig, base: Path) -> list[str]:
             InferenceConfig.from_dict(cfg.optimize.inference)
         except ValueError as e:
             problems.append(f"optimize.inference: {e}")
+        if cfg.optimize.quant:
+            from vidpost.models.quant import read_recipe
+
+            try:
+                read_recipe(resolve_path(cfg.optimize.quant, base))
+            except ValueError as e:
+                problems.append(f"optimize.quant ({cfg.optimize.quant}): {e}")
     if cfg.data.enabled and cfg.data.shapes_clips <= 0 and not cfg.data.manifest:
         problems.append("data: needs shapes_clips > 0 or a manifest")
     if cfg.enhance.enabled and not cfg.enhance.enhancer and not cfg.enhance.sft:

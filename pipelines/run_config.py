@@ -44,6 +44,9 @@ class OptimizeStage:
     inference: dict[str, Any] = field(default_factory=dict)
     """inference settings applied when generating: attention (implementation, layers, options,
     eav), cache, compile — see `vidpost.models.inference`"""
+    quant: str | None = None
+    """a low-precision recipe (configs/quant/*.yaml): the model (its LoRA fused first) is quantised and calibrated as
+    `vidpost quantize` does, and the report's last row is the quantised model (null: none)"""
 
 
 @dataclass
