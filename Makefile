@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # e.g. make bench-rewards BENCH_REWARDS_ARGS="--device cuda --config rewards.yaml --batch 8"
 BENCH_REWARDS_ARGS ?=
 
-.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes rl-shapes pipeline enhance-eval distill-shapes distill-fast-shapes quant-shapes bench-lit
+.PHONY: help venv demo test test-slow test-gpu bench bench-rewards bench-inference style lint wheel clean shapes-models shapes-eval eval grpo-shapes rl-shapes pipeline enhance-eval distill-shapes distill-fast-shapes quant-shapes qat-shapes bench-lit
 
 help:
 	@echo "make demo       run the main job on the embedded default (Shapes world)"
@@ -28,6 +28,7 @@ help:
 	@echo "make rl-shapes  every RL algorithm at one budget of videos on the Shapes world, one table (results/shapes-rl)"
 	@echo "make distill-fast-shapes  distil a 4-step DMD2 student of shapes-rl, then the side-by-side table"
 	@echo "make quant-shapes  every low-precision recipe (configs/quant) on the Shapes model, side by side"
+	@echo "make qat-shapes  quantisation-aware recovery of the 4-bit recipes on the Shapes model (runs/shapes-qat-*)"
 	@echo "make pipeline   the whole Shapes pipeline (SFT → RL → enhance → distill → optimize) with its report (~40 min CPU)"
 	@echo "make enhance-eval   raw vs rewritten vs canonical prompts on the held-out Shapes scenes"
 
@@ -78,9 +79,10 @@ distill-fast-shapes: venv
 	$(BIN)/python -m vidpost.pipelines.distill_eval --teacher shapes-rl --student runs/shapes-dmd2/final \
 		--student-steps 4 2 1 --seeds 2 --threads 2 --out results/shapes-fast
 
-SENSITIVITY = configs/quant/w8a8-fp8.yaml configs/quant/w4a4-int4.yaml configs/quant/w4a4-int4-rot.yaml configs/quant/nvfp4.yaml
-quant-shapes: venv
+SENSITIVITY = configs/quant/w8a8-fp8.yaml configs/quant/w4a4-int4.yaml configs/quant/w4a4-int4-had.yaml configs/quant/w4a4-int4-rot.yaml configs/quant/nvfp4.yaml
+quant-shapes: qat-shapes
 	$(BIN)/python -m vidpost.pipelines.quant_eval --model shapes --recipes $(sort $(wildcard configs/quant/*.yaml)) \
+		runs/shapes-qat-w4a4/final runs/shapes-qat-w4a4-rot/final runs/shapes-qat-nvfp4/final \
 		--seeds 2 --threads 2 --sensitivity $(SENSITIVITY) --out results/shapes-quant
 
 test: venv
@@ -119,3 +121,10 @@ wheel: venv
 
 clean:
 	rm -rf build dist *.egg-info outputs .pytest_cache
+
+# Quantisation-aware recovery of the 4-bit recipes on the Shapes model (resumable: reruns continue from checkpoints).
+QAT_RUNS = w4a4=configs/quant/w4a4-int4.yaml w4a4-rot=configs/quant/w4a4-int4-rot.yaml nvfp4=configs/quant/nvfp4.yaml
+qat-shapes: venv
+	@for r in $(QAT_RUNS); do name=$${r%%=*}; recipe=$${r#*=}; \
+		test -f runs/shapes-qat-$$name/final/quant.json || $(BIN)/python -m vidpost.cli qat \
+		--config configs/shapes/qat-w4a4.yaml recipe=$$recipe output_dir=runs/shapes-qat-$$name --resume latest || exit 1; done

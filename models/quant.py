@@ -331,13 +331,30 @@ class QuantReport:
     """the transformer's weights packed (computed): quantised layers at their format's bits plus their scales, every
     other parameter (biases included) at 16 bits"""
     bf16_bytes: float
+    spec: QuantRecipe | None = field(default=None, repr=False, compare=False)
+    """the recipe as installed (its `keep` resolved); not part of `to_dict`"""
 
     @property
     def ratio(self) -> float:
         return self.weight_bytes / self.bf16_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"ratio_to_bf16": self.ratio}
+        out = {k: v for k, v in asdict(self).items() if k != "spec"}
+        return out | {"ratio_to_bf16": self.ratio}
+
+
+def packed_bytes(
+    transformer: torch.nn.Module, recipe: QuantRecipe, names: list[str] | None = None
+) -> tuple[float, float]:
+    """(packed, bf16) bytes of the transformer's parameters: the recipe's layers (`names`, default the ones it
+    selects) at their format's bits plus scales, every other parameter at 16 bits. Works on meta tensors."""
+    names = selected_linears(transformer, recipe) if names is None else names
+    bf16 = 2.0 * sum(p.numel() for p in transformer.parameters())
+    packed = bf16
+    for name in names:
+        w = transformer.get_submodule(name).weight
+        packed += w.numel() * (bits_per_weight(recipe.weight, w.shape[1]) / 8 - 2)
+    return packed, bf16
 
 
 def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Tensor] | None = None) -> QuantReport:
@@ -347,11 +364,7 @@ def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Ten
     names = selected_linears(transformer, recipe)
     if not names:
         raise ValueError(f"recipe {recipe.name}: no linear layer matches include={recipe.include}")
-    bf16 = 2.0 * sum(p.numel() for p in transformer.parameters())
-    packed = bf16
-    for name in names:
-        w = transformer.get_submodule(name).weight
-        packed += w.numel() * (bits_per_weight(recipe.weight, w.shape[1]) / 8 - 2)
+    packed, bf16 = packed_bytes(transformer, recipe, names)
     state = adapter.attention_state
     used: dict[str, str] = {}
     for name in names:
@@ -366,7 +379,7 @@ def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Ten
         used[name] = "reference"
     if recipe.backend == "torchao":
         used |= _torchao(transformer, recipe, names)
-    return QuantReport(recipe.name, names, used, packed, bf16)
+    return QuantReport(recipe.name, names, used, packed, bf16, spec=recipe)
 
 
 def torchao_kind(recipe: QuantRecipe, device: torch.device) -> str | None:
