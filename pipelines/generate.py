@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,6 +95,11 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--cache-threshold", type=float, help="first_block / mag threshold (default 0.05)")
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    par = p.add_argument_group(
+        "sequence parallelism (launch N processes: torchrun --nproc_per_node N generate.py ...)"
+    )
+    par.add_argument("--sp", type=int, default=1, help="Ulysses degree: processes that split each video's tokens")
+    par.add_argument("--ring", type=int, default=1, help="ring-attention degree (GPU attention backends only)")
 
 
 def inference_settings(args: argparse.Namespace) -> dict:
@@ -194,7 +200,35 @@ def output_paths(out: Path, prompts: list[str]) -> list[Path]:
     return [folder / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(prompts)]
 
 
+def parallel_layout(args: argparse.Namespace) -> Any:
+    """The sequence-parallel layout of `--sp` / `--ring` (`vidpost.training.parallel`); starts the process group
+    from torchrun's environment when it is not running yet."""
+    import os
+
+    from vidpost.training.parallel import ParallelConfig, make_layout
+
+    cfg = ParallelConfig(sp_degree=args.sp, ring_degree=args.ring)
+    if cfg.degree == 1:
+        return make_layout(cfg)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "WORLD_SIZE" not in os.environ:
+            raise ValueError(
+                f"--sp {args.sp} --ring {args.ring} needs {cfg.degree} processes: "
+                f"torchrun --nproc_per_node {cfg.degree} generate.py --sp {args.sp} ..."
+            )
+        if str(args.device).startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            args.device = f"cuda:{local}"
+        dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
+    return make_layout(cfg, dist.get_world_size(), dist.get_rank(), args.device)
+
+
 def generate(args: argparse.Namespace) -> list[Path]:
+    layout = parallel_layout(args)
+    writes = layout.rank == 0  # under sequence parallelism every rank samples, the first one writes
     originals = prompts = read_prompts(args)
     model_dir = resolve_model_path(args.model)
     enhanced = None
@@ -213,14 +247,21 @@ def generate(args: argparse.Namespace) -> list[Path]:
         from vidpost.models.inference import apply_inference
 
         apply_inference(adapter, extra, num_inference_steps=settings.steps)
+    if layout.degree > 1:
+        from vidpost.training.parallel import check_tokens, enable_sequence_parallel
+
+        check_tokens(adapter, adapter.latent_shape(1, settings.num_frames, settings.height, settings.width), layout)
+        enable_sequence_parallel(adapter, layout)
     print(f"loaded {adapter.family} model from {model_dir} in {time.time() - t0:.1f}s", file=sys.stderr)
     paths = output_paths(args.out, originals)
     seeds = [video_seed(prompt_seed(None, args.seed, i), 0) for i in range(len(prompts))]
     videos = []
     batches = sample_batches(
-        adapter, prompts, seeds, settings, batch_size=args.batch_size, step_progress=not args.no_progress
+        adapter, prompts, seeds, settings, batch_size=args.batch_size, step_progress=writes and not args.no_progress
     )
     for start, out, seconds in batches:
+        if not writes:
+            continue
         dt = seconds / len(out)
         for j, video in enumerate(out.cpu()):
             i = start + j
@@ -235,11 +276,13 @@ def generate(args: argparse.Namespace) -> list[Path]:
                 meta["attention"] = to_dict(attention)
             if extra:
                 meta["inference"] = extra
+            if layout.degree > 1:
+                meta["parallel"] = {"sp_degree": layout.sp, "ring_degree": layout.ring}
             meta["seconds_per_video"] = round(dt, 3)
             path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
             videos.append(video)
             print(f"wrote {path}", file=sys.stderr)
-    if len(prompts) > 1:
+    if len(prompts) > 1 and writes:
         contact_sheet(videos, paths[0].parent / "contact_sheet.png", labels=originals)
     return paths
 

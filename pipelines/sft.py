@@ -50,6 +50,7 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraCon
 from vidpost.training.ema import EMA
 from vidpost.training.lora import add_lora, export, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel, make_layout
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, stage_main
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
@@ -143,6 +144,8 @@ class SFTConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """sequence parallelism (`vidpost.training.parallel`): processes = data-parallel × sp_degree × ring_degree"""
 
 
 # ---- pure pieces (unit-tested) ------------------------------------------------------------------------------------
@@ -210,8 +213,11 @@ def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[dict] | N
 
 @torch.no_grad()
 def run_validation(
-    adapter: VideoModelAdapter, cfg: ValidationConfig, bucket: Bucket, out_dir: Path, step: int
+    adapter: VideoModelAdapter, cfg: ValidationConfig, bucket: Bucket, out_dir: Path, step: int, write: bool = True
 ) -> dict[str, float]:
+    """Sample the validation prompts, score them where they carry scene specs, and (`write`) save the videos, a
+    contact sheet and the metrics under `out_dir/validation/step_N`. Under sequence parallelism every rank of the
+    SP group samples (the transformer's collectives need them all) and one writes."""
     from vidpost.media.video_io import contact_sheet, write_video
     from vidpost.models.sampling import sample
 
@@ -232,6 +238,8 @@ def run_validation(
         seed=cfg.seed,
     ).cpu()
     adapter.transformer.train(was_training)
+    if not write:
+        return {}
     folder = out_dir / "validation" / f"step_{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
@@ -302,13 +310,16 @@ def buckets_of(cfg: SFTConfig) -> list[Bucket]:
 def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
+    layout = make_layout(cfg.parallel, world, accelerator.process_index, accelerator.device)
+    rank, dp = layout.dp_rank, layout.dp_size  # the data follow the data-parallel coordinate (SP ranks share it)
     torch.manual_seed(cfg.train.seed)
     check_data(cfg)
     model_dir = resolve_model_path(cfg.model.path)
     adapter = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
     for b in buckets_of(cfg):
         adapter.validate_size(b.num_frames, b.height, b.width)
+        check_tokens(adapter, adapter.latent_shape(1, b.num_frames, b.height, b.width), layout)
     cache = LatentCache(ensure_cache(cfg, adapter, accelerator))
     if accelerator.is_main_process:
         write_config(out_dir, cfg)
@@ -322,10 +333,11 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     if cfg.model.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
+    enable_sequence_parallel(adapter, layout)
     optimizer = make_optimizer(params, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(transformer, optimizer)
-    global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
+    global_batch = cfg.train.batch_size * dp * cfg.train.grad_accum
     sampler = StatefulBatchSampler(cache.bucket_indices(), global_batch, cfg.train.seed)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     ckpt = Checkpoints(
@@ -356,8 +368,8 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     t_start, steps_done = time.time(), 0
     while step < cfg.train.max_steps:
         t_step = time.perf_counter()
-        # The step's global batch is [grad_accum][processes][batch_size]; everything random is drawn for all of
-        # it from one generator, and each (micro-batch, process) takes its slice.
+        # The step's global batch is [grad_accum][data-parallel ranks][batch_size]; everything random is drawn for
+        # all of it from one generator, and each (micro-batch, data-parallel rank) takes its slice.
         g = step_generator(cfg.train.seed, step, 0)
         global_idx = next(batches)
         n = len(global_idx)
@@ -367,7 +379,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         keyed = given_frames(g, n, noise.shape[2], cfg.train)
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(cfg.train.grad_accum):
-            sl = slice((micro * world + rank) * bs, (micro * world + rank + 1) * bs)
+            sl = slice((micro * dp + rank) * bs, (micro * dp + rank + 1) * bs)
             idx = global_idx[sl]
             x0 = torch.stack([cache.latents[i] for i in idx]).to(accelerator.device)
             eps, sig = noise[sl].to(accelerator.device), sigma[sl].to(accelerator.device)
@@ -382,7 +394,7 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
                 pred = adapter.predict_velocity(x_t, sig, cond, model=model, given=k)
                 w = loss_weight(sig, cfg.train.loss_weighting)
                 loss = flow_matching_loss(pred, x0, eps, w, given=k).mean()
-                accelerator.backward(loss / cfg.train.grad_accum)
+                accelerator.backward(loss * layout.grad_scale / cfg.train.grad_accum)
             loss_sum += loss.detach().float() / cfg.train.grad_accum
         mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()
         ckpt.check_finite("loss", mean_loss, step + 1)
@@ -410,8 +422,10 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         if ckpt.due(step) and ckpt.save(step):
             write_history(out_dir, earlier + history)
         if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
-            if accelerator.is_main_process:
-                m = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
+            if accelerator.is_main_process or layout.degree > 1:
+                m = run_validation(
+                    adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step, accelerator.is_main_process
+                )
                 accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
             accelerator.wait_for_everyone()
     bar.close()
@@ -425,9 +439,12 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     )
     if accelerator.is_main_process:
         result.final = export(adapter, cfg, out_dir / "final", ema)
-        if cfg.validation.prompts:
-            result.metrics = run_validation(adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step)
-            accelerator.log({f"val/{k}": v for k, v in result.metrics.items()}, step=step)
+    if cfg.validation.prompts and (accelerator.is_main_process or layout.degree > 1):
+        result.metrics = run_validation(
+            adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step, accelerator.is_main_process
+        )
+        accelerator.log({f"val/{k}": v for k, v in result.metrics.items()}, step=step)
+    if accelerator.is_main_process:
         write_history(out_dir, earlier + history)
         result.write(out_dir)
     accelerator.end_training()

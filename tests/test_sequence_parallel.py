@@ -1,0 +1,116 @@
+"""Sequence parallelism (`vidpost.training.parallel`, Ulysses through diffusers' context parallelism): the layout
+arithmetic and its one-line refusals; with 2 CPU processes over gloo, SP 2 equals the unsplit model for the forward
+and the gradients, one SFT run's losses and weights, and a generation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vidpost.config import load_config
+from vidpost.models import load
+from vidpost.training.parallel import Layout, ParallelConfig, check_supported, make_layout
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_layout_arithmetic_and_refusals():
+    layout = Layout(world=4, rank=3, sp=2, ring=1)
+    assert (layout.dp_size, layout.dp_rank, layout.grad_scale) == (2, 1, 2.0)
+    assert make_layout(ParallelConfig(), world=3, rank=2).dp_rank == 2  # no SP: every process is its own sample
+    with pytest.raises(ValueError, match="must divide the number of processes"):
+        make_layout(ParallelConfig(sp_degree=2), world=3)
+    with pytest.raises(ValueError, match="ring_degree > 1 needs a GPU"):
+        make_layout(ParallelConfig(ring_degree=2), world=2, device="cpu")
+    with pytest.raises(ValueError, match=">= 1"):
+        ParallelConfig(sp_degree=0)
+
+
+def test_unsupported_combinations_are_one_line_errors(tiny_wan_dir, tiny_hunyuan_dir):
+    from vidpost.models.attention import AttentionConfig, install_attention
+
+    layout = Layout(world=2, rank=0, sp=2, ring=1)
+    check_supported(load(tiny_wan_dir), layout)  # diffusers' own processors: supported
+    with pytest.raises(ValueError, match="HunyuanVideoTransformer3DModel has no context-parallel plan"):
+        check_supported(load(tiny_hunyuan_dir), layout)
+    lit = load(tiny_wan_dir)
+    install_attention(lit, AttentionConfig("lit"))
+    with pytest.raises(ValueError, match="diffusers' own attention processors"):
+        check_supported(lit, layout)
+    with pytest.raises(ValueError, match="not divisible by sp_degree=3"):
+        check_supported(load(tiny_wan_dir), Layout(world=3, rank=0, sp=3, ring=1))
+
+
+def test_sp2_forward_and_gradients_equal_the_unsplit_model(tiny_wan_dir, tmp_path):
+    out = tmp_path / "sp.json"
+    res = subprocess.run(
+        [*LAUNCH, "--master_port", "29561", str(ROOT / "tests" / "sp_worker.py"), str(tiny_wan_dir), str(out)],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["local_tokens"] * 2 == r["tokens"]  # each rank's projections saw half of the video tokens
+    assert r["forward_max_abs_diff"] <= 1e-5 * max(1.0, r["forward_scale"])
+    assert r["grad_max_rel_diff"] <= 1e-5 and r["grads"][0] == r["grads"][1] > 0
+
+
+def test_sft_with_sp2_equals_one_process(tiny_wan_dir, tiny_manifest, tmp_path):
+    from test_sft import _args
+
+    from vidpost.pipelines.sft import SFTConfig, train
+
+    train(load_config(SFTConfig, None, _args(tmp_path / "one", tiny_wan_dir, tiny_manifest)))
+    cache = str(tmp_path / "one" / "cache")
+    args = _args(tmp_path / "sp", tiny_wan_dir, tiny_manifest, **{"data.cache_dir": cache, "parallel.sp_degree": 2})
+    res = subprocess.run(
+        [*LAUNCH, "--master_port", "29562", "-m", "vidpost.pipelines.sft", *args],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    h1 = [h["loss"] for h in json.loads((tmp_path / "one" / "history.json").read_text())]
+    h2 = [h["loss"] for h in json.loads((tmp_path / "sp" / "history.json").read_text())]
+    assert len(h1) == len(h2) == 4 and h1 == pytest.approx(h2, rel=1e-5)
+    a = load_file(str(tmp_path / "one" / "final" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "final" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "sp" / "config.json").read_text())["parallel"]["sp_degree"] == 2
+
+
+def test_generate_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    common = ["--model", str(tiny_wan_dir), "--prompt", "a red circle moves right", "--num-frames", "9"]
+    common += ["--height", "32", "--width", "32", "--steps", "3", "--seed", "5", "--no-progress"]
+    one = subprocess.run(
+        [sys.executable, "generate.py", *common, "--out", str(tmp_path / "one.mp4")],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [*LAUNCH, "--master_port", "29563", "generate.py", *common, "--sp", "2", "--out", str(tmp_path / "sp.mp4")],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads((tmp_path / "sp.json").read_text())["parallel"] == {"sp_degree": 2, "ring_degree": 1}
+    # the frames, as the lossless contact sheet holds them (the mp4 codec would turn a 1e-6 difference that flips a
+    # pixel's rounding into a larger one), agree to one level of 255
+    a = np.asarray(Image.open(tmp_path / "one.png"), dtype=np.int16)
+    b = np.asarray(Image.open(tmp_path / "sp.png"), dtype=np.int16)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+    bad = subprocess.run(
+        [sys.executable, "generate.py", *common, "--sp", "2", "--out", str(tmp_path / "x.mp4")],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "torchrun --nproc_per_node 2" in bad.stderr.strip().splitlines()[-1]
