@@ -64,6 +64,7 @@ from vidpost.rl.rollout import Rollout, RolloutConfig, step_kwargs
 from vidpost.rl.update import UpdateStats, grpo_update
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.guard import GuardConfig
+from vidpost.training.parallel import ParallelConfig
 from vidpost.training.runner import add_stage_arguments, parse_stage_args, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -104,6 +105,8 @@ class GRPOConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=20, keep_last=2))
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """sequence parallelism (`vidpost.training.parallel`; the guard needs sp_degree 1)"""
 
 
 # ---- the GRPO update (the loop and the other steps: `vidpost.pipelines.rl_run`) ---------------------------

@@ -142,7 +142,7 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> ForwardStats:
     cfg, acc, f = run.cfg, run.accelerator, run.cfg.forward
     run.model.train()
     n = len(advantages_N)
-    index = torch.arange(acc.process_index * n, (acc.process_index + 1) * n)
+    index = torch.arange(run.layout.dp_rank * n, (run.layout.dp_rank + 1) * n)
     sigmas = training_sigmas(ro.sigmas, n, f.timestep_fraction, cfg.train.seed, run.step, first_index=int(index[0]))
     uncond = ro.uncond if f.guided else None
     batch = ForwardBatch(ro.latents[:, -1], ro.cond, uncond, sigmas, index)

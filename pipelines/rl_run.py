@@ -31,6 +31,14 @@ from vidpost.training.ema import EMA
 from vidpost.training.guard import Guard, stop_everywhere
 from vidpost.training.lora import export
 from vidpost.training.optim import lr_lambda, make_optimizer
+from vidpost.training.parallel import (
+    Layout,
+    check_tokens,
+    enable_sequence_parallel,
+    make_layout,
+    scale_gradients,
+    sp_leaders,
+)
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult
 from vidpost.training.tracking import read_history, write_history
@@ -95,6 +103,8 @@ class _Run:
     step: int = 0
     old: Any = None
     """the old policy of the forward-process algorithms (`vidpost.rl.forward_update.OldPolicy`), else None"""
+    layout: Layout = field(default_factory=lambda: Layout(1, 0, 1, 1))
+    """the sequence-parallel layout: prompts, noise and advantages follow its data-parallel coordinate"""
 
 
 def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
@@ -113,12 +123,22 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
     )
     torch.manual_seed(cfg.train.seed)
+    layout = make_layout(cfg.parallel, accelerator.num_processes, accelerator.process_index, accelerator.device)
+    if layout.degree > 1 and cfg.guard.every:
+        raise ValueError(
+            "the guard evaluates on the main process only: set guard.every=0 with parallel.sp_degree > 1 "
+            "(evaluate the exported weights with vidpost eval / shapes-eval instead)"
+        )
     policy = load_policy(cfg, accelerator.device)
+    size = policy.adapter.latent_shape(1, *policy.size)
+    check_tokens(policy.adapter, size, layout)
+    enable_sequence_parallel(policy.adapter, layout, extra=(policy.reference,))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     transformer = policy.adapter.transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
+    scale_gradients(params, layout)
     optimizer = make_optimizer(params, cfg.optim)
     total_updates = cfg.train.max_steps * max(1, cfg.train.updates_per_iteration)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, total_updates))
@@ -146,7 +166,7 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
     kept = ema if ema is not None else old
     ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, kept, probe, accelerator.is_main_process)
     run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
-    run.old = old
+    run.old, run.layout = old, layout
     run.step = ckpt.resume(resume, unit="iteration")
     if ckpt.resumed_from is not None:
         guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
@@ -158,8 +178,8 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
 def sample(run: _Run) -> Rollout:
     """Steps 1–2: this process's share of the iteration's prompts, rolled out with the current policy."""
     cfg, acc, n_local = run.cfg, run.accelerator, run.cfg.rollout.prompts_per_step
-    rank = acc.process_index
-    prompts_all = choose_prompts(run.pool, n_local * acc.num_processes, cfg.train.seed, run.step)
+    rank = run.layout.dp_rank  # the ranks of one SP group roll out the same prompts from the same noise
+    prompts_all = choose_prompts(run.pool, n_local * run.layout.dp_size, cfg.train.seed, run.step)
     prompts = prompts_all[rank * n_local : (rank + 1) * n_local]
     run.model.eval()
     with acc.autocast():
@@ -175,11 +195,13 @@ def score(run: _Run, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
     names = list(run.rewards.weights)
     local = torch.stack([out.score] + [out.components[k] for k in names], 1).to(acc.device)
     gathered = acc.gather(local).cpu()  # [N, 1 + K]: the weighted total, then each reward, over all processes
+    if run.layout.degree > 1:  # one copy of each SP group's samples
+        gathered = gathered[sp_leaders(run.layout, len(local))]
     if not torch.isfinite(gathered).all():
         bad = [k for j, k in enumerate(["total", *names]) if not torch.isfinite(gathered[:, j]).all()]
         value = float(gathered[~torch.isfinite(gathered)][0])
         raise run.ckpt.stop(f"rewards {bad}", value, run.step + 1)
-    groups = torch.arange(cfg.rollout.prompts_per_step * acc.num_processes).repeat_interleave(cfg.rollout.group_size)
+    groups = torch.arange(cfg.rollout.prompts_per_step * run.layout.dp_size).repeat_interleave(cfg.rollout.group_size)
     scores = {k: gathered[:, 1 + j] for j, k in enumerate(names)}
     total = gathered[:, 0]
     adv = compute_advantages(scores, total, groups, run.rewards.weights, cfg)
@@ -190,7 +212,8 @@ def score(run: _Run, ro: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
         rec[f"reward/{k}_std"] = float(v.std())
     rec |= {f"reward/{k}": float(v.mean()) for k, v in out.components.items() if "/" in k}
     n_mine = cfg.rollout.prompts_per_step * cfg.rollout.group_size
-    return adv[acc.process_index * n_mine : (acc.process_index + 1) * n_mine], rec
+    mine = run.layout.dp_rank
+    return adv[mine * n_mine : (mine + 1) * n_mine], rec
 
 
 def record(run: _Run, rewards: dict[str, float], stats: Any, times: list[float]) -> dict[str, float]:

@@ -114,3 +114,40 @@ def test_generate_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2 and "torchrun --nproc_per_node 2" in bad.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "nft"])
+def test_rl_update_with_sp2_equals_one_process(algorithm, tiny_wan_dir, tmp_path, grpo_overrides):
+    from vidpost.pipelines.rl import RLConfig, train
+
+    extra = [f"algorithm={algorithm}", "rollout.prompts_per_step=1", "rollout.height=32", "rollout.width=32"]
+    extra += ["train.max_steps=2"] + (["rollout.sde=ode", "rollout.shared_noise=false"] if algorithm == "nft" else [])
+    one = train(load_config(RLConfig, None, grpo_overrides(tmp_path / "one", tiny_wan_dir, *extra)))
+    over = grpo_overrides(tmp_path / "sp", tiny_wan_dir, *extra, "parallel.sp_degree=2")
+    port = {"grpo": "29564", "nft": "29565"}[algorithm]
+    res = subprocess.run(
+        [*LAUNCH, "--master_port", port, "-m", "vidpost.pipelines.rl", *over],
+        cwd=ROOT, capture_output=True, text=True, env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    history = json.loads((tmp_path / "sp" / "history.json").read_text())
+    assert len(history) == len(one.history) == 2
+    for h1, h2 in zip(one.history, history, strict=True):
+        assert h1["reward"] == pytest.approx(h2["reward"], rel=1e-5)
+        assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-4, abs=1e-7)
+    a = load_file(str(one.final / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "final" / "pytorch_lora_weights.safetensors"))
+    for k in a:  # Adam's first steps move every weight by ~lr: 1e-5 of it is rounding
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert any(float(v.abs().max()) > 1e-4 for k, v in a.items() if "lora_B" in k)  # the update moved the LoRA
+
+
+def test_the_guard_is_refused_under_sp(tiny_wan_dir, tmp_path, grpo_overrides):
+    from vidpost.pipelines.rl import RLConfig
+    from vidpost.pipelines.rl_run import set_up
+
+    cfg = load_config(RLConfig, None, grpo_overrides(tmp_path, tiny_wan_dir, "guard.every=2", "parallel.sp_degree=2"))
+    with pytest.raises(ValueError, match="must divide the number of processes"):
+        set_up(cfg, None)  # one process cannot hold an SP group of 2
+    cfg = load_config(RLConfig, None, grpo_overrides(tmp_path, tiny_wan_dir, "guard.every=2"))
+    assert cfg.parallel.sp_degree == 1

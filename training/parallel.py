@@ -120,10 +120,11 @@ def check_supported(adapter: Any, layout: Layout) -> None:
                 )
 
 
-def enable_sequence_parallel(adapter: Any, layout: Layout) -> None:
-    """Install diffusers' context parallelism on the adapter's transformer(s) over `layout`'s SP group (a no-op for a
-    layout without SP). `ModelMixin.enable_parallelism` does the same but asks for an accelerator device; here the
-    mesh is ours, so CPU processes (gloo) run it too."""
+def enable_sequence_parallel(adapter: Any, layout: Layout, extra: tuple[torch.nn.Module | None, ...] = ()) -> None:
+    """Install diffusers' context parallelism on the adapter's transformer(s) (and `extra` transformers of the same
+    class, e.g. a frozen KL reference) over `layout`'s SP group (a no-op for a layout without SP).
+    `ModelMixin.enable_parallelism` does the same but asks for an accelerator device; here the mesh is ours, so CPU
+    processes (gloo) run it too."""
     if layout.degree == 1:
         return
     from diffusers import ContextParallelConfig
@@ -133,7 +134,7 @@ def enable_sequence_parallel(adapter: Any, layout: Layout) -> None:
     check_supported(adapter, layout)
     mesh = layout.mesh
     device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" else "cpu"
-    for t in _transformers(adapter):
+    for t in [*_transformers(adapter), *[m for m in extra if m is not None]]:
         if getattr(t, "_parallel_config", None) is not None:
             raise RuntimeError(f"{type(t).__name__} already runs in parallel")
         cp = ContextParallelConfig(ulysses_degree=layout.sp, ring_degree=layout.ring, mesh=mesh["ring", "ulysses"])
@@ -159,3 +160,19 @@ def check_tokens(adapter: Any, latents_shape: tuple[int, ...], layout: Layout) -
             f"sequence parallelism: {t}×{h}×{w} = {t * h * w} video tokens do not split over {layout.degree} ranks; "
             "pick a size whose token count they divide"
         )
+
+
+def scale_gradients(params: list[torch.nn.Parameter], layout: Layout) -> list[Any]:
+    """Multiply each parameter's gradient by `layout.grad_scale` as it is computed (before DDP / FSDP average it over
+    all ranks), for trainers whose losses are not scaled at the source; → the hook handles."""
+    if layout.degree == 1:
+        return []
+    scale = layout.grad_scale
+    return [p.register_hook(lambda g: g * scale) for p in params if p.requires_grad]
+
+
+def sp_leaders(layout: Layout, rows_per_rank: int) -> torch.Tensor:
+    """Indices of the rows of an all-ranks gather (`rows_per_rank` per rank, in rank order) that come from the first
+    rank of each SP group: one copy of every sample."""
+    ranks = torch.arange(0, layout.world, layout.degree)
+    return (ranks[:, None] * rows_per_rank + torch.arange(rows_per_rank)[None, :]).reshape(-1)
