@@ -68,6 +68,7 @@ from vidpost.training.dmd import (
 )
 from vidpost.training.lora import add_lora_to, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel, make_layout
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, stage_main
@@ -178,6 +179,8 @@ class DMD2Config:
     train: DMD2TrainConfig = field(default_factory=DMD2TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100))
     log: DMD2LogConfig = field(default_factory=DMD2LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """sequence parallelism (`vidpost.training.parallel`; the GAN head needs sp_degree 1)"""
 
     def __post_init__(self) -> None:
         if self.generator.steps < 1:
@@ -311,15 +314,16 @@ class Trainables(torch.nn.Module):
         return {k: [p for p in m.parameters() if p.requires_grad] for k, m in mods.items() if m is not None}
 
 
-def all_reduce_grads(params: list[torch.nn.Parameter], accelerator) -> None:
-    """Average the gradients over processes (each process drew its own batch)."""
+def all_reduce_grads(params: list[torch.nn.Parameter], accelerator, dp_size: int | None = None) -> None:
+    """Sum the gradients over processes and divide by the data-parallel size `dp_size` (default: every process drew
+    its own batch; under sequence parallelism the ranks of one SP group hold parts of one batch's gradient)."""
     if accelerator.num_processes == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
     if grads:
         flat = torch.cat([g.flatten() for g in grads])
         torch.distributed.all_reduce(flat)
-        flat /= accelerator.num_processes
+        flat /= dp_size or accelerator.num_processes
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -346,7 +350,14 @@ def check_replicas(nets: torch.nn.Module, accelerator) -> None:
 def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
-    rank, main = accelerator.process_index, accelerator.is_main_process
+    main = accelerator.is_main_process
+    layout = make_layout(cfg.parallel, accelerator.num_processes, accelerator.process_index, accelerator.device)
+    rank, sp = layout.dp_rank, layout.degree > 1  # the ranks of one SP group draw the same batch
+    if sp and cfg.gan.weight > 0:
+        raise ValueError(
+            "gan.weight > 0 with parallel.sp_degree > 1: the GAN head reads one block's features, which "
+            "sequence parallelism splits over the ranks; set gan.weight=0 or sp_degree=1"
+        )
     torch.manual_seed(cfg.train.seed)
     teacher, model_dir = load_teacher(cfg.model, accelerator.device)
     d = cfg.data
@@ -373,6 +384,8 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         tap = FeatureTap(blocks[layer])
         real = RealLatents(cfg.gan.real_data, shape)
     nets = Trainables(generator, fake, head)
+    check_tokens(teacher, shape, layout)
+    enable_sequence_parallel(teacher, layout, extra=(generator, fake))
     if main:
         write_config(out_dir, cfg)
 
@@ -414,7 +427,7 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         for p in step_params(drop):
             p.grad = None
         params = step_params(names)
-        all_reduce_grads(params, accelerator)
+        all_reduce_grads(params, accelerator, layout.dp_size)
         norm = None
         if cfg.optim.max_grad_norm:
             norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
@@ -504,16 +517,17 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
                 ckpt.save(step)
                 if main:
                     write_history(out_dir, history)
-            if main and cfg.log.sample_every and step % cfg.log.sample_every == 0:
-                write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step)
+            if (main or sp) and cfg.log.sample_every and step % cfg.log.sample_every == 0:
+                write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step, main)
     finally:
         if tap is not None:
             tap.remove()
         bar.close()
     check_replicas(nets, accelerator)
     final = None
+    if main or sp:  # under SP every rank samples (the transformer's collectives need them all), one writes
+        write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step, main)
     if main:
-        write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step)
         final = save_student(teacher, generator, model_dir, cfg, out_dir / "final")
         write_history(out_dir, history)
         keys = [
@@ -543,8 +557,10 @@ def write_samples(
     noise: torch.Tensor,
     out_dir: Path,
     step: int,
-) -> Path:
-    """`samples/step_N.png`: the student's samples of the fixed prompts from fixed noise."""
+    write: bool = True,
+) -> Path | None:
+    """`samples/step_N.png`: the student's samples of the fixed prompts from fixed noise (sampled, not written, when
+    `write` is false)."""
     from vidpost.media.video_io import contact_sheet
 
     was_training = generator.training
@@ -552,6 +568,8 @@ def write_samples(
     with torch.no_grad():
         videos = teacher.decode(sample_student(teacher, generator, teacher.encode_prompt(prompts), sigmas, noise))
     generator.train(was_training)
+    if not write:
+        return None
     path = out_dir / "samples" / f"step_{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return contact_sheet(videos, path, labels=prompts)

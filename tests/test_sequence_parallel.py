@@ -85,6 +85,17 @@ def test_sft_with_sp2_equals_one_process(tiny_wan_dir, tiny_manifest, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     assert json.loads((tmp_path / "sp" / "config.json").read_text())["parallel"]["sp_degree"] == 2
+    # a checkpoint written at SP 2 resumes in one process: the same run
+    part = _args(tmp_path / "part", tiny_wan_dir, tiny_manifest, **{"data.cache_dir": cache, "checkpoint.every": 2})
+    res = subprocess.run(
+        [*LAUNCH, "--master_port", "29567", "-m", "vidpost.pipelines.sft", *part, "train.max_steps=2", "parallel.sp_degree=2"],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    train(load_config(SFTConfig, None, part), resume="latest")
+    c = load_file(str(tmp_path / "part" / "final" / "pytorch_lora_weights.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], c[k], atol=1e-5, rtol=1e-4)
 
 
 def test_generate_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
@@ -151,3 +162,28 @@ def test_the_guard_is_refused_under_sp(tiny_wan_dir, tmp_path, grpo_overrides):
         set_up(cfg, None)  # one process cannot hold an SP group of 2
     cfg = load_config(RLConfig, None, grpo_overrides(tmp_path, tiny_wan_dir, "guard.every=2"))
     assert cfg.parallel.sp_degree == 1
+
+
+def test_dmd2_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
+    from test_dmd2 import _flat_overrides
+
+    from vidpost.pipelines.distill_dmd2 import DMD2Config, train
+
+    flat = dict(_flat_overrides(tmp_path, tiny_wan_dir, "one", "train.max_steps=2"))
+    one = train(load_config(DMD2Config, None, [f"{k}={v}" for k, v in flat.items()]))
+    flat |= {"output_dir": str(tmp_path / "sp"), "parallel.sp_degree": "2"}
+    cmd = [*LAUNCH, "--master_port", "29566", "-m", "vidpost.pipelines.distill", "--method", "dmd2"]
+    res = subprocess.run(
+        [*cmd, *[f"{k}={v}" for k, v in flat.items()]],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    history = json.loads((tmp_path / "sp" / "history.json").read_text())
+    for h1, h2 in zip(one.history, history, strict=True):
+        for k in ("loss_dmd", "loss_fake"):
+            assert h1[k] == pytest.approx(h2[k], rel=1e-4), k
+    a = load_file(str(one.final / "transformer" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "sp" / "samples").is_dir()

@@ -39,8 +39,10 @@ RESUMABLE: tuple[str, ...] = (
     "guard.every",
     "guard.patience",
     "output_dir",
+    "parallel.",
 )
-"""Dotted keys (or prefixes ending in ".") that may differ between a checkpoint's config and the resuming one."""
+"""Dotted keys (or prefixes ending in ".") that may differ between a checkpoint's config and the resuming one (the
+sequence-parallel layout changes how a step is computed, not what it computes)."""
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,7 +74,8 @@ def resume_changes(
         if not _resumable(key, allowed):
             raise ValueError(
                 f"cannot resume with {key}={b!r}: the checkpoint was written with {key}={a!r}, and only the learning "
-                "rate and schedule, max_steps and the checkpoint/logging/guard cadence may change on resume "
+                "rate and schedule, max_steps, the parallel layout and the checkpoint/logging/guard cadence may change "
+                "on resume "
                 "(start a new run in another output_dir to change it)"
             )
         changed.append((key, a, b))
