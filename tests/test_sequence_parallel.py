@@ -187,3 +187,16 @@ def test_dmd2_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "sp" / "samples").is_dir()
+
+
+def test_memory_estimates_split_what_each_lever_splits():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sp_memory import estimate
+
+    base = estimate("wan2.1-t2v-14b", 21, 90, 160, sp=1, fsdp=False, ckpt=False, gpus=8)
+    assert base["tokens"] == 75_600 and 14.2e9 < base["params"] < 14.4e9
+    assert base["states"] == pytest.approx(16 * base["params"])
+    sp4 = estimate("wan2.1-t2v-14b", 21, 90, 160, sp=4, fsdp=True, ckpt=False, gpus=8)
+    assert sp4["acts"] == pytest.approx(base["acts"] / 4) and sp4["states"] == pytest.approx(base["states"] / 8)
+    ckpt = estimate("wan2.1-t2v-14b", 21, 90, 160, sp=1, fsdp=False, ckpt=True, gpus=8)
+    assert ckpt["acts"] < base["acts"] / 10
