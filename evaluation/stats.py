@@ -228,3 +228,24 @@ def finite(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def paired_cells(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, str]:
+    """The quality cells of a side-by-side table row (`row["success"]`, `row["score"]`: per-clip values paired with
+    `ref`'s): success with its Wilson 95% interval, graded with its t interval, and — for a row other than the
+    reference — the paired graded delta with its interval and the success delta in points ("—" for the reference)."""
+    s, g = stats(row["success"]), stats(row["score"])
+    lo, hi = s.get("wilson95", (s["mean"], s["mean"]))
+    ci = g["ci95"] or [g["mean"], g["mean"]]
+    cells = {
+        "success": f"{100 * s['mean']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
+        "graded": f"{g['mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+        "delta": "—",
+        "delta_success": "—",
+    }
+    if row is not ref:
+        d = stats([a - b for a, b in zip(row["score"], ref["score"], strict=True)])
+        dci = d["ci95"] or [d["mean"], d["mean"]]
+        cells["delta"] = f"{d['mean']:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]"
+        cells["delta_success"] = f"{100 * (s['mean'] - stats(ref['success'])['mean']):+.1f}"
+    return cells

@@ -65,28 +65,17 @@ def evaluate_rows(
 
 
 def _line(row: dict[str, Any], ref: dict[str, Any]) -> str:
-    from vidpost.evaluation.stats import stats
+    from vidpost.evaluation.stats import paired_cells
 
     n = len(row["success"])
-    s, g = stats(row["success"]), stats(row["score"])
-    lo, hi = s["wilson95"] if "wilson95" in s else (s["mean"], s["mean"])
-    ci = g["ci95"] or [g["mean"], g["mean"]]
+    c = paired_cells(row, ref)
     per_clip = row["seconds"] / n
     speed = (ref["seconds"] / len(ref["success"])) / per_clip
     denoise = (row["seconds"] - row["decode_seconds"]) / n
     denoise_speed = ((ref["seconds"] - ref["decode_seconds"]) / len(ref["success"])) / denoise
-    delta = "—"
-    if row is not ref:
-        d = stats([a - b for a, b in zip(row["score"], ref["score"], strict=True)])
-        dci = d["ci95"] or [d["mean"], d["mean"]]
-        ds = 100 * (s["mean"] - stats(ref["success"])["mean"])
-        delta = f"{d['mean']:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}] | {ds:+.1f}"
-    else:
-        delta = "— | —"
     return (
-        f"{100 * s['mean']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {g['mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
-        f"{delta} | {sum(row['temporal']) / n:.4f} | {row['evals_per_clip']} | {denoise:.3f} | {denoise_speed:.1f}× | "
-        f"{per_clip:.3f} | {speed:.1f}×"
+        f"{c['success']} | {c['graded']} | {c['delta']} | {c['delta_success']} | {sum(row['temporal']) / n:.4f} | "
+        f"{row['evals_per_clip']} | {denoise:.3f} | {denoise_speed:.1f}× | {per_clip:.3f} | {speed:.1f}×"
     )
 
 

@@ -99,22 +99,13 @@ def wan_ratio(report: Any, arch: str = "wan2.1-t2v-1.3b") -> float:
 
 
 def _line(row: dict[str, Any], ref: dict[str, Any]) -> str:
-    from vidpost.evaluation.stats import stats
+    from vidpost.evaluation.stats import paired_cells
 
-    s, g = stats(row["success"]), stats(row["score"])
-    lo, hi = s.get("wilson95", (s["mean"], s["mean"]))
-    ci = g["ci95"] or [g["mean"], g["mean"]]
-    if row is ref:
-        delta, psnr = "—", "—"
-    else:
-        d = stats([a - b for a, b in zip(row["score"], ref["score"], strict=True)])
-        dci = d["ci95"] or [d["mean"], d["mean"]]
-        delta = f"{d['mean']:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]"
-        psnr = f"{sum(row['psnr']) / len(row['psnr']):.1f}"
+    c = paired_cells(row, ref)
+    psnr = "—" if row is ref else f"{sum(row['psnr']) / len(row['psnr']):.1f}"
     n = len(row["success"])
     return (
-        f"| {row['recipe']} | {100 * s['mean']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {g['mean']:.3f} "
-        f"[{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | {psnr} | {sum(row['temporal']) / n:.4f} | "
+        f"| {row['recipe']} | {c['success']} | {c['graded']} | {c['delta']} | {psnr} | {sum(row['temporal']) / n:.4f} | "
         f"{row['weight_bytes'] / 1e6:.2f} MB ({row['ratio']:.2f}×) | {row['ratio_wan_1_3b']:.3f}× | {row['path']} | "
         f"{row['seconds'] / n:.3f} |"
     )
