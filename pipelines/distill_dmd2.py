@@ -40,20 +40,29 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config
-from vidpost.models.sampling import SCHEDULES, flow_sigmas, initial_noise
+from vidpost.models.sampling import flow_sigmas, initial_noise
+from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: the stage's config)
+    DMD2Config,
+    DMD2DataConfig,
+    DMD2LogConfig,
+    DMD2ModelConfig,
+    DMD2TrainConfig,
+    DMDLossConfig,
+    FakeScoreConfig,
+    GanConfig,
+    GeneratorConfig,
+)
 from vidpost.rl.prompts import load_prompt_pool
 from vidpost.training.checkpoint import Checkpoints
-from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.config import DTYPES, LoraConfig
 from vidpost.training.dmd import (
     FeatureTap,
     GanHead,
@@ -68,136 +77,18 @@ from vidpost.training.dmd import (
 )
 from vidpost.training.lora import add_lora_to, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
-from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel, make_layout
+from vidpost.training.parallel import (
+    all_reduce_grads,
+    check_replicas,
+    check_tokens,
+    enable_sequence_parallel,
+    make_layout,
+)
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, stage_main
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
-
-# ---- configuration ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DMD2ModelConfig:
-    teacher: str = "shapes"
-    """the teacher: a diffusers-format model directory or preset"""
-    lora: str = ""
-    """a LoRA folder fused into the teacher first (e.g. an RL stage's `final/`): the student distils teacher + LoRA"""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """dtype of the frozen weights (trainable weights are kept in float32)"""
-    gradient_checkpointing: bool = False
-    """recompute the generator's and fake score's blocks in the backward pass (large models)"""
-
-
-@dataclass
-class GeneratorConfig:
-    steps: int = 4
-    """Euler steps of the student (its saved default)"""
-    schedule: Literal["uniform", "diffusers"] = "uniform"
-    """the student's σ schedule (`vidpost.models.sampling.flow_sigmas`): "uniform" spends every step; "diffusers" is
-    what stock WanPipeline's scheduler uses (its last step is from σ ≈ 0.003, nearly idle), so stock diffusers
-    reproduces the student exactly"""
-    shift: float | None = None
-    """the student's schedule shift (null: the teacher's)"""
-
-
-@dataclass
-class FakeScoreConfig:
-    updates: int = 5
-    """fake-score updates per generator update (DMD2's two time scales)"""
-    lr_scale: float = 1.0
-    """the fake score's (and GAN head's) learning rate as a multiple of optim.lr"""
-
-
-@dataclass
-class DMDLossConfig:
-    guidance_scale: float = 5.0
-    """CFG scale of the real score (the teacher)"""
-    t_min: float = 0.02
-    t_max: float = 0.98
-    """range of the uniform u whose shifted value σ re-noises generator outputs"""
-    shift: float | None = None
-    """shift of that density (null: the teacher's)"""
-
-
-@dataclass
-class GanConfig:
-    weight: float = 0.0
-    """weight of the generator's GAN loss (0: no GAN head)"""
-    head_weight: float = 1.0
-    """weight of the head's classification loss in the fake-score update"""
-    layer: int | None = None
-    """transformer block whose output feeds the head (null: the middle block)"""
-    real_data: str = ""
-    """a latent cache of real clips (`vidpost precompute`'s folder), needed when weight > 0"""
-
-
-@dataclass
-class DMD2DataConfig:
-    prompts: list[str] | str = "shapes-train"
-    """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
-    pool_size: int = 2048
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    """video size (null: the teacher's generation defaults)"""
-    sample_prompts: list[str] | str = "shapes-heldout"
-    """prompts of the sample grids (the first `log.sample_count`)"""
-
-
-@dataclass
-class DMD2TrainConfig:
-    max_steps: int = 300
-    """generator updates"""
-    batch_size: int = 8
-    """videos per update (per process)"""
-    seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """autocast of the forward passes (GPU: bf16)"""
-
-
-@dataclass
-class DMD2LogConfig(LogConfig):
-    sample_every: int = 0
-    """write `samples/step_N.png` every N steps (0: only at the end)"""
-    sample_count: int = 4
-
-
-@dataclass
-class DMD2Config:
-    method: Literal["dmd2"] = "dmd2"
-    output_dir: str = "runs/dmd2"
-    model: DMD2ModelConfig = field(default_factory=DMD2ModelConfig)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    fake_score: FakeScoreConfig = field(default_factory=FakeScoreConfig)
-    dmd: DMDLossConfig = field(default_factory=DMDLossConfig)
-    gan: GanConfig = field(default_factory=GanConfig)
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=False))
-    data: DMD2DataConfig = field(default_factory=DMD2DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5))
-    train: DMD2TrainConfig = field(default_factory=DMD2TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100))
-    log: DMD2LogConfig = field(default_factory=DMD2LogConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """sequence parallelism (`vidpost.training.parallel`; the GAN head needs sp_degree 1)"""
-
-    def __post_init__(self) -> None:
-        if self.generator.steps < 1:
-            raise ValueError(f"generator.steps must be >= 1, got {self.generator.steps}")
-        if self.generator.schedule not in SCHEDULES:
-            raise ValueError(f"generator.schedule must be one of {SCHEDULES}, got {self.generator.schedule!r}")
-        if self.fake_score.updates < 1 or self.fake_score.lr_scale <= 0:
-            raise ValueError("fake_score.updates must be >= 1 and fake_score.lr_scale > 0")
-        if not 0.0 <= self.dmd.t_min < self.dmd.t_max <= 1.0:
-            raise ValueError(f"need 0 <= dmd.t_min < dmd.t_max <= 1, got {self.dmd.t_min}, {self.dmd.t_max}")
-        if self.train.batch_size < 1 or self.train.max_steps < 0:
-            raise ValueError("train.batch_size must be >= 1 and train.max_steps >= 0")
-        if self.gan.weight < 0 or self.gan.head_weight < 0:
-            raise ValueError("gan.weight and gan.head_weight must be >= 0")
-        if self.gan.weight > 0 and not self.gan.real_data:
-            raise ValueError("gan.weight > 0 needs gan.real_data (a `vidpost precompute` latent cache of real clips)")
-
 
 # ---- pieces -------------------------------------------------------------------------------------------------------
 
@@ -312,36 +203,6 @@ class Trainables(torch.nn.Module):
     def groups(self) -> dict[str, list[torch.nn.Parameter]]:
         mods = {"generator": self.generator, "fake_score": self.fake_score, "head": self.head}
         return {k: [p for p in m.parameters() if p.requires_grad] for k, m in mods.items() if m is not None}
-
-
-def all_reduce_grads(params: list[torch.nn.Parameter], accelerator, dp_size: int | None = None) -> None:
-    """Sum the gradients over processes and divide by the data-parallel size `dp_size` (default: every process drew
-    its own batch; under sequence parallelism the ranks of one SP group hold parts of one batch's gradient)."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        flat = torch.cat([g.flatten() for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= dp_size or accelerator.num_processes
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
-def check_replicas(nets: torch.nn.Module, accelerator) -> None:
-    """With several processes: every process must hold the same weights (each drew its own batch; the averaged
-    gradients keep them equal); a difference is an error, not a silent divergence."""
-    if accelerator.num_processes == 1:
-        return
-    with torch.no_grad():
-        total = torch.stack([p.detach().double().sum() for p in nets.parameters()]).sum().view(1)
-    hi, lo = total.clone(), total.clone()
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    if float(hi - lo) > 1e-6 * max(1.0, abs(float(total))):
-        raise RuntimeError(f"the processes' weights differ (checksums {float(lo)} … {float(hi)})")
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------

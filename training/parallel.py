@@ -176,3 +176,33 @@ def sp_leaders(layout: Layout, rows_per_rank: int) -> torch.Tensor:
     rank of each SP group: one copy of every sample."""
     ranks = torch.arange(0, layout.world, layout.degree)
     return (ranks[:, None] * rows_per_rank + torch.arange(rows_per_rank)[None, :]).reshape(-1)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], accelerator, dp_size: int | None = None) -> None:
+    """Sum the gradients over processes and divide by the data-parallel size `dp_size` (default: every process drew
+    its own batch; under sequence parallelism the ranks of one SP group hold parts of one batch's gradient)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.flatten() for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= dp_size or accelerator.num_processes
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def check_replicas(nets: torch.nn.Module, accelerator) -> None:
+    """With several processes: every process must hold the same weights (each drew its own batch; the averaged
+    gradients keep them equal); a difference is an error, not a silent divergence."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        total = torch.stack([p.detach().double().sum() for p in nets.parameters()]).sum().view(1)
+    hi, lo = total.clone(), total.clone()
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    if float(hi - lo) > 1e-6 * max(1.0, abs(float(total))):
+        raise RuntimeError(f"the processes' weights differ (checksums {float(lo)} … {float(hi)})")
