@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from vidpost.kernels.quant_formats import (
     FORMATS,
     absmax_scale,
+    clipped_fake_quant,
     fake_quant,
     fake_quant_groups,
     fake_quant_mx,
@@ -67,6 +68,9 @@ class TensorQuant:
     token (dynamic) | mx | nvfp4 (null: token)"""
     block: int = 32
     """elements per scale for group / mx (group: e.g. 128; MX: 32; NVFP4 uses 16)"""
+    clip_search: bool = False
+    """weights with channel or group scales: per group, the clipping of the absmax scale (1.0 … 0.5) that minimises
+    the weight's quantisation error (`clipped_fake_quant`)"""
 
 
 @dataclass
@@ -119,6 +123,8 @@ class QuantRecipe:
                 raise ValueError(f"{what}: nvfp4 scales go with format e2m1, got {tq.format!r}")
             if tq.block < 1:
                 raise ValueError(f"{what}.block must be >= 1")
+            if tq.clip_search and (what != "weight" or tq.scale not in ("channel", "group")):
+                raise ValueError(f"{what}.clip_search applies to weights with channel or group scales")
         if self.weight.format == "none":
             raise ValueError("weight.format none quantises nothing; use the model itself")
         if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
@@ -140,6 +146,8 @@ def quantize_tensor(x: torch.Tensor, tq: TensorQuant, scale: torch.Tensor | None
     """Fake-quantise `x` as `tq` says (the last axis is the reduction axis of the matmul)."""
     if tq.format == "none":
         return x
+    if tq.clip_search:
+        return clipped_fake_quant(x, tq.format, tq.block if tq.scale == "group" else None)
     if tq.scale in ("channel", "token"):
         return fake_quant(x, tq.format, "token")
     if tq.scale == "tensor":
@@ -385,7 +393,7 @@ def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Ten
 def torchao_kind(recipe: QuantRecipe, device: torch.device) -> str | None:
     """The torchao config that computes this recipe exactly, on this device, or None."""
     w, a = recipe.weight, recipe.activation
-    plain = recipe.smoothquant_alpha is None and recipe.rotate == "none"
+    plain = recipe.smoothquant_alpha is None and recipe.rotate == "none" and not w.clip_search
     if plain and (w.format, w.scale, a.format, a.scale) == ("int8_full", "channel", "int8_full", "token"):
         return "int8_dynamic"
     if (

@@ -135,3 +135,20 @@ def test_fast_paths_equal_the_rounding_rule_everywhere(fmt):
     mids = (grid[1:] + grid[:-1]) / 2  # every tie
     x = torch.cat([x, mids, -mids, grid, t(0.0, 1e9, -1e9)])
     torch.testing.assert_close(quantize_elements(x, fmt), quantize_elements(x, fmt, exact=True), rtol=0, atol=0)
+
+
+def test_clip_search_never_loses_to_absmax_and_wins_on_an_outlier():
+    from vidpost.kernels.quant_formats import clipped_fake_quant, fake_quant_groups
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 256, generator=g)
+    assert torch.equal(clipped_fake_quant(w, "int4", 128, ratios=(1.0,)), fake_quant_groups(w, "int4", 128))
+    assert torch.equal(clipped_fake_quant(w, "int4", None, ratios=(1.0,)), fake_quant(w, "int4", "channel"))
+    plain = (fake_quant_groups(w, "int4", 128) - w).pow(2).reshape(16, 2, 128).sum(-1)
+    clipped = (clipped_fake_quant(w, "int4", 128) - w).pow(2).reshape(16, 2, 128).sum(-1)
+    assert (clipped <= plain).all() and clipped.sum() < 0.9 * plain.sum()  # Gaussian groups: clipping pays
+    # hand-worked, int4 (±7): [3, 2, 2, 2] at s = 3/7 codes 7, 5, 5, 5 → error 3·(2 − 15/7)² = 0.0612; at 0.95·s the
+    # 3 saturates at 7·0.95·3/7 = 2.85 and each 2 lands on 5·0.95·3/7 = 2.0357: error 0.0263, the better one
+    x = torch.tensor([[3.0, 2.0, 2.0, 2.0]])
+    want = torch.tensor([[2.85, 2.0357143, 2.0357143, 2.0357143]])
+    torch.testing.assert_close(clipped_fake_quant(x, "int4", 4, ratios=(1.0, 0.95)), want, rtol=0, atol=1e-6)

@@ -196,6 +196,33 @@ def fake_quant_groups(x: torch.Tensor, fmt: str, group: int) -> torch.Tensor:
     return _unblock(quantize_elements(xb * (1.0 / s), fmt) * s, pad)
 
 
+CLIP_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
+"""The clipping ratios `clipped_fake_quant` tries by default: 1.0, 0.95, …, 0.5 of the absmax scale."""
+
+
+def clipped_fake_quant(
+    x: torch.Tensor, fmt: str, group: int | None = None, ratios: tuple[float, ...] = CLIP_RATIOS
+) -> torch.Tensor:
+    """Fake quantisation with a clipped scale per group of `group` elements along the last axis (None: per row): for
+    each group the absmax scale times the ratio in `ratios` that minimises the group's squared error ‖x − s·Q(x/s)‖²
+    (values beyond the clipped range saturate; ties keep the earlier ratio, so with 1.0 first the result is never
+    worse than plain absmax). The grid search of AWQ's weight clipping, on the weight error: a data-free stand-in for
+    learnable weight clipping (OmniQuant)."""
+    xb, pad = _blocks(x.float(), group) if group else (x.float().unsqueeze(-2), 0)
+    base = absmax_scale(xb, fmt, dim=-1)
+    best, best_err = None, None
+    for r in ratios:
+        s = base * r
+        q = quantize_elements(xb * (1.0 / s), fmt) * s
+        err = (q - xb).pow(2).sum(-1, keepdim=True)
+        if best is None:
+            best, best_err = q, err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, q, best), torch.where(better, err, best_err)
+    return _unblock(best, pad) if group else best.squeeze(-2)
+
+
 def hadamard(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The orthonormal Sylvester Hadamard matrix H_n / √n (n a power of two): H·Hᵀ = I, so rotating activations by H
     and weights by H leaves x·Wᵀ unchanged while spreading outliers over every channel."""
