@@ -122,3 +122,16 @@ def test_the_optimize_stage_quantises_the_current_model_with_its_lora(tmp_path, 
     h1 = pipeline.stage_hash("optimize", other, "up", ROOT)
     (tmp_path / "r.yaml").write_text(FP8.read_text().replace("name: w8a8-fp8", "name: edited"))
     assert h1 != pipeline.stage_hash("optimize", other, "up", ROOT)
+
+
+def test_the_step_benchmark_runs_and_says_what_needs_a_gpu(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quant_step import main
+
+    table = main(
+        ["--device", "cpu", "--layers", "1", "--frames", "1", "--height", "8", "--width", "8", "--repeats", "1"]
+    )
+    assert "| bf16 | " in table and "| W8A8 INT8 (torchao) | " in table
+    assert table.count("needs a GPU") == 2
