@@ -76,6 +76,9 @@ def main() -> None:
     rows = [f"| float32 | — | — | {base_s:.2f} |"]
     for path in args.recipes:
         recipe = read_recipe(path)
+        if recipe.keep_worst:  # which layers stay is measured on a model's trajectories: nothing to rank in one block
+            print(f"{recipe.name}: skipped (keep_worst ranks a whole model's layers)", file=sys.stderr)
+            continue
         recipe.include = ["*"]
         q_block, _ = make_block()
         names = selected_linears(q_block, recipe)
