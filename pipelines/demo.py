@@ -1,7 +1,8 @@
 """`make demo`: the main job on the embedded default — generate Shapes world prompts with the shipped model,
 write mp4s + a contact sheet, score them with the verifier, and print the stored per-stage table of the staged run
 (`make pipeline`, results/pipeline-shapes/report.md), Stage 2's table of RL algorithms (`make rl-shapes`,
-results/shapes-rl/results.md) and Stage 4c's few-step student beside its teacher (results/shapes-fast/table.md).
+results/shapes-rl/results.md), Stage 4c's few-step student beside its teacher (results/shapes-fast/table.md) and Stage 4d's low-precision recipes
+(results/shapes-quant/table.md).
 
 When the shipped model is absent (a checkout without assets/shapes), the demo says so, renders the same
 prompts' ground-truth clips with the Shapes world renderer instead, scores those, and shows how to build the
@@ -76,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     if fast.exists():
         print(f"\nStage 4c: the 4-step DMD2 student `shapes-fast` beside its teacher ({fast.relative_to(ROOT)}):\n")
         print(fast.read_text())
+    quant = RESULTS / "shapes-quant" / "table.md"
+    if quant.exists():
+        print(
+            f"\nStage 4d: low-precision recipes and QAT on `shapes` (`make quant-shapes`, {quant.relative_to(ROOT)}):\n"
+        )
+        print(quant.read_text().split("\n\nPer-layer sensitivity")[0])
     return 0
 
 
