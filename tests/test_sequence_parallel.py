@@ -50,15 +50,21 @@ def test_unsupported_combinations_are_one_line_errors(tiny_wan_dir, tiny_hunyuan
         check_supported(load(tiny_wan_dir), Layout(world=3, rank=0, sp=3, ring=1))
 
 
-def test_sp2_forward_and_gradients_equal_the_unsplit_model(tiny_wan_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["sp", "sp_fsdp", "fsdp_dp"])
+def test_forward_and_gradients_equal_the_unsplit_model_in_each_layout(mode, tiny_wan_dir, tmp_path):
+    """SP 2; SP 2 with the model sharded over the same ranks (FSDP2); FSDP 2 × SP 1 (data parallel)."""
     out = tmp_path / "sp.json"
+    port = {"sp": "29561", "sp_fsdp": "29568", "fsdp_dp": "29569"}[mode]
     res = subprocess.run(
-        [*LAUNCH, "--master_port", "29561", str(ROOT / "tests" / "sp_worker.py"), str(tiny_wan_dir), str(out)],
+        [*LAUNCH, "--master_port", port, str(ROOT / "tests" / "sp_worker.py"), str(tiny_wan_dir), str(out), mode],
         cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["local_tokens"] * 2 == r["tokens"]  # each rank's projections saw half of the video tokens
+    if mode == "fsdp_dp":
+        assert r["local_tokens"] == r["tokens"]  # each rank its own sample, whole
+    else:
+        assert r["local_tokens"] * 2 == r["tokens"]  # each rank's projections saw half of the video tokens
     assert r["forward_max_abs_diff"] <= 1e-5 * max(1.0, r["forward_scale"])
     assert r["grad_max_rel_diff"] <= 1e-5 and r["grads"][0] == r["grads"][1] > 0
 
