@@ -23,6 +23,20 @@ LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _report(
+    what: str, losses: tuple[list[float], list[float]] | None = None, weights: tuple[dict, dict] | None = None
+):
+    """Print the measured gap between the one-process and the SP 2 run (`pytest -s` shows it)."""
+    parts = []
+    if losses is not None:
+        rel = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(*losses, strict=True))
+        parts.append(f"loss max rel diff {rel:.1e}")
+    if weights is not None:
+        a, b = weights
+        parts.append(f"weights max abs diff {max(float((a[k] - b[k]).abs().max()) for k in a):.1e}")
+    print(f"\n[SP 2 vs 1 process] {what}: " + ", ".join(parts))
+
+
 def test_layout_arithmetic_and_refusals():
     layout = Layout(world=4, rank=3, sp=2, ring=1)
     assert (layout.dp_size, layout.dp_rank, layout.grad_scale) == (2, 1, 2.0)
@@ -65,6 +79,8 @@ def test_forward_and_gradients_equal_the_unsplit_model_in_each_layout(mode, tiny
         assert r["local_tokens"] == r["tokens"]  # each rank its own sample, whole
     else:
         assert r["local_tokens"] * 2 == r["tokens"]  # each rank's projections saw half of the video tokens
+    print(f"\n[{mode}] forward max abs diff {r['forward_max_abs_diff']:.1e} (output max {r['forward_scale']:.2f}),"
+          f" gradient max rel diff {r['grad_max_rel_diff']:.1e}")  # fmt: skip
     assert r["forward_max_abs_diff"] <= 1e-5 * max(1.0, r["forward_scale"])
     assert r["grad_max_rel_diff"] <= 1e-5 and r["grads"][0] == r["grads"][1] > 0
 
@@ -88,6 +104,7 @@ def test_sft_with_sp2_equals_one_process(tiny_wan_dir, tiny_manifest, tmp_path):
     a = load_file(str(tmp_path / "one" / "final" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "sp" / "final" / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys()
+    _report("SFT, 4 steps", (h1, h2), (a, b))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     assert json.loads((tmp_path / "sp" / "config.json").read_text())["parallel"]["sp_degree"] == 2
@@ -125,6 +142,9 @@ def test_generate_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
     # pixel's rounding into a larger one), agree to one level of 255
     a = np.asarray(Image.open(tmp_path / "one.png"), dtype=np.int16)
     b = np.asarray(Image.open(tmp_path / "sp.png"), dtype=np.int16)
+    print(
+        f"\n[SP 2 vs 1 process] generation: max pixel diff {np.abs(a - b).max()} of 255, {(a != b).mean():.2%} differ"
+    )
     assert a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
     bad = subprocess.run(
         [sys.executable, "generate.py", *common, "--sp", "2", "--out", str(tmp_path / "x.mp4")],
@@ -154,6 +174,7 @@ def test_rl_update_with_sp2_equals_one_process(algorithm, tiny_wan_dir, tmp_path
         assert h1["loss"] == pytest.approx(h2["loss"], rel=1e-4, abs=1e-7)
     a = load_file(str(one.final / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "sp" / "final" / "pytorch_lora_weights.safetensors"))
+    _report(f"{algorithm}, 2 updates", ([h["loss"] for h in one.history], [h["loss"] for h in history]), (a, b))
     for k in a:  # Adam's first steps move every weight by ~lr: 1e-5 of it is rounding
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert any(float(v.abs().max()) > 1e-4 for k, v in a.items() if "lora_B" in k)  # the update moved the LoRA
@@ -190,6 +211,7 @@ def test_dmd2_with_sp2_equals_one_process(tiny_wan_dir, tmp_path):
             assert h1[k] == pytest.approx(h2[k], rel=1e-4), k
     a = load_file(str(one.final / "transformer" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "sp" / "final" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    _report("dmd2, 2 updates", ([h["loss_dmd"] for h in one.history], [h["loss_dmd"] for h in history]), (a, b))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     assert (tmp_path / "sp" / "samples").is_dir()
