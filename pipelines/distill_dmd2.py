@@ -6,7 +6,9 @@ Three networks (the maths: `vidpost.training.dmd`):
 - teacher  — the frozen model (`model.teacher`, optionally with a LoRA `model.lora` fused in: distil the RL model),
              queried with CFG (`dmd.guidance_scale`): the real score;
 - generator — the student, initialised as a copy of the teacher's transformer, sampling with `generator.steps` Euler
-             steps on its own schedule (`generator.schedule`, `generator.shift`) and no CFG;
+             steps on its own schedule (`generator.schedule`, `generator.shift`) and no CFG; with
+             `generator.train_steps` (e.g. [1, 2, 4]) each batch's backward simulation runs one of those step counts,
+             drawn per batch, so one student serves each of them;
 - fake score — a second copy of the teacher's transformer, trained online on the generator's outputs.
 Both trained networks are the full transformer or a LoRA on it (`lora.enabled`).
 
@@ -120,9 +122,22 @@ def trainable_copy(transformer: torch.nn.Module, lora: LoraConfig, targets: list
     return net.train()
 
 
-def generator_sigmas(teacher: VideoModelAdapter, cfg: GeneratorConfig) -> torch.Tensor:
+def generator_sigmas(teacher: VideoModelAdapter, cfg: GeneratorConfig, steps: int | None = None) -> torch.Tensor:
+    """The student's σ schedule for `steps` Euler steps (default: `cfg.steps`)."""
     shift = cfg.shift if cfg.shift is not None else teacher.default_shift
-    return flow_sigmas(cfg.steps, shift, cfg.schedule)
+    return flow_sigmas(cfg.steps if steps is None else steps, shift, cfg.schedule)
+
+
+def training_schedules(teacher: VideoModelAdapter, cfg: GeneratorConfig) -> list[torch.Tensor]:
+    """The schedules backward simulation draws from: one per `cfg.train_steps` entry, or `cfg.steps`'s alone."""
+    return [generator_sigmas(teacher, cfg, n) for n in (cfg.train_steps or [cfg.steps])]
+
+
+def pick_schedule(schedules: list[torch.Tensor], rng: torch.Generator) -> torch.Tensor:
+    """One schedule per batch, drawn from `rng` only when there is a choice (a single-schedule run draws nothing)."""
+    if len(schedules) == 1:
+        return schedules[0]
+    return schedules[int(torch.randint(len(schedules), (1,), generator=rng))]
 
 
 def generator_states(
@@ -228,7 +243,8 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         SimpleNamespace(num_frames=d.num_frames, height=d.height, width=d.width, shift=cfg.dmd.shift),
     )
     shape = teacher.latent_shape(cfg.train.batch_size, *size)
-    sigmas = generator_sigmas(teacher, cfg.generator)
+    sigmas = generator_sigmas(teacher, cfg.generator)  # the saved default: samples and the student folder
+    schedules = training_schedules(teacher, cfg.generator)
     targets = list(cfg.lora.target_modules or teacher.lora_target_modules)
     generator = trainable_copy(teacher.transformer, cfg.lora, targets)
     fake = trainable_copy(teacher.transformer, cfg.lora, targets)
@@ -300,7 +316,7 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         """Fake-score update j of `step` (+ the GAN head's) → (its loss, the GAN head's loss or None)."""
         rng = step_generator(cfg.train.seed, step, rank, j)
         cond = batch_prompts(rng)
-        x_k, s_k = generator_states(teacher, generator, cond, sigmas, shape, rng)
+        x_k, s_k = generator_states(teacher, generator, cond, pick_schedule(schedules, rng), shape, rng)
         with torch.no_grad():
             x0 = generator_output(teacher, generator, x_k, s_k, cond)
         sigma = sample_sigmas(shape[0], cfg.dmd.t_min, cfg.dmd.t_max, dmd_shift, rng).to(x0.device)
@@ -328,7 +344,7 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         rng = step_generator(cfg.train.seed, step, rank, cfg.fake_score.updates)
         cond = batch_prompts(rng)
         uncond = null.repeat_interleave(shape[0])
-        x_k, s_k = generator_states(teacher, generator, cond, sigmas, shape, rng)
+        x_k, s_k = generator_states(teacher, generator, cond, pick_schedule(schedules, rng), shape, rng)
         x0 = generator_output(teacher, generator, x_k, s_k, cond)
         sigma = sample_sigmas(shape[0], cfg.dmd.t_min, cfg.dmd.t_max, dmd_shift, rng).to(x0.device)
         noise = torch.randn(x0.shape, generator=rng).to(x0.device)
@@ -469,6 +485,7 @@ def save_student(
         "teacher_lora": cfg.model.lora or None,
         "teacher_guidance_scale": cfg.dmd.guidance_scale,
         "steps": cfg.generator.steps,
+        "train_steps": cfg.generator.train_steps or [cfg.generator.steps],
     }
     (path / VIDPOST_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return path

@@ -35,6 +35,9 @@ class GeneratorConfig:
     reproduces the student exactly"""
     shift: float | None = None
     """the student's schedule shift (null: the teacher's)"""
+    train_steps: list[int] = field(default_factory=list)
+    """step counts the backward simulation draws from, one per batch (empty: `steps` only); e.g. [1, 2, 4] trains
+    one student for 1, 2 and 4 Euler steps (its saved default stays `steps`)"""
 
 
 @dataclass
@@ -118,8 +121,11 @@ class DMD2Config:
     """sequence parallelism (`vidpost.training.parallel`; the GAN head needs sp_degree 1)"""
 
     def __post_init__(self) -> None:
-        if self.generator.steps < 1:
-            raise ValueError(f"generator.steps must be >= 1, got {self.generator.steps}")
+        if self.generator.steps < 1 or any(n < 1 for n in self.generator.train_steps):
+            raise ValueError(
+                f"generator.steps and generator.train_steps must be >= 1, got {self.generator.steps}, "
+                f"{self.generator.train_steps}"
+            )
         if self.generator.schedule not in SCHEDULES:
             raise ValueError(f"generator.schedule must be one of {SCHEDULES}, got {self.generator.schedule!r}")
         if self.fake_score.updates < 1 or self.fake_score.lr_scale <= 0:

@@ -18,8 +18,10 @@ from vidpost.pipelines.distill_dmd2 import (
     DMD2Config,
     generator_sigmas,
     generator_states,
+    pick_schedule,
     sample_student,
     train,
+    training_schedules,
 )
 from vidpost.training.dmd import (
     GanHead,
@@ -232,6 +234,43 @@ def test_lora_and_gan_head_train_and_the_lora_student_is_fused(tmp_path, tiny_wa
             atol=1e-4,
             rtol=1e-4,
         )
+
+
+def test_a_mix_of_step_counts_draws_one_schedule_per_batch(tmp_path, tiny_wan_dir, monkeypatch):
+    """generator.train_steps [1, 2, 3]: each batch's backward simulation runs one of the three schedules (nested for
+    the uniform schedule), the student keeps `steps` as its default; a single count draws nothing extra, so [3] is the
+    plain run, bitwise."""
+    import vidpost.pipelines.distill_dmd2 as dmd2
+
+    teacher = load(tiny_wan_dir)
+    cfg = load_config(DMD2Config, None, ["generator.steps=4", "generator.train_steps=[1, 2, 4]"])
+    one, two, four = training_schedules(teacher, cfg.generator)
+    assert [len(s) - 1 for s in (one, two, four)] == [1, 2, 4]
+    assert set(two.tolist()) <= set(four.tolist()) and set(one.tolist()) <= set(two.tolist())
+    rng = torch.Generator().manual_seed(0)
+    state = rng.get_state()
+    assert pick_schedule([four], rng) is four and torch.equal(rng.get_state(), state)
+    assert {len(pick_schedule([one, two, four], rng)) - 1 for _ in range(40)} == {1, 2, 4}
+    with pytest.raises(ValueError, match="train_steps must be >= 1"):
+        load_config(DMD2Config, None, ["generator.train_steps=[0, 2]"])
+
+    seen: list[int] = []
+    states = dmd2.generator_states
+
+    def spy(teacher, generator, cond, sigmas, shape, rng):
+        seen.append(len(sigmas) - 1)
+        return states(teacher, generator, cond, sigmas, shape, rng)
+
+    monkeypatch.setattr(dmd2, "generator_states", spy)
+    mixed = train(_cfg(tmp_path, tiny_wan_dir, "mixed", "train.max_steps=4", "generator.train_steps=[1, 2, 3]"))
+    assert len(seen) == 4 * 3 and set(seen) <= {1, 2, 3} and len(set(seen)) > 1  # 2 fake + 1 generator update a step
+    meta = json.loads((mixed.final / "vidpost.json").read_text())
+    assert meta["generation"]["steps"] == 3 and meta["distilled"]["train_steps"] == [1, 2, 3]
+    plain = train(_cfg(tmp_path, tiny_wan_dir, "plain", "train.max_steps=2"))
+    single = train(_cfg(tmp_path, tiny_wan_dir, "single", "train.max_steps=2", "generator.train_steps=[3]"))
+    assert [h["loss_dmd"] for h in plain.history] == [h["loss_dmd"] for h in single.history]
+    for n, p in plain.extra["generator"].named_parameters():
+        assert torch.equal(p, dict(single.extra["generator"].named_parameters())[n])
 
 
 def test_bad_settings_are_one_line_errors(tiny_wan_dir, capsys):

@@ -118,9 +118,10 @@ def test_nft_with_half_optimality_and_the_old_policy_equal_has_no_gradient(tiny_
     model.zero_grad(set_to_none=True)
     forward_update(adapter, batch, -torch.ones(4), [torch.arange(4)], ForwardStats(), algorithm="nft", **kw)
     neg = _grads(adapter)
-    assert max(float(p.abs().max()) for p in pos) > 0
-    for p, q in zip(pos, neg):
-        torch.testing.assert_close(p, -q, rtol=1e-5, atol=1e-9)
+    scale = max(float(p.abs().max()) for p in pos)
+    assert scale > 0
+    for p, q in zip(pos, neg):  # float32 sums: an element far below the largest carries round-off of ~1e-7 of it
+        torch.testing.assert_close(p, -q, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir):
