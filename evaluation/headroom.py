@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vidpost.outputs import write_json
+
 
 @torch.no_grad()
 def round_trip(adapter: Any, videos: torch.Tensor, folder: Path, names: list[str]) -> torch.Tensor:
@@ -95,10 +97,7 @@ def shapes_headroom(
         "settings": settings.sample_kwargs(),
     }
     if out is not None:
-        import json
-
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "headroom.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_json(Path(out) / "headroom.json", result, indent=1)
     return result
 
 

@@ -18,6 +18,7 @@ from vidpost.evaluation.report import (
     summary_table_rows,
 )
 from vidpost.evaluation.stats import finite, reward_names
+from vidpost.outputs import write_text
 
 _TEMPLATE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -204,7 +205,4 @@ def write_report(
         )
     )
     path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, html)

@@ -28,12 +28,13 @@ then the clip around it).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
 
 import torch
+
+from vidpost.config import ArgumentParser
 
 DIRECTIONS = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 NAMES = list(DIRECTIONS)
@@ -293,9 +294,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m vidpost.evaluation.motion_control", description=__doc__.split("\n\n")[0]
-    )
+    p = ArgumentParser(prog="python -m vidpost.evaluation.motion_control", description=__doc__.split("\n\n")[0])
     p.add_argument("--patch", type=int, choices=[1, 2, 4], default=4)
     p.add_argument("--heads", type=int, choices=[1, 2, 4, 8], default=4)
     p.add_argument("--layers", type=int, default=6)
@@ -333,4 +332,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

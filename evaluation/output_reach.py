@@ -12,11 +12,12 @@ of the target itself outside it. A model whose error is mostly unreachable canno
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import torch
+
+from vidpost.config import ArgumentParser
 
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidpost.models import load
     from vidpost.shapes.splits import heldout_prompts, render_heldout
 
-    p = argparse.ArgumentParser(prog="python -m vidpost.evaluation.output_reach", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m vidpost.evaluation.output_reach", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--clips", type=int, default=24)
     p.add_argument("--json", action="store_true")
@@ -90,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vidpost.evaluation.stats import component, component_names, finite, reward_names
+from vidpost.outputs import save_figure, write_json
 
 
 def _rel(path: str | None, root: Path) -> str | None:
@@ -36,9 +37,7 @@ def _json_safe(x: Any) -> Any:
 
 
 def dump_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_json(path, _json_safe(data), indent=1, ensure_ascii=False)
 
 
 def write_scores(out: Path, records: list[dict[str, Any]], weights: dict[str, float], weighted: bool = False) -> None:
@@ -238,12 +237,7 @@ def safe_name(name: str) -> str:
 
 def _save(fig: Any, path: Path) -> Path:
     """Lay out, write and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def make_plots(

@@ -11,12 +11,13 @@ correlation of the totals and of each attribute both read (ranks averaged over t
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
 import torch
+
+from vidpost.config import ArgumentParser
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -65,9 +66,7 @@ def agreement(model: str, reward_name: str, seeds: int, limit: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m vidpost.evaluation.reward_agreement", description=__doc__.split("\n\n")[0]
-    )
+    p = ArgumentParser(prog="python -m vidpost.evaluation.reward_agreement", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="model folder or preset, or MODEL+LORA (default shapes)")
     p.add_argument("--reward", default="verifier_soft")
     p.add_argument("--seeds", type=int, default=2)
@@ -92,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from vidpost.evaluation.gifs import load_video, make_gif
 from vidpost.evaluation.stats import finite
 from vidpost.media.video_io import VideoReadError
+from vidpost.outputs import write_bytes
 
 
 def load_reward_spec(names: str | Sequence[str] | None, config: str | os.PathLike | None) -> dict[str, Any]:
@@ -23,9 +24,9 @@ def load_reward_spec(names: str | Sequence[str] | None, config: str | os.PathLik
         path = Path(config)
         if not path.is_file():
             raise ValueError(f"reward config {path} does not exist")
-        import yaml
+        from vidpost.config import parse_yaml
 
-        data = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
+        data = parse_yaml(path.read_text(), f"reward config {path}") or {}  # YAML is a superset of JSON
         if isinstance(data, dict) and isinstance(data.get("rewards"), dict):
             data = data["rewards"]
         if not isinstance(data, dict):
@@ -129,7 +130,7 @@ def score_videos(
             continue
         if thumbs_dir is not None:
             thumbs_dir.mkdir(parents=True, exist_ok=True)
-            (thumbs_dir / f"{rec['id']}.gif").write_bytes(make_gif(video, fps, size=gif_size, frames=gif_frames))
+            write_bytes(thumbs_dir / f"{rec['id']}.gif", make_gif(video, fps, size=gif_size, frames=gif_frames))
         rec["errors"] = []
         if batch and (len(batch) >= batch_size or batch[0][1].shape != video.shape):
             flush()

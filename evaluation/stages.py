@@ -18,6 +18,7 @@ import torch
 from vidpost.evaluation.generate import default_dtype, sample_batches
 from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import resolve_settings, user_settings
+from vidpost.outputs import atomic_file, write_bytes, write_text
 
 
 def eval_items(ecfg: Any) -> list[dict[str, Any]]:
@@ -111,7 +112,8 @@ def evaluate(state: Any, ecfg: Any, out: Path, device: str) -> dict[str, Any]:
     if rewrites is not None:
         row["rewrites"] = rewrites
     out.mkdir(parents=True, exist_ok=True)
-    save_file({"videos": (grid * 255).round().to(torch.uint8).contiguous()}, str(out / "grid.safetensors"))
+    with atomic_file(out / "grid.safetensors") as tmp:
+        save_file({"videos": (grid * 255).round().to(torch.uint8).contiguous()}, str(tmp))
     handle.remove()
     return row
 
@@ -197,7 +199,7 @@ def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]]) -> Path:
         "Captions: the canonical prompts (model quality); user prompts: what users type, rewritten by the",
         "enhancer from the enhance stage on. Rewards and the verifier judge against the caption, never the rewrite.",
     ]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    write_text(run_dir / "report.md", "\n".join(md) + "\n")
 
     grids = [load_file(str(run_dir / r["stage"] / "eval" / "grid.safetensors"))["videos"] for r in rows]
     k = min(g.shape[0] for g in grids)
@@ -206,7 +208,7 @@ def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]]) -> Path:
     t = min(c.shape[1] for c in cols)
     mosaic = torch.cat([c[:, :t] for c in cols], dim=3)
     gif = make_gif(mosaic, size=min(96 * len(rows), 1024), frames=t)
-    (run_dir / "grid.gif").write_bytes(gif)
+    write_bytes(run_dir / "grid.gif", gif)
     html = [
         "<!doctype html><meta charset='utf-8'><title>vidpost staged run</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -223,5 +225,5 @@ def write_report(run_dir: Path, cfg: Any, rows: list[dict[str, Any]]) -> Path:
     for r in rows:
         sheets = sorted((run_dir / r["stage"] / "eval").glob("sheet-*.png"))
         html += [f"<h3>{r['stage']}</h3>"] + [f"<img src='{p.relative_to(run_dir)}' width='720'>" for p in sheets]
-    (run_dir / "report.html").write_text("\n".join(html) + "\n")
+    write_text(run_dir / "report.html", "\n".join(html) + "\n")
     return run_dir / "report.md"

@@ -9,9 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from vidpost.rewards.base import reward_bounds
+
 CI_METHOD = (
-    "95% t-interval for the mean: mean ± t(0.975, n−1)·s/√n (s: sample std, ddof 1); metrics whose values are "
-    "all 0/1 also get a 95% Wilson score interval"
+    "95% t-interval for the mean: mean ± t(0.975, n−1)·s/√n (s: sample std, ddof 1), clipped to the reward's range "
+    "where it has one (e.g. temporal in [-1, 1]; `ci95_clipped` says so); metrics whose values are all 0/1 also get a "
+    "95% Wilson score interval"
 )
 COMPARE_METHOD = (
     "joined on video id over pairs both runs scored; delta = mean of (this − other) with a 95% t-interval; "
@@ -77,9 +80,10 @@ def wilson(k: float, n: int, z: float = _Z975) -> tuple[float, float]:
     return (0.0 if lo < 1e-12 else lo), (1.0 if hi > 1 - 1e-12 else hi)
 
 
-def stats(values: Sequence[float | None]) -> dict[str, Any]:
+def stats(values: Sequence[float | None], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """n, mean, std (ddof 1), sem, 95% t-interval `ci95`, median, min, max; `binary` and `wilson95` when every
-    value is 0 or 1. Nones and non-finite values are left out."""
+    value is 0 or 1. Nones and non-finite values are left out. `bounds`: the range the metric lies in; an interval
+    reaching past it is clipped to it (`ci95_clipped`: true)."""
     x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     n = int(x.size)
     if n == 0:
@@ -100,6 +104,11 @@ def stats(values: Sequence[float | None]) -> dict[str, Any]:
         "max": float(x.max()),
         "binary": bool(np.all((x == 0) | (x == 1))),
     }
+    if bounds is not None and out["ci95"] is not None:
+        lo, hi = out["ci95"]
+        clipped = [max(lo, float(bounds[0])), min(hi, float(bounds[1]))]
+        if clipped != out["ci95"]:
+            out["ci95"], out["ci95_clipped"] = clipped, True
     if out["binary"]:
         out["wilson95"] = list(wilson(float(x.sum()), n))
     return out
@@ -143,7 +152,7 @@ def summarise(records: list[dict[str, Any]], weights: dict[str, float], weighted
         "weights": dict(weights),
         "weighted": weighted,
         "ci_method": CI_METHOD,
-        "rewards": {n: stats([r.get("scores", {}).get(n) for r in records]) for n in names},
+        "rewards": {n: stats([r.get("scores", {}).get(n) for r in records], reward_bounds(n)) for n in names},
         **({"total": stats([r.get("total") for r in records])} if weighted else {}),
         "components": {c: stats([component(r, c) for r in records]) for c in component_names(records, names)},
         "failures": failures,

@@ -16,11 +16,12 @@ at σ ≳ 0.8 (`results/shapes-ceiling/README.md` has the Shapes models' table).
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import torch
+
+from vidpost.config import ArgumentParser
 
 SIGMAS = (0.2, 0.4, 0.6, 0.8, 0.9, 0.97)
 _REVERSE = {"left": "right", "up": "down", "up-left": "down-right", "up-right": "down-left"}
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidpost.shapes.splits import heldout_prompts, render_heldout
     from vidpost.shapes.world import SceneSpec
 
-    p = argparse.ArgumentParser(prog="python -m vidpost.evaluation.text_use", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m vidpost.evaluation.text_use", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--attribute", choices=["direction", "colour"], default="direction")
     p.add_argument("--clips", type=int, default=64, help="held-out prompts to draw from (those that allow the change)")
@@ -116,4 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vidpost.media.video_io import VideoReadError, probe_video, read_video
+from vidpost.outputs import atomic_file, write_json
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def precompute(
             jobs.append((bucket, items[start : start + shard_size]))
     null_file = cache_dir / "null_prompt.safetensors"
     if not null_file.exists():
-        save_file(_embeds_to_tensors(adapter.encode_prompt([""]), ""), str(null_file))
+        with atomic_file(null_file) as tmp:
+            save_file(_embeds_to_tensors(adapter.encode_prompt([""]), ""), str(tmp))
     written = skipped = 0
     for i, (bucket, items) in enumerate(tqdm(jobs, desc="precompute shards")):
         shard = cache_dir / f"shard_{i:05d}.safetensors"
@@ -220,10 +222,9 @@ def precompute(
         tensors = {"latents": torch.cat(latents).contiguous()}
         emb = adapter.encode_prompt(captions)
         tensors.update(_embeds_to_tensors(emb, "").items())
-        tmp = shard.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(shard)
-        meta_file.write_text(json.dumps({"bucket": bucket.__dict__, "items": metas}) + "\n")
+        with atomic_file(shard, what=f"the latent shard {shard.name}") as tmp:
+            save_file(tensors, str(tmp))
+        write_json(meta_file, {"bucket": bucket.__dict__, "items": metas}, indent=None)
         written += 1
     summary = {
         "clips": len(rows),
@@ -232,7 +233,7 @@ def precompute(
         "shards_written": written,
         "shards_skipped": skipped,
     }
-    (cache_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(cache_dir / "summary.json", summary)
     return summary
 
 

@@ -58,7 +58,6 @@ import itertools
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +71,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+
+from vidpost.outputs import atomic_file
 
 __all__ = [
     "BACKENDS",
@@ -509,18 +510,6 @@ def to_uint8_frames(video: VideoLike) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write to; on success rename it onto `path`, on failure delete it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_mp4(target: Path, frames_THWC: np.ndarray, fps: float, crf: int, preset: str | None = None) -> None:
     _, h, w, _ = frames_THWC.shape
     if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
@@ -567,7 +556,7 @@ def write_video(
     if not 0 <= crf <= 51:
         raise ValueError(f"crf must be in [0, 51], got {crf}")
     frames_THWC = to_uint8_frames(video)
-    with _atomic_target(path) as tmp:
+    with atomic_file(path) as tmp:
         if suffix == ".gif":
             _write_gif(tmp, frames_THWC, fps)
         else:
@@ -681,6 +670,6 @@ def contact_sheet(
         padded[:, : row.shape[1]] = row
         blocks.append(padded)
     sheet = np.concatenate(blocks, axis=0)
-    with _atomic_target(path) as tmp:
+    with atomic_file(path) as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")
     return path

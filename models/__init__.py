@@ -18,7 +18,7 @@ import torch
 from .base import ModelPathError, PromptEmbeds, VideoModelAdapter, read_vidpost_config
 from .hunyuan_video import HunyuanVideoAdapter
 from .lit import LIT_CONFIG, install_lit_from_folder
-from .provenance import LORA_FILE, lora_base_mismatch
+from .provenance import LORA_FILE, check_lora_file, lora_base_mismatch
 from .quant import QUANT_CONFIG
 from .sampling import SCHEDULES
 from .wan import WanAdapter
@@ -125,6 +125,7 @@ def load(
             raise ModelPathError(f"LoRA path {lora} does not exist")
         if lora.is_dir() and not (lora / LORA_FILE).exists():
             raise ModelPathError(f"LoRA folder {lora} has no {LORA_FILE}")
+        check_lora_file(lora)
         mismatch = lora_base_mismatch(lora, path)
         if mismatch:
             warnings.warn(mismatch, LoraBaseMismatch, stacklevel=2)

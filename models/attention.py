@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from vidpost.config import renamed_keys
+from vidpost.config import NonNegativeInt, renamed_keys
 
 if TYPE_CHECKING:
     from .base import VideoModelAdapter
@@ -220,9 +220,9 @@ class EavConfig:
     """Layers to enhance (None = every video self-attention layer)."""
     layer_weights: dict[int, float] = field(default_factory=dict)
     """Per-layer weight overriding `weight` (0 turns that layer off)."""
-    step_start: int = 0
+    step_start: NonNegativeInt = 0
     """First denoising step (0-based) that is enhanced."""
-    step_end: int | None = None
+    step_end: NonNegativeInt | None = None
     """Steps in [step_start, step_end) are enhanced (None = to the end). Steps outside `sample()` count as in range
     only when no range is set."""
     branches: list[str] = field(default_factory=lambda: list(CFG_BRANCHES))

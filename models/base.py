@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from vidpost.outputs import atomic_dir
+
 from .attention import AttentionState
 
 
@@ -170,8 +172,61 @@ class VideoModelAdapter(abc.ABC):
                 lo = v // mult * mult
                 near = f"{mult}" if lo < mult else f"{lo} or {lo + mult}"
                 problems.append(f"{name}={v} must be a multiple of {mult} (patch × VAE factor; nearest valid: {near})")
+        if not problems:
+            problems = self._position_problems(num_frames, height, width)
         if problems:
             raise ValueError(f"invalid video size for {self.family}: " + "; ".join(problems))
+
+    max_positions: int | None = None
+    """the most token positions per axis (frames, height, width of the token grid) the transformer's position
+    encoding covers (Wan: `rope_max_seq_len`), or None for no limit"""
+
+    def _position_problems(self, num_frames: int, height: int, width: int) -> list[str]:
+        """A size whose token grid runs past `max_positions` on an axis, with the largest valid value."""
+        limit = self.max_positions
+        if limit is None:
+            return []
+        pt, ph, pw = self.patch_size
+        st, ss = self.vae_scale_temporal, self.vae_scale_spatial
+        grid = {
+            "num_frames": ((num_frames - 1) // st + 1) // pt,
+            "height": height // (ss * ph),
+            "width": width // (ss * pw),
+        }
+        largest = {"num_frames": (limit * pt - 1) * st + 1, "height": limit * ph * ss, "width": limit * pw * ss}
+        return [
+            f"{name}={value} needs {grid[name]} positions but the model's position encoding covers {limit} (largest "
+            f"valid {name}: {largest[name]})"
+            for name, value in (("num_frames", num_frames), ("height", height), ("width", width))
+            if grid[name] > limit
+        ]
+
+    def memory_estimate(self, batch: int, num_frames: int, height: int, width: int, guidance: bool = True) -> int:
+        """A lower bound on the memory (bytes) sampling `batch` videos of this size needs at once: the decoded videos
+        in float32, the latents, and one transformer block's widest activations over all tokens (hidden states, q,
+        k, v, the attention output and the feed-forward's inner layer, for both CFG branches)."""
+        shape = self.latent_shape(batch, num_frames, height, width)
+        t, h, w = self.latent_grid(shape)
+        cfg = self.transformer.config
+        inner = int(cfg.get("num_attention_heads", 1) * cfg.get("attention_head_dim", 1))
+        ffn = int(cfg.get("ffn_dim", 4 * inner))
+        element = torch.finfo(self.dtype).bits // 8
+        tokens = batch * (2 if guidance else 1) * t * h * w
+        videos = batch * 3 * num_frames * height * width * 4
+        latents = 4 * batch * shape[1] * shape[2] * shape[3] * shape[4] * 4  # noise, sample, velocity, CFG pair
+        return videos + latents + tokens * (5 * inner + ffn) * element
+
+    def check_memory(self, batch: int, num_frames: int, height: int, width: int, guidance: bool = True) -> None:
+        """A one-line ValueError before sampling starts when `memory_estimate` exceeds the memory available on the
+        model's device."""
+        need = self.memory_estimate(batch, num_frames, height, width, guidance)
+        have = available_memory(self.device)
+        if have is not None and need > have:
+            raise ValueError(
+                f"{batch} video(s) of {num_frames}×{height}×{width} need at least {need / 1e9:.1f} GB (the decoded "
+                f"frames, latents and one transformer block's activations) but {have / 1e9:.1f} GB is available on "
+                f"{self.device}: lower --num-frames, --height/--width or --batch-size"
+            )
 
     # ---- the contract ------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -259,14 +314,18 @@ class VideoModelAdapter(abc.ABC):
         """Write a LoRA in diffusers format (`pytorch_lora_weights.safetensors`) that the family's stock pipeline
         loads with `load_lora_weights(path)`; `lora_state_dict` is peft's `get_peft_model_state_dict(transformer)`."""
         path = Path(path)
-        type(self.pipeline()).save_lora_weights(path, transformer_lora_layers=lora_state_dict, safe_serialization=True)
+        with atomic_dir(path, what=f"the LoRA folder {path}") as tmp:
+            pipe = type(self.pipeline())
+            pipe.save_lora_weights(tmp, transformer_lora_layers=lora_state_dict, safe_serialization=True)
         return path
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the diffusers layout (model_index.json + one folder per component) and vidpost.json."""
+        """Write the diffusers layout (model_index.json + one folder per component) and vidpost.json, complete or
+        absent (`vidpost.outputs.atomic_dir`)."""
         path = Path(path)
-        self.pipeline().save_pretrained(path, safe_serialization=True)
-        (path / VIDPOST_CONFIG).write_text(json.dumps(self.vidpost_config(), indent=2) + "\n")
+        with atomic_dir(path, what=f"the model folder {path}") as tmp:
+            self.pipeline().save_pretrained(tmp, safe_serialization=True)
+            (tmp / VIDPOST_CONFIG).write_text(json.dumps(self.vidpost_config(), indent=2) + "\n")
         return path
 
     def vidpost_config(self) -> dict[str, Any]:
@@ -301,6 +360,23 @@ class VideoModelAdapter(abc.ABC):
         for m in self.modules().values():
             m.requires_grad_(flag)
         return self
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes free on `device`: a GPU's free memory, or the host's available memory (Linux /proc/meminfo); None when
+    it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def check_model_dir(path: Path, required: tuple[str, ...]) -> dict[str, Any]:

@@ -48,6 +48,11 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if self.method not in CACHE_METHODS:
             raise ValueError(f"unknown cache method {self.method!r}; known: {', '.join(CACHE_METHODS)}")
+        if self.method == "mag" and self.options.get("mag_ratios") is None and not self.options.get("calibrate"):
+            raise ValueError(
+                "cache.method mag needs the model's magnitude ratios in cache.options.mag_ratios (a list, one per "
+                "step), or cache.options.calibrate: true for a run that measures and prints them"
+            )
 
     def diffusers_config(self, num_inference_steps: int | None = None):
         from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig

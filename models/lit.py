@@ -49,6 +49,7 @@ from vidpost.kernels.linear_attention import (
     linear_attention,
     linear_attention_naive,
 )
+from vidpost.outputs import atomic_dir
 
 from .attention import (
     AttentionConfig,
@@ -217,11 +218,12 @@ def save_lit_student(adapter: VideoModelAdapter, cfg: AttentionConfig, path: str
     path = Path(path)
     if cfg.implementation != "lit":
         raise ValueError(f"save_lit_student needs an AttentionConfig with implementation 'lit', not {cfg}")
-    with stock_processors(adapter):
-        adapter.save_pretrained(path)
-    save_file(lit_state_dict(adapter), str(path / LIT_WEIGHTS))
-    meta = {"attention": {"implementation": "lit", "layers": cfg.layers, "options": dict(cfg.options)}}
-    (path / LIT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_dir(path, what=f"the student folder {path}") as tmp:
+        with stock_processors(adapter):
+            adapter.save_pretrained(tmp)
+        save_file(lit_state_dict(adapter), str(tmp / LIT_WEIGHTS))
+        meta = {"attention": {"implementation": "lit", "layers": cfg.layers, "options": dict(cfg.options)}}
+        (tmp / LIT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 

@@ -77,6 +77,34 @@ def stamp_lora(lora_dir: str | Path, base_dir: str | Path) -> None:
     save_file(load_file(str(f)), str(f), metadata=metadata)
 
 
+LORA_KEY_MARKS = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
+"""a tensor name with one of these is a LoRA weight (peft / diffusers, kohya)"""
+
+
+def check_lora_file(lora: str | Path) -> Path:
+    """The LoRA file of `lora` (a folder with `LORA_FILE`, or a file) → its path, after checking that it is a
+    safetensors file holding LoRA weights: anything else (a pickle, text, a full model's weights under the LoRA's
+    name, which diffusers would skip and sample the base model) is a one-line ValueError naming the file."""
+    from safetensors import safe_open
+
+    lora = Path(lora)
+    f = lora / LORA_FILE if lora.is_dir() else lora
+    if not f.is_file():
+        raise ValueError(f"LoRA {lora}: {'no ' + LORA_FILE + ' in that folder' if lora.is_dir() else 'no such file'}")
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as e:  # SafetensorError: a pickle, text, JSON, a truncated file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"LoRA {f}: not a safetensors file ({first})") from None
+    if not any(m in k for k in keys for m in LORA_KEY_MARKS):
+        example = f" such as '{keys[0]}'" if keys else ""
+        raise ValueError(
+            f"LoRA {f}: no LoRA weights in that file ({len(keys)} tensors{example}); a full model is given with --model"
+        )
+    return f
+
+
 def lora_base(lora: str | Path) -> dict[str, str]:
     """The base recorded with a LoRA (folder or file): {"name", "fingerprint"?, "path"?}; {} when none is."""
     lora = Path(lora)

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from vidpost.config import NonNegativeInt, PositiveInt
 from vidpost.kernels.quant_formats import (
     FORMATS,
     absmax_scale,
@@ -78,11 +79,11 @@ class CalibrationConfig:
     prompts: list[str] | str = "shapes-train"
     """prompts run through the sampler to measure activation ranges"""
     count: int = 8
-    steps: int | None = None
+    steps: PositiveInt | None = None
     """sampler steps (null: the model's default)"""
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     """video size (null: the model's generation defaults)"""
     seed: int = 0
 
@@ -103,7 +104,7 @@ class QuantRecipe:
     smoothquant_alpha: float | None = None
     rotate: Literal["none", "hadamard", "randomized"] = "none"
     """rotation of inputs and weights over the input features (see the module docstring)"""
-    per_step: int = 0
+    per_step: NonNegativeInt = 0
     """static activation scales: 0 = one per layer; N = one per group of N denoising steps"""
     backend: Literal["reference", "torchao"] = "reference"
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -365,9 +366,13 @@ def packed_bytes(
     return packed, bf16
 
 
-def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Tensor] | None = None) -> QuantReport:
+def install_quant(
+    adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Tensor] | None = None, kernels: bool = True
+) -> QuantReport:
     """Replace the recipe's linear layers of `adapter.transformer` in place (QuantLinear, or torchao's kernels with
-    `backend: torchao`); `scales`: calibrated buffers (`<layer>.smooth`, `<layer>.act_scale`)."""
+    `backend: torchao`); `scales`: calibrated buffers (`<layer>.smooth`, `<layer>.act_scale`). `kernels=False` keeps
+    the QuantLinear layers (which hold the full-precision weights a quantised folder saves) even with
+    `backend: torchao`; `use_kernels` converts them afterwards."""
     transformer = adapter.transformer
     names = selected_linears(transformer, recipe)
     if not names:
@@ -385,9 +390,18 @@ def install_quant(adapter: Any, recipe: QuantRecipe, scales: dict[str, torch.Ten
             q.refresh_weight()
         setattr(parent, attr, q)
         used[name] = "reference"
+    report = QuantReport(recipe.name, names, used, packed, bf16, spec=recipe)
+    if kernels:
+        use_kernels(adapter, recipe, report)
+    return report
+
+
+def use_kernels(adapter: Any, recipe: QuantRecipe, report: QuantReport) -> None:
+    """With `backend: torchao`, convert the installed QuantLinear layers to torchao's kernels where it has them
+    (`report.backend_used` records which). The converted layers no longer hold their full-precision weights: save a
+    quantised folder before."""
     if recipe.backend == "torchao":
-        used |= _torchao(transformer, recipe, names)
-    return QuantReport(recipe.name, names, used, packed, bf16, spec=recipe)
+        report.backend_used |= _torchao(adapter.transformer, recipe, report.layers)
 
 
 def torchao_kind(recipe: QuantRecipe, device: torch.device) -> str | None:
@@ -465,30 +479,48 @@ def install_quant_from_folder(adapter: Any, path: str | Path) -> QuantReport:
     from safetensors.torch import load_file
 
     path = Path(path)
-    meta = json.loads((path / QUANT_CONFIG).read_text())
-    recipe = recipe_from_dict(meta["recipe"])
-    scales = load_file(str(path / QUANT_WEIGHTS)) if (path / QUANT_WEIGHTS).exists() else None
+    try:
+        meta = json.loads((path / QUANT_CONFIG).read_text())
+        recipe = recipe_from_dict(meta["recipe"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path / QUANT_CONFIG} is not a readable quantisation record ({e})") from None
+    if not (path / QUANT_WEIGHTS).is_file():
+        raise ValueError(
+            f"{path} says it is quantised ({QUANT_CONFIG}) but has no {QUANT_WEIGHTS}: re-run vidpost quantize"
+        )
+    try:
+        scales = load_file(str(path / QUANT_WEIGHTS))
+    except Exception as e:  # safetensors' error for a truncated file
+        raise ValueError(
+            f"{path / QUANT_WEIGHTS} does not load ({str(e).splitlines()[0]}): re-run vidpost quantize"
+        ) from None
     return install_quant(adapter, recipe, scales)
 
 
 def save_quant_folder(adapter: Any, recipe: QuantRecipe, report: QuantReport, path: str | Path, source: str) -> Path:
-    """The quantised model folder: the model's diffusers folder with its original weights (the recipe is applied on
-    load), quant.json and quant.safetensors."""
+    """The quantised model folder, complete or absent (`vidpost.outputs.atomic_dir`): the model's diffusers folder
+    with its original weights (the recipe is applied on load), quant.json and quant.safetensors. The layers must
+    still be QuantLinear (install with `kernels=False`, save, then `use_kernels`)."""
     from safetensors.torch import save_file
+
+    from vidpost.outputs import atomic_dir
 
     path = Path(path)
     transformer = adapter.transformer
+    converted = [n for n in report.layers if not isinstance(transformer.get_submodule(n), QuantLinear)]
+    assert not converted, f"{converted[0]} was converted to a kernel: its full-precision weight is gone"
     scales = scales_state(transformer)
-    swapped = _restore_linears(transformer)
-    try:
-        adapter.save_pretrained(path)
-    finally:
-        for name, module in swapped.items():
-            parent, attr = _parent(transformer, name)
-            setattr(parent, attr, module)
-    save_file(scales, str(path / QUANT_WEIGHTS))
-    meta = {"recipe": _recipe_dict(recipe), "source": source, "report": report.to_dict()}
-    (path / QUANT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_dir(path, what=f"the quantised model folder {path}") as tmp:
+        swapped = _restore_linears(transformer)
+        try:
+            adapter.save_pretrained(tmp)
+        finally:
+            for name, module in swapped.items():
+                parent, attr = _parent(transformer, name)
+                setattr(parent, attr, module)
+        save_file(scales, str(tmp / QUANT_WEIGHTS))
+        meta = {"recipe": _recipe_dict(recipe), "source": source, "report": report.to_dict()}
+        (tmp / QUANT_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
@@ -568,6 +600,7 @@ __all__ = [
     "read_recipe",
     "save_quant_folder",
     "selected_linears",
+    "use_kernels",
 ]
 
 

@@ -105,6 +105,10 @@ class WanAdapter(VideoModelAdapter):
     def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels)
 
+    @property
+    def max_positions(self) -> int | None:
+        return int(self.transformer.config.rope_max_seq_len)
+
     def modules(self) -> dict[str, torch.nn.Module]:
         mods = {"transformer": self.transformer, "vae": self.vae, "text_encoder": self.text_encoder}
         if self.transformer_2 is not None:
@@ -284,7 +288,7 @@ class WanAdapter(VideoModelAdapter):
             num_layers=num_layers,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
+            rope_max_seq_len=1024,  # as Wan2.1 (the rotary table covers 1024 positions per axis)
         )
         tcfg.update(transformer_overrides)
         transformer = WanTransformer3DModel(**tcfg).eval()

@@ -11,7 +11,6 @@ winner marked) and `best_of_n.json` (every candidate's score and components, the
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,12 +19,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import ArgumentParser
 from vidpost.evaluation.generate import sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.score import load_reward_spec
 from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings, user_settings
 from vidpost.models import ModelPathError, load, resolve_model_path
+from vidpost.outputs import write_text
 
 
 def best_of_n(
@@ -63,7 +64,7 @@ def best_of_n(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost best-of-n", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost best-of-n", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="model folder or preset")
     p.add_argument("--lora", help="a diffusers LoRA folder to apply")
     group = p.add_mutually_exclusive_group(required=True)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             labels.append(f"{'* ' if k == r['best'] else ''}{r['prompt'][:40]} [{r['scores'][k]:.3f}]")
     contact_sheet(sheet, args.out / "candidates.png", labels=labels)
     summary = [{k: v for k, v in r.items() if k not in ("video", "candidates")} for r in results]
-    (args.out / "best_of_n.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(args.out / "best_of_n.json", json.dumps(summary, indent=1) + "\n")
     mean_best = sum(r["scores"][r["best"]] for r in results) / len(results)
     mean_all = sum(sum(r["scores"]) / len(r["scores"]) for r in results) / len(results)
     print(f"best-of-{args.n}: mean reward of the chosen {mean_best:.4f} vs {mean_all:.4f} for a random candidate")
@@ -124,4 +125,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -11,19 +11,20 @@ models (`make shapes-models`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from vidpost.config import ArgumentParser
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost demo", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--n", type=int, default=8, help="held-out prompts to generate")
     p.add_argument("--model", default="shapes")
@@ -87,4 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vidpost.errors import run_main
+
+    sys.exit(run_main(main))

@@ -48,11 +48,13 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, attention_sites, install_attention
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas, initial_noise
+from vidpost.outputs import atomic_dir, write_text
 from vidpost.rl.prompts import load_prompt_pool
 from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
@@ -60,7 +62,7 @@ from vidpost.training.lora import upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
-from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
@@ -91,25 +93,25 @@ class StudentConfig:
 class DistillDataConfig:
     prompts: list[str] | str = "shapes-train"
     """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
-    pool_size: int = 2048
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    pool_size: PositiveInt = 2048
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     """video size (null: the teacher's generation defaults)"""
-    steps: int = 10
+    steps: PositiveInt = 10
     """Euler steps of the teacher trajectories the training states are taken from"""
-    shift: float | None = None
+    shift: PositiveFloat | None = None
     """schedule shift of the trajectories (null: the teacher's default)"""
-    guidance_scale: float = 5.0
+    guidance_scale: NonNegativeFloat = 5.0
     """CFG scale of the teacher trajectories"""
-    uncond_prob: float = 0.2
+    uncond_prob: Fraction = 0.2
     """probability that a sample is distilled on the empty prompt (the CFG negative branch)"""
 
 
 @dataclass
 class DistillTrainConfig:
-    max_steps: int = 300
-    batch_size: int = 8
+    max_steps: PositiveInt = 300
+    batch_size: PositiveInt = 8
     attn_weight: float = 1.0
     """λ of the per-layer attention-output loss (0: velocity distillation only)"""
     seed: int = 0
@@ -282,6 +284,7 @@ def distill_batch(
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
 
+@one_run_per_output
 def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log)
@@ -353,8 +356,10 @@ def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
         for tap in taps:
             tap.remove()
         bar.close()
-    final = save_lit_student(student, attention_config(cfg.student), out_dir / "final")
-    carry_generation_settings(model_dir, final)
+    final = out_dir / "final"
+    with atomic_dir(final, what=f"the student folder {final}") as tmp:
+        save_lit_student(student, attention_config(cfg.student), tmp)
+        carry_generation_settings(model_dir, tmp)
     write_history(out_dir, history)
     curves = history_curves(history, ("loss", "loss_velocity", "loss_attention"), alpha=0.8)
     plot_panels(out_dir / "curves.png", [Panel("LiT distillation", curves, log_y=True)], panel_size=(6, 3.5))
@@ -377,7 +382,7 @@ def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:
     from vidpost.models.base import VIDPOST_CONFIG
 
     merged = read_vidpost_config(teacher_dir) | read_vidpost_config(student_dir)
-    (student_dir / VIDPOST_CONFIG).write_text(json.dumps(merged, indent=2) + "\n")
+    write_text(student_dir / VIDPOST_CONFIG, json.dumps(merged, indent=2) + "\n")
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
@@ -389,7 +394,7 @@ METHODS = ("lit", "dmd2")
 def method_of(argv: list[str]) -> tuple[str, list[str]]:
     """The distillation method (`--method M`, else the `method:` key of the `--config` YAML, else "lit") and the
     arguments without `--method`."""
-    import yaml
+    from vidpost.config import parse_yaml
 
     argv = list(argv)
     for i, a in enumerate(argv):
@@ -400,7 +405,7 @@ def method_of(argv: list[str]) -> tuple[str, list[str]]:
     for i, a in enumerate(argv):
         path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else a[9:] if a.startswith("--config=") else None
         if path and Path(path).is_file():
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = parse_yaml(Path(path).read_text(), f"config file {path}") or {}
             if isinstance(data, dict) and data.get("method"):
                 return str(data["method"]), argv
     return "lit", argv
@@ -418,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --method must be one of {', '.join(METHODS)}, got {method!r}", file=sys.stderr)
         return 2
     about = "LiT linear-attention distillation (--method lit, the default; --method dmd2: few-step DMD2 distillation)."
-    return stage_main(DistillConfig, train, argv, "distill", about, "student")
+    return stage_main(DistillConfig, train, argv, "distill", about, "student", methods=(METHODS, "lit"))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config
 from vidpost.models.sampling import flow_sigmas, initial_noise
+from vidpost.outputs import atomic_dir, write_text
 from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: the stage's config)
     DMD2Config,
     DMD2DataConfig,
@@ -88,7 +89,7 @@ from vidpost.training.parallel import (
 )
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
-from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
@@ -223,6 +224,7 @@ class Trainables(torch.nn.Module):
 # ---- the loop -----------------------------------------------------------------------------------------------------
 
 
+@one_run_per_output
 def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
@@ -457,8 +459,6 @@ def save_student(
 ) -> Path:
     """The student as a complete diffusers model folder (a LoRA generator is fused) whose `vidpost.json` sets its
     sampling: `generation.steps` = N, `default_guidance_scale` 1, its shift and schedule, and where it came from."""
-    import shutil
-
     net = copy.deepcopy(generator)
     if cfg.lora.enabled:
         net.fuse_lora()
@@ -473,9 +473,14 @@ def save_student(
     student.default_shift = cfg.generator.shift if cfg.generator.shift is not None else teacher.default_shift
     student.schedule = cfg.generator.schedule
     student.generation = {**(teacher.generation or {}), "steps": cfg.generator.steps}
-    if path.exists():
-        shutil.rmtree(path)
-    student.save_pretrained(path)
+    with atomic_dir(path, what=f"the student folder {path}") as tmp:
+        student.save_pretrained(tmp)
+        _write_student_meta(tmp, teacher_dir, cfg)
+    return path
+
+
+def _write_student_meta(path: Path, teacher_dir: Path, cfg: DMD2Config) -> None:
+    """The student's vidpost.json: its own sampling settings over the teacher's generation defaults, and its source."""
     meta = read_vidpost_config(path)
     teacher_meta = read_vidpost_config(teacher_dir)
     meta["generation"] = {**teacher_meta.get("generation", {}), **meta.get("generation", {})}
@@ -487,16 +492,20 @@ def save_student(
         "steps": cfg.generator.steps,
         "train_steps": cfg.generator.train_steps or [cfg.generator.steps],
     }
-    (path / VIDPOST_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    return path
+    write_text(path / VIDPOST_CONFIG, json.dumps(meta, indent=2) + "\n")
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main(DMD2Config, train, argv, "distill --method dmd2", "DMD2 few-step distillation.", "student")
+    from vidpost.pipelines.distill import METHODS
+
+    about = "DMD2 few-step distillation (--method dmd2; --method lit: LiT linear-attention distillation)."
+    return stage_main(DMD2Config, train, argv, "distill", about, "student", preset="dmd2", methods=(METHODS, "dmd2"))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vidpost.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.models.sampling import SCHEDULES
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.parallel import ParallelConfig
@@ -27,13 +28,13 @@ class DMD2ModelConfig:
 
 @dataclass
 class GeneratorConfig:
-    steps: int = 4
+    steps: PositiveInt = 4
     """Euler steps of the student (its saved default)"""
     schedule: Literal["uniform", "diffusers"] = "uniform"
     """the student's σ schedule (`vidpost.models.sampling.flow_sigmas`): "uniform" spends every step; "diffusers" is
     what stock WanPipeline's scheduler uses (its last step is from σ ≈ 0.003, nearly idle), so stock diffusers
     reproduces the student exactly"""
-    shift: float | None = None
+    shift: PositiveFloat | None = None
     """the student's schedule shift (null: the teacher's)"""
     train_steps: list[int] = field(default_factory=list)
     """step counts the backward simulation draws from, one per batch (empty: `steps` only); e.g. [1, 2, 4] trains
@@ -42,7 +43,7 @@ class GeneratorConfig:
 
 @dataclass
 class FakeScoreConfig:
-    updates: int = 5
+    updates: PositiveInt = 5
     """fake-score updates per generator update (DMD2's two time scales)"""
     lr_scale: float = 1.0
     """the fake score's (and GAN head's) learning rate as a multiple of optim.lr"""
@@ -50,12 +51,12 @@ class FakeScoreConfig:
 
 @dataclass
 class DMDLossConfig:
-    guidance_scale: float = 5.0
+    guidance_scale: NonNegativeFloat = 5.0
     """CFG scale of the real score (the teacher)"""
     t_min: float = 0.02
     t_max: float = 0.98
     """range of the uniform u whose shifted value σ re-noises generator outputs"""
-    shift: float | None = None
+    shift: PositiveFloat | None = None
     """shift of that density (null: the teacher's)"""
 
 
@@ -75,10 +76,10 @@ class GanConfig:
 class DMD2DataConfig:
     prompts: list[str] | str = "shapes-train"
     """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
-    pool_size: int = 2048
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    pool_size: PositiveInt = 2048
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     """video size (null: the teacher's generation defaults)"""
     sample_prompts: list[str] | str = "shapes-heldout"
     """prompts of the sample grids (the first `log.sample_count`)"""
@@ -86,9 +87,9 @@ class DMD2DataConfig:
 
 @dataclass
 class DMD2TrainConfig:
-    max_steps: int = 300
+    max_steps: PositiveInt = 300
     """generator updates"""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """videos per update (per process)"""
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -97,9 +98,9 @@ class DMD2TrainConfig:
 
 @dataclass
 class DMD2LogConfig(LogConfig):
-    sample_every: int = 0
+    sample_every: NonNegativeInt = 0
     """write `samples/step_N.png` every N steps (0: only at the end)"""
-    sample_count: int = 4
+    sample_count: PositiveInt = 4
 
 
 @dataclass

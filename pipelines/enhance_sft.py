@@ -31,22 +31,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import PositiveInt
 from vidpost.enhance.miniature import resolve_miniature
 from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import CheckpointConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.recovery import logits_probe
-from vidpost.training.runner import TrainResult
+from vidpost.training.runner import TrainResult, one_run_per_output
 from vidpost.training.tracking import read_history, write_config, write_history
 
 
 @dataclass
 class SFTTrainConfig:
-    max_steps: int = 500
-    batch_size: int = 8
+    max_steps: PositiveInt = 500
+    batch_size: PositiveInt = 8
     """pairs per micro-batch"""
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     seed: int = 0
 
 
@@ -64,6 +65,7 @@ class EnhanceSFTConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+@one_run_per_output
 def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
     from vidpost.enhance.train import collate, encode_pair, epoch_batch, token_nll_sum
 

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vidpost.config import ArgumentParser
 from vidpost.pipelines.enhance_grpo import EnhanceGRPOConfig, train_grpo
 from vidpost.pipelines.enhance_sft import EnhanceSFTConfig, train_sft
 from vidpost.training.runner import ExitCode, add_stage_arguments, parse_stage_args, run_stage
@@ -28,7 +29,7 @@ STAGES = {"sft": (EnhanceSFTConfig, train_sft), "grpo": (EnhanceGRPOConfig, trai
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost enhance-train", description="Train a specialised prompt rewriter.")
+    p = ArgumentParser(prog="vidpost enhance-train", description="Train a specialised prompt rewriter.")
     sub = p.add_subparsers(dest="stage", required=True)
     for name, help_ in (
         ("sft", "supervised fine-tuning on {prompt, target} pairs (LoRA or full)"),
@@ -62,4 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

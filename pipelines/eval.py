@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from vidpost.config import ArgumentParser
 from vidpost.evaluation.generate import DTYPES, generate_videos
 from vidpost.evaluation.gifs import make_gif
 from vidpost.evaluation.html import _labels, write_report
@@ -70,6 +71,7 @@ from vidpost.evaluation.score import load_reward_spec, score_videos, spec_is_wei
 from vidpost.evaluation.seeds import prompt_seed
 from vidpost.evaluation.settings import user_settings
 from vidpost.evaluation.stats import compare_runs, reward_names, stats, summarise, t_quantile, wilson
+from vidpost.outputs import write_text
 
 __all__ = [  # the evaluation core's functions, re-exported for the callers of this command's module
     "SHAPES_HELDOUT",
@@ -93,7 +95,7 @@ __all__ = [  # the evaluation core's functions, re-exported for the callers of t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="vidpost eval",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -155,12 +157,12 @@ def _finish(
         comparison["other_dir"] = str(args.compare.resolve())
         comparison["this_dir"] = str(out.resolve())
         dump_json(out / "compare.json", comparison)
-        (out / "compare.md").write_text(compare_markdown(comparison) + "\n")
+        write_text(out / "compare.md", compare_markdown(comparison) + "\n")
     else:
         for f in ("compare.json", "compare.md"):
             (out / f).unlink(missing_ok=True)
     dump_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(summary_markdown(summary, comparison, str(args.compare) if args.compare else ""))
+    write_text(out / "summary.md", summary_markdown(summary, comparison, str(args.compare) if args.compare else ""))
     make_plots(out, records, reward_names(records, weights), other=other, labels=_labels(out, args.compare))
     report = write_report(out, title=args.title, gif_size=args.gif_size, gif_frames=args.gif_frames)
     print(summary_markdown(summary, comparison, str(args.compare) if args.compare else ""))
@@ -266,4 +268,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -24,7 +24,6 @@ those layers (the others keep SDPA), `--eav W` turns on Enhance-A-Video with wei
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,15 @@ from typing import Any
 
 import torch
 
-from vidpost.config import from_dict, read_yaml, to_dict
+from vidpost.config import (
+    ArgumentParser,
+    from_dict,
+    nonnegative_float,
+    parse_yaml,
+    positive_int,
+    read_yaml,
+    to_dict,
+)
 from vidpost.evaluation.generate import DTYPES, default_dtype, sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.seeds import prompt_seed, video_seed
@@ -40,20 +47,26 @@ from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
+from vidpost.outputs import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="generate.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="generate.py", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     src.add_argument("--prompts-file", type=Path, help="text file, one prompt per line (blank lines and # skipped)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers-format model directory or preset name")
     p.add_argument("--lora", help="folder with a diffusers-format LoRA to apply (as the stages write it)")
-    p.add_argument("--num-frames", type=int, help="frames to generate (Wan/HunyuanVideo: 4k+1)")
+    p.add_argument(
+        "--num-frames",
+        type=int,
+        help="frames to generate: (the VAE's temporal factor)·k+1, i.e. 4k+1 for Wan / HunyuanVideo, 2k+1 for the "
+        "Shapes models",
+    )
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--steps", type=int, help="denoising steps")
-    p.add_argument("--guidance", type=float, help="guidance scale (model default when omitted)")
+    p.add_argument("--guidance", type=nonnegative_float, help="guidance scale (model default when omitted)")
     p.add_argument("--shift", type=float, help="flow-matching schedule shift (model default when omitted)")
     p.add_argument(
         "--keyframe",
@@ -62,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--fps", type=float, help="frame rate of the written mp4")
-    p.add_argument("--batch-size", type=int, default=4, help="prompts sampled together")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="prompts sampled together")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="transformer dtype (bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--out", type=Path, default=Path("outputs/video.mp4"), help="mp4 path, or a folder for several")
@@ -73,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_attention_arguments(p)
     return p
+
+
+CLI_CACHE_METHODS = ("none", "first_block", "taylorseer")
+"""the step caches a flag can turn on: those that need nothing measured per model (MagCache needs its ratios)"""
 
 
 def add_attention_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,16 +107,24 @@ def add_attention_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eav-branches", help="CFG branches to enhance: cond, uncond or cond,uncond (default both)")
     g.add_argument(
         "--cache",
-        choices=["none", "first_block", "mag", "taylorseer"],
-        help="step caching with diffusers' hooks (first_block: reuse the later blocks when the first barely changed)",
+        choices=CLI_CACHE_METHODS,
+        help="step caching with diffusers' hooks (first_block: reuse the later blocks when the first barely changed;"
+        " taylorseer: forecast block outputs). MagCache needs the model's magnitude ratios: an inference config's"
+        " cache.options.mag_ratios",
     )
-    g.add_argument("--cache-threshold", type=float, help="first_block / mag threshold (default 0.05)")
+    g.add_argument(
+        "--cache-threshold", type=nonnegative_float, help="first_block relative-change threshold (default 0.05)"
+    )
     g.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     par = p.add_argument_group(
         "sequence parallelism (launch N processes: torchrun --nproc_per_node N generate.py ...)"
     )
-    par.add_argument("--sp", type=int, default=1, help="Ulysses degree: processes that split each video's tokens")
-    par.add_argument("--ring", type=int, default=1, help="ring-attention degree (GPU attention backends only)")
+    par.add_argument(
+        "--sp", type=positive_int, default=1, help="Ulysses degree: processes that split each video's tokens"
+    )
+    par.add_argument(
+        "--ring", type=positive_int, default=1, help="ring-attention degree (GPU attention backends only)"
+    )
 
 
 def inference_settings(args: argparse.Namespace) -> dict:
@@ -123,8 +148,6 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def attention_config(args: argparse.Namespace) -> AttentionConfig | None:
     """The AttentionConfig from --attention-config and the flags (flags win); None when nothing was asked for."""
-    import yaml
-
     data: dict = {}
     if args.attention_config is not None:
         raw = read_yaml(args.attention_config)
@@ -140,7 +163,7 @@ def attention_config(args: argparse.Namespace) -> AttentionConfig | None:
         if "=" not in opt:
             raise ValueError(f"--attention-option {opt!r} must look like KEY=VALUE")
         key, value = opt.split("=", 1)
-        data.setdefault("options", {})[key.strip()] = yaml.safe_load(value)
+        data.setdefault("options", {})[key.strip()] = parse_yaml(value, f"--attention-option {opt!r}")
     eav_flags = (args.eav_layers, args.eav_steps, args.eav_branches)
     if args.eav is not None or any(f is not None for f in eav_flags):
         eav = dict(data.get("eav") or {})
@@ -279,7 +302,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             if layout.degree > 1:
                 meta["parallel"] = {"sp_degree": layout.sp, "ring_degree": layout.ring}
             meta["seconds_per_video"] = round(dt, 3)
-            path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_json(path.with_suffix(".json"), meta)
             videos.append(video)
             print(f"wrote {path}", file=sys.stderr)
     if len(prompts) > 1 and writes:
@@ -298,4 +321,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

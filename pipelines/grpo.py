@@ -44,6 +44,7 @@ from typing import Literal
 
 import torch
 
+from vidpost.config import ArgumentParser, Fraction, NonNegativeFloat, PositiveInt
 from vidpost.pipelines.rl_run import (  # noqa: F401 (the shared pieces, also imported from here)
     GRPOResult,
     _Run,
@@ -65,30 +66,30 @@ from vidpost.rl.update import UpdateStats, grpo_update
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.guard import GuardConfig
 from vidpost.training.parallel import ParallelConfig
-from vidpost.training.runner import add_stage_arguments, parse_stage_args, run_stage
+from vidpost.training.runner import add_stage_arguments, one_run_per_output, parse_stage_args, run_stage
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class GRPOTrainConfig:
-    max_steps: int = 100
+    max_steps: PositiveInt = 100
     """iterations (one optimizer step each)"""
-    micro_batch: int = 8
+    micro_batch: PositiveInt = 8
     """samples per forward/backward in the update (and per transformer call in the rollout)"""
-    updates_per_iteration: int = 1
+    updates_per_iteration: PositiveInt = 1
     """optimizer steps per iteration: the micro-batches are split into this many consecutive parts, each part's
     gradients (accumulated over its micro-batches and the trained steps) make one step; with more than one, the
     later parts see ratios ≠ 1 and the clipping acts"""
-    timestep_fraction: float = 0.6
+    timestep_fraction: Fraction = 0.6
     """fraction of the SDE steps trained per iteration"""
-    clip_range: float = 1e-3
-    adv_clip: float = 5.0
+    clip_range: NonNegativeFloat = 1e-3
+    adv_clip: NonNegativeFloat = 5.0
     adv_eps: float = 1e-4
     global_std: bool = False
-    kl_beta: float = 0.0
+    kl_beta: NonNegativeFloat = 0.0
     """weight of the KL to the reference policy (0 disables)"""
-    ema_decay: float = 0.0
+    ema_decay: Fraction = 0.0
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -139,6 +140,7 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     return stats
 
 
+@one_run_per_output
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
     return run_loop(set_up(cfg, resume), sample, update, "grpo")
 
@@ -147,7 +149,7 @@ def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vidpost grpo", description="GRPO for video flow models (LoRA or full).")
+    p = ArgumentParser(prog="vidpost grpo", description="GRPO for video flow models (LoRA or full).")
     add_stage_arguments(p, "configs/<model>/grpo.yaml")
     return p
 
@@ -157,4 +159,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -28,7 +28,6 @@ readings:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -39,7 +38,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vidpost.config import load_config
+from vidpost.config import ArgumentParser, load_config
+from vidpost.outputs import write_text
 from vidpost.pipelines.grpo import compute_advantages, load_policy, policy_rollout
 from vidpost.pipelines.rl import RLConfig, validate
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
@@ -207,7 +207,7 @@ def _finite(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost grpo-snr", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost grpo-snr", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="the RL config (configs/<model>/grpo.yaml, rl-*.yaml)")
     p.add_argument("--rollouts", type=int, default=8)
     p.add_argument("--control", help="a positive-control reward (e.g. brightness) measured the same way afterwards")
@@ -229,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "grpo_snr.json").write_text(json.dumps(_finite(result), indent=1) + "\n")
+        write_text(args.out / "grpo_snr.json", json.dumps(_finite(result), indent=1) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -6,10 +6,10 @@ that loads with `WanTransformer3DModel.from_pretrained` / `WanPipeline.from_pret
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from vidpost.config import ArgumentParser
 from vidpost.models import load
 from vidpost.training.runner import ExitCode
 
@@ -22,7 +22,7 @@ def merge_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost merge-lora", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost merge-lora", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="base model folder or preset")
     p.add_argument("--lora", required=True, help="folder with pytorch_lora_weights.safetensors")
     p.add_argument("--out", required=True)
@@ -38,4 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -7,14 +7,13 @@ with safetensors shards; resumable (finished shards are skipped); unreadable vid
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from vidpost.config import load_config
+from vidpost.config import ArgumentParser, load_config
 from vidpost.media.data import precompute, read_manifest
 from vidpost.models import load
 from vidpost.pipelines.sft import SFTConfig, buckets_of
@@ -23,7 +22,7 @@ from vidpost.training.runner import ExitCode
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost precompute", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost precompute", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=8, help="clips encoded together")
@@ -47,4 +46,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -15,7 +15,6 @@ with one layer quantised at a time, on the model's own trajectories for train pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,6 +23,8 @@ from typing import Any
 
 import torch
 
+from vidpost.config import ArgumentParser
+from vidpost.outputs import write_text
 from vidpost.training.runner import ExitCode
 
 
@@ -147,7 +148,7 @@ def sensitivity_report(model: str, recipes: list[str], prompts: list[str], out: 
         recipe = read_recipe(r)
         results[recipe.name] = layer_sensitivity(adapter, recipe, prompts, settings)
         print(f"sensitivity: {recipe.name} done", file=sys.stderr)
-    (out / "sensitivity.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text(out / "sensitivity.json", json.dumps(results, indent=1) + "\n")
     kinds = list(dict.fromkeys(k for _, k in LAYER_TYPES)) + ["other"]
     colours = {k: plt.cm.tab20(i % 20) for i, k in enumerate(kinds)}
     fig, axes = plt.subplots(len(results), 1, figsize=(12, 2.6 * len(results)), squeeze=False)
@@ -177,7 +178,7 @@ def sensitivity_report(model: str, recipes: list[str], prompts: list[str], out: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost quant-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost quant-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes")
     p.add_argument(
         "--recipes",
@@ -211,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
 
         prompts = load_prompt_pool("shapes-train", args.sensitivity_prompts)[: args.sensitivity_prompts]
         sens = sensitivity_report(args.model, args.sensitivity, prompts, args.out)
-        (args.out / "sensitivity.md").write_text(sens + "\n")
+        write_text(args.out / "sensitivity.md", sens + "\n")
         table += "\n\nPer-layer sensitivity (relative velocity error, one layer quantised at a time):\n\n" + sens
-    (args.out / "table.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
+    write_text(args.out / "table.md", table + "\n")
+    write_text(args.out / "results.json", json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
     print(table)
     return ExitCode.OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -31,9 +31,11 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import NonNegativeFloat, PositiveInt
 from vidpost.models import load, resolve_model_path
 from vidpost.models.quant import install_quant, quant_modules, read_recipe, save_quant_folder
 from vidpost.models.sampling import flow_sigmas
+from vidpost.outputs import atomic_dir
 from vidpost.pipelines.distill import (
     DistillDataConfig,
     carry_generation_settings,
@@ -49,7 +51,7 @@ from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimCo
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
-from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
@@ -63,14 +65,14 @@ class QATModelConfig:
 
 @dataclass
 class QATLoraConfig:
-    rank: int = 8
-    alpha: float = 8.0
+    rank: PositiveInt = 8
+    alpha: NonNegativeFloat = 8.0
 
 
 @dataclass
 class QATTrainConfig:
-    max_steps: int = 200
-    batch_size: int = 8
+    max_steps: PositiveInt = 200
+    batch_size: PositiveInt = 8
     seed: int = 0
 
 
@@ -96,6 +98,7 @@ class QATConfig:
             raise ValueError(f"recipe {self.recipe} does not exist")
 
 
+@one_run_per_output
 def train(cfg: QATConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log)
@@ -168,8 +171,10 @@ def train(cfg: QATConfig, resume: str | None = None) -> TrainResult:
         module.merge_qat()
     saved = read_recipe(cfg.recipe)
     saved.keep = list(recipe.keep)  # the layers mixed precision kept (keep_worst), as the model trained
-    final = save_quant_folder(student, saved, report, out_dir / "final", source=f"{cfg.model.teacher} + qat")
-    carry_generation_settings(model_dir, final)
+    final = out_dir / "final"
+    with atomic_dir(final, what=f"the quantised model folder {final}") as tmp:
+        save_quant_folder(student, saved, report, tmp, source=f"{cfg.model.teacher} + qat")
+        carry_generation_settings(model_dir, tmp)
     write_history(out_dir, history)
     curves = history_curves(history, ("loss",), alpha=0.8)
     plot_panels(
@@ -195,4 +200,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -12,11 +12,11 @@ torchao), and the packed weight bytes against bf16.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
+from vidpost.config import ArgumentParser
 from vidpost.training.runner import ExitCode
 
 
@@ -58,7 +58,7 @@ def quantize_model(spec: str, recipe_path: str | Path, out: str | Path | None = 
     """Load `spec`, apply and calibrate the recipe; write the folder when `out` is given → (adapter, report)."""
     from vidpost.evaluation.shapes import parse_model
     from vidpost.models import load, resolve_model_path
-    from vidpost.models.quant import install_quant, read_recipe, save_quant_folder
+    from vidpost.models.quant import install_quant, read_recipe, save_quant_folder, use_kernels
 
     recipe = read_recipe(recipe_path)
     base, lora = parse_model(spec)
@@ -68,15 +68,16 @@ def quantize_model(spec: str, recipe_path: str | Path, out: str | Path | None = 
         adapter.transformer.fuse_lora()
         adapter.transformer.unload_lora()
     resolve_keep_worst(adapter, path, recipe)
-    report = install_quant(adapter, recipe)
+    report = install_quant(adapter, recipe, kernels=False)
     calibrate_recipe(adapter, path, recipe)
-    if out is not None:
+    if out is not None:  # the folder keeps the full-precision weights: written before torchao converts them
         save_quant_folder(adapter, recipe, report, out, source=spec)
+    use_kernels(adapter, recipe, report)
     return adapter, report
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost quantize", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="a preset, a model folder, or folder+lora")
     p.add_argument("--recipe", required=True, help="a recipe YAML (configs/quant/*.yaml)")
     p.add_argument("--out", required=True, type=Path)
@@ -98,4 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

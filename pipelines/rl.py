@@ -48,6 +48,7 @@ from typing import Literal
 
 import torch
 
+from vidpost.config import ArgumentParser
 from vidpost.pipelines import grpo
 from vidpost.pipelines.grpo import GRPOConfig
 from vidpost.pipelines.rl_run import GRPOResult, _Run, command_exit, run_loop, set_up
@@ -64,7 +65,7 @@ from vidpost.rl.forward_update import (
 )
 from vidpost.rl.iteration import micro_batches, split_updates
 from vidpost.rl.rollout import Rollout
-from vidpost.training.runner import add_stage_arguments, parse_stage_args, run_stage
+from vidpost.training.runner import add_stage_arguments, one_run_per_output, parse_stage_args, run_stage
 
 ALGORITHMS = ("grpo", "nft", "awm", "rsft", "draft")
 
@@ -178,6 +179,7 @@ def update_draft(run: _Run, ro: Rollout, advantages_N: torch.Tensor, *, reward_f
     return stats
 
 
+@one_run_per_output
 def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
     validate(cfg)
     if cfg.algorithm == "grpo":
@@ -196,9 +198,9 @@ def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="vidpost rl",
-        description="RL for video flow models: grpo, nft (DiffusionNFT), awm, rsft, draft (LoRA or full).",
+        description=f"RL for video flow models (LoRA or full); algorithm: {', '.join(ALGORITHMS)}.",
     )
     add_stage_arguments(p, "configs/<model>/rl-<algorithm>.yaml")
     return p
@@ -209,4 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

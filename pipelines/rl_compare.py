@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vidpost.config import ArgumentParser
+from vidpost.outputs import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("configs/shapes/grpo.yaml", ["algorithm=grpo"]),
@@ -62,7 +65,7 @@ def run_variant(name: str, work: Path, videos: int, overrides: list[str]) -> dic
         train(cfg, resume=resume)
         seconds += time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
-        wall_file.write_text(json.dumps({"seconds": seconds}) + "\n")
+        write_text(wall_file, json.dumps({"seconds": seconds}) + "\n")
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     guard = json.loads((out / "guard.json").read_text()) if (out / "guard.json").exists() else []
     done = history[-1]["step"] if history else iterations
@@ -96,7 +99,7 @@ def cached_held_out(path: Path, spec: str, args: argparse.Namespace) -> dict[str
             return saved["result"]
     result = held_out(spec, args.seeds, args.limit, args.size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "result": result}))
+    write_text(path, json.dumps({"key": key, "result": result}))
     return result
 
 
@@ -152,7 +155,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost rl-compare", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost rl-compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithms", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--model", default="shapes", help="the model every run starts from (default: shapes)")
     p.add_argument("--videos", type=int, default=1536, help="training videos per algorithm (default 1536)")
@@ -178,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(rows, args.videos)
-    (args.out / "results.md").write_text(text + "\n")
+    write_text(args.out / "results.md", text + "\n")
     keep = ("name", "n", "success", "success_ci", "graded", "graded_ci", "iterations", "videos", "seconds", "guard")
-    (args.out / "results.json").write_text(json.dumps([{k: r[k] for k in keep if k in r} for r in rows], indent=1))
+    write_text(args.out / "results.json", json.dumps([{k: r[k] for k in keep if k in r} for r in rows], indent=1))
     plot(rows, args.out / "curves.png")
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from vidpost.config import to_dict
 from vidpost.models import resolve_model_path
+from vidpost.outputs import write_json
 from vidpost.rl.advantages import reward_advantages, zero_std_fraction
 from vidpost.rl.iteration import choose_prompts
 from vidpost.rl.plots import plot_rl_curves
@@ -41,7 +42,7 @@ from vidpost.training.parallel import (
 )
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult
-from vidpost.training.tracking import read_history, write_history
+from vidpost.training.tracking import read_history, write_config, write_history
 
 if TYPE_CHECKING:
     from vidpost.pipelines.grpo import GRPOConfig
@@ -135,7 +136,7 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
     enable_sequence_parallel(policy.adapter, layout, extra=(policy.reference,))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        write_config(out_dir, cfg)
     transformer = policy.adapter.transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
     scale_gradients(params, layout)
@@ -304,7 +305,7 @@ def finish(
         if (out_dir / "best").exists():
             result.best, result.best_step = out_dir / "best", run.guard.best_step
         write_history(out_dir, earlier + history)
-        (out_dir / "guard.json").write_text(json.dumps(run.guard.history, indent=1) + "\n")
+        write_json(out_dir / "guard.json", run.guard.history, indent=1)
         plot_rl_curves(earlier + history, run.guard.history, out_dir / "curves.png")
         result.write(out_dir)
     if hasattr(run.rewards, "close"):

@@ -39,10 +39,8 @@ Multi-GPU: with `launch.processes` > 1 the sft and rl stages run under `accelera
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -52,8 +50,9 @@ from typing import Any
 
 import torch
 
-from vidpost.config import field_docs, load_config, to_dict
+from vidpost.config import ArgumentParser, field_docs, load_config, parse_yaml, to_dict
 from vidpost.evaluation.stages import describe, evaluate, write_report
+from vidpost.outputs import OutputLock, write_json
 from vidpost.pipelines.run_config import PipelineConfig, State
 from vidpost.training.runner import ExitCode, TrainResult
 
@@ -71,9 +70,7 @@ def _file_text(path: str, base: Path) -> str:
         raise ValueError(f"stage config {path} does not exist (looked at {p})")
     text = p.read_text()
     # a `base:` include is part of the config
-    import yaml
-
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, f"stage config {p}") or {}
     if isinstance(data, dict) and data.get("base"):
         text += _file_text(str(p.parent / data["base"]), base)
     return text
@@ -111,12 +108,6 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 # ---- stages ------------------------------------------------------------------------------------------------------
@@ -335,10 +326,18 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
     for s in (start, stop):
         if s is not None and s not in STAGES:
             raise ValueError(f"unknown stage {s!r}; stages: {', '.join(STAGES)}")
-    if not dry:
-        from vidpost.models import resolve_model_path
+    if dry:
+        return _run_stages(cfg, base, start, stop, dry)
+    from vidpost.models import resolve_model_path
 
-        resolve_model_path(cfg.model)  # a missing model is an error before anything is written
+    resolve_model_path(cfg.model)  # a missing model is an error before anything is written
+    with OutputLock(run_dir, what="staged run"):  # one staged run per run_dir (each stage locks its own folder too)
+        return _run_stages(cfg, base, start, stop, dry)
+
+
+def _run_stages(cfg: PipelineConfig, base: Path, start: str | None, stop: str | None, dry: bool) -> dict[str, Any]:
+    """The stages from `start` to `stop` (see `run`)."""
+    run_dir = Path(cfg.run_dir)
     first = STAGES.index(start) if start else 0
     last = STAGES.index(stop) if stop else len(STAGES) - 1
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -373,12 +372,12 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
             if out.exists() and not resume:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "stage.partial.json", {"stage": name, "hash": h})
+            write_json(out / "stage.partial.json", {"stage": name, "hash": h}, indent=1)
             print(f"== stage {name} ({'resuming' if resume else 'running'})", file=sys.stderr)
             if name != "base":
                 state = RUNNERS[name](cfg, state, out, base, resume)
             rec = {"stage": name, "hash": h, "state": state.to_dict(), "seconds": round(time.time() - t0, 1)}
-            write_json(out / "stage.json", rec)
+            write_json(out / "stage.json", rec, indent=1)
             (out / "stage.partial.json").unlink()
         else:
             print(f"== stage {name}: unchanged, skipped", file=sys.stderr)
@@ -392,19 +391,19 @@ def run(cfg: PipelineConfig, base: Path, *, start: str | None = None, stop: str 
             print(f"== evaluating {name}", file=sys.stderr)
             (out / "eval").mkdir(parents=True, exist_ok=True)
             ev = {"hash": eh, "row": evaluate(state, cfg.eval, out / "eval", device)}
-            write_json(out / "eval" / "eval.json", ev)
+            write_json(out / "eval" / "eval.json", ev, indent=1)
         rows.append(
             {"stage": name, "what": describe(name, rec["state"]), "seconds": rec["seconds"], "eval": ev["row"]}
         )
     if dry:
         return {"plan": plan}
-    write_json(run_dir / "manifest.json", manifest)
+    write_json(run_dir / "manifest.json", manifest, indent=1)
     report = write_report(run_dir, cfg, rows)
     return {"plan": plan, "rows": rows, "report": str(report), "state": state.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost run", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost run", description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="?", type=Path, help="pipeline YAML (configs/<world>/pipeline.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. run_dir=/tmp/run rl.enabled=false")
     p.add_argument("--from", dest="start", choices=STAGES, help="rerun this stage and every later one")
@@ -441,4 +440,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

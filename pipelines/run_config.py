@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vidpost.config import NonNegativeFloat, PositiveFloat, PositiveInt
+
 
 @dataclass
 class DataStage:
@@ -53,27 +55,27 @@ class OptimizeStage:
 class EvalConfig:
     prompts: str = "shapes-heldout"
     """"shapes-heldout" or a prompts file (txt / JSON / JSONL of {id, prompt, caption?, seed?})"""
-    limit: int | None = 32
+    limit: PositiveInt | None = 32
     """evaluate the first N prompts (null: all)"""
     rewards: dict[str, Any] = field(default_factory=lambda: {"verifier": 1.0})
     """reward spec (name → weight or options, as `vidpost eval`), scored against the caption / user prompt"""
     guard: dict[str, Any] = field(default_factory=dict)
     """the guard metric: a reward spec that no stage trains on (empty: none)"""
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    shift: float | None = None
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
+    steps: PositiveInt | None = None
+    guidance: NonNegativeFloat | None = None
+    shift: PositiveFloat | None = None
     """generation settings (null: the model's defaults)"""
-    batch_size: int = 8
+    batch_size: PositiveInt = 8
     grid_videos: int = 6
     """videos per stage kept for the report's side-by-side grid"""
 
 
 @dataclass
 class LaunchConfig:
-    processes: int = 1
+    processes: PositiveInt = 1
     """processes for the sft and rl stages (>1: `accelerate launch`)"""
     accelerate_config: str = ""
     """accelerate config file for those stages (e.g. configs/accelerate/fsdp.yaml)"""

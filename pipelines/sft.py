@@ -41,10 +41,12 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import PromptEmbeds
 from vidpost.models.sampling import shift_sigmas
+from vidpost.outputs import write_text
 from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
@@ -52,7 +54,7 @@ from vidpost.training.lora import add_lora, export, upcast_trainable
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel, make_layout
 from vidpost.training.recovery import velocity_probe
-from vidpost.training.runner import TrainResult, stage_main
+from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ class DataConfig:
     """latent cache folder; empty = <output_dir>/cache. Filled by `vidpost precompute` (or on first run)"""
     buckets: list[list[int]] = field(default_factory=lambda: [[17, 64, 64]])
     """[num_frames, height, width] buckets; each clip goes to the closest aspect it can fill"""
-    shard_size: int = 256
+    shard_size: PositiveInt = 256
     """clips per latent-cache shard"""
     caption_dropout: float = 0.1
     """probability of training on the empty prompt instead of the caption (for classifier-free guidance)"""
@@ -91,19 +93,19 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
-    batch_size: int = 4
+    max_steps: PositiveInt = 1000
+    batch_size: PositiveInt = 4
     """clips per process per micro-batch"""
-    grad_accum: int = 1
+    grad_accum: PositiveInt = 1
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    shift: float = 1.0
+    shift: PositiveFloat = 1.0
     """shift applied to the sampled timestep (σ = shift·u / (1 + (shift − 1)·u))"""
     loss_weighting: Literal["none", "cosmap"] = "none"
-    ema_decay: float = 0.0
+    ema_decay: Fraction = 0.0
     """EMA of the trainable weights (0 disables); the EMA weights are exported when enabled"""
     given_frame_share: float = 0.0
     """share of clips trained with latent frame `given_frame` given clean at timestep 0 and left out of the loss
@@ -117,14 +119,14 @@ class TrainConfig:
 
 @dataclass
 class ValidationConfig:
-    every: int = 0
+    every: NonNegativeInt = 0
     """sample the validation prompts every N steps (0 disables; always done at the end if prompts are set)"""
     prompts: list[str] | str = "shapes-heldout"
     """a list of prompts, or "shapes-heldout" (the Shapes world held-out set, scored with the verifier)"""
-    max_prompts: int = 16
-    steps: int = 20
-    guidance_scale: float = 5.0
-    shift: float | None = None
+    max_prompts: PositiveInt = 16
+    steps: PositiveInt = 20
+    guidance_scale: NonNegativeFloat = 5.0
+    shift: PositiveFloat | None = None
     """sampling shift (null: the model's default)"""
     seed: int = 0
 
@@ -254,7 +256,7 @@ def run_validation(
     for i, v in enumerate(videos[:8]):
         write_video(folder / f"{i:02d}.mp4", v, fps=8)
     contact_sheet(list(videos), folder / "contact_sheet.png", labels=labels)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -307,6 +309,7 @@ def buckets_of(cfg: SFTConfig) -> list[Bucket]:
     return [Bucket(*b) for b in cfg.data.buckets]
 
 
+@one_run_per_output
 def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
     out_dir = Path(cfg.output_dir)
     accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
@@ -459,4 +462,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

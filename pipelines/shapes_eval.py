@@ -12,19 +12,20 @@ first prompts. `--prompt-key prompt_user` evaluates the free-form user-style pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from vidpost.config import ArgumentParser
 from vidpost.evaluation.shapes import ATTRIBUTES, evaluate_model, markdown_table, verify_rows
 from vidpost.evaluation.stats import wilson
+from vidpost.outputs import write_text
 
 __all__ = ["ATTRIBUTES", "evaluate_model", "main", "markdown_table", "verify_rows", "wilson"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost shapes-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost shapes-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["shapes-base", "shapes"], help="presets/folders (base+lora ok)")
     p.add_argument("--prompt-key", default="caption", choices=["caption", "prompt_user"])
     p.add_argument("--seeds", type=int, default=2)
@@ -69,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         labels = [f"{rec['prompt']} [{'ok' if rec['success'] else 'x'}]" for rec in r["records"][:8]]
         contact_sheet(r.pop("videos")[:8], args.out / f"{name}.png", labels=labels)
     table = markdown_table(results)
-    (args.out / "results.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text(args.out / "results.md", table + "\n")
+    write_text(args.out / "results.json", json.dumps(results, indent=1) + "\n")
     print(table)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -42,7 +42,6 @@ from the work folder (`make shapes-models` does), and delete the work folder to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -53,6 +52,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import ArgumentParser
+from vidpost.outputs import write_text
 from vidpost.pipelines.shapes_vae import ARCHITECTURES, HEIGHT, NUM_FRAMES, WIDTH, train_vae
 from vidpost.training.runner import ExitCode
 
@@ -105,7 +106,7 @@ def _write_generation_defaults(model_dir: Path) -> None:
     f = model_dir / "vidpost.json"
     cfg = json.loads(f.read_text()) if f.exists() else {}
     cfg["generation"] = {"num_frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH, "steps": 20, "fps": 8}
-    f.write_text(json.dumps(cfg, indent=2) + "\n")
+    write_text(f, json.dumps(cfg, indent=2) + "\n")
 
 
 def export_data(out: Path, n: int) -> Path:
@@ -137,7 +138,7 @@ def recaption_cache(src: Path, dst: Path, model_dir: Path, manifest: Path, capti
         with torch.no_grad():
             tensors.update(_embeds_to_tensors(adapter.encode_prompt([it["caption"] for it in meta["items"]]), ""))
         save_file(tensors, str(tmp / shard.name))
-        (tmp / shard.with_suffix(".json").name).write_text(json.dumps(meta) + "\n")
+        write_text(tmp / shard.with_suffix(".json").name, json.dumps(meta) + "\n")
     for name in ("summary.json", "bad_videos.jsonl"):
         if (src / name).exists():
             shutil.copy(src / name, tmp / name)
@@ -188,10 +189,10 @@ def run_phase(config: str, start: Path, work: Path, overrides: list[str]) -> Pat
         return phase_dir / "final"
     phase_dir.mkdir(parents=True, exist_ok=True)
     stamp = json.dumps({"config": config, "start_from": start_fp}) + "\n"
-    (phase_dir / "start.json").write_text(stamp)
+    write_text(phase_dir / "start.json", stamp)
     cfg = ROOT / "configs" / "shapes" / f"{config}.yaml"
     final = run_sft(cfg, [f"output_dir={phase_dir}", f"model.path={start}", *overrides])
-    (final / "phase.json").write_text(stamp)
+    write_text(final / "phase.json", stamp)
     return final
 
 
@@ -246,7 +247,7 @@ def run_sft(config: Path, overrides: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vidpost shapes-models", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost shapes-models", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "assets" / "shapes")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "shapes-models", help="data, caches and logs")
     p.add_argument("--stage", choices=["vae", "init", "data", "base", "sft", "all"], default="all")
@@ -340,4 +341,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidpost.errors import run_main
+
+    raise SystemExit(run_main(main))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from vidpost.outputs import atomic_dir, write_text
+from vidpost.training.checkpoint import read_state, write_state
 
 NUM_FRAMES, HEIGHT, WIDTH = 17, 64, 64
 ARCHITECTURES = {
@@ -102,11 +104,9 @@ def _decode_unclamped(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The training state (safetensors + JSON: nothing is unpickled on resume) as the folder `path`, atomically."""
+    with atomic_dir(path, what="the VAE training state") as tmp:
+        write_state(tmp, state, "state")
 
 
 def train_vae(
@@ -131,7 +131,7 @@ def train_vae(
 ) -> Path:
     """Train the Shapes VAE (module doc): `image_steps` on single frames (batch `image_batch_size`), then `steps` on
     `frames`-frame clips, then `sharpen_steps` more on clips at half the lr with the edge term. Every `ckpt_every`
-    steps the whole state (weights, optimizer, schedule, the clip generator, the log) goes to `<out>.ckpt`; a run
+    steps the whole state (weights, optimizer, schedule, the clip generator, the log) goes to `<out>.state/`; a run
     that finds it continues from it and ends with the weights an uninterrupted run would have. `start_from`: a
     trained VAE folder to continue training (e.g. with `image_steps=0`: more clip and edge steps); its weights are
     taken where names and shapes match (so a 4×-temporal VAE can start a 2×-temporal one); one with more latent
@@ -146,7 +146,7 @@ def train_vae(
         if wide.config.z_dim > z_dim:
             narrow_latents(vae, wide, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = out.with_suffix(".ckpt")
+    ckpt = out.with_suffix(".state")
     phases = (
         ("image", image_steps, 1, image_batch_size, lr, 0.0),
         ("video", steps, frames, batch_size, lr, 0.0),
@@ -154,7 +154,7 @@ def train_vae(
     )
     state: dict[str, Any] = {"phase": 0, "step": 0, "log": []}
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)  # our own file: numpy generator state and the log
+        saved = read_state(ckpt, "state")
         own = vae.state_dict()
         if set(saved["vae"]) == set(own) and all(saved["vae"][k].shape == v.shape for k, v in own.items()):
             state = saved
@@ -218,14 +218,11 @@ def train_vae(
     psnr, per_frame, mean, std = _vae_report(vae, seed + 1)
     ceiling = reconstruction_verifier_success(vae)
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp, safe_serialization=True)
     report = {"psnr_17f": psnr, "psnr_per_frame": per_frame, "heldout_reconstruction": ceiling, "log": log[-50:]}
-    (tmp / "training_log.json").write_text(json.dumps(report, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
-    ckpt.unlink(missing_ok=True)
+    with atomic_dir(out, what="the VAE folder") as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        write_text(tmp / "training_log.json", json.dumps(report, indent=1))
+    shutil.rmtree(ckpt, ignore_errors=True)
     print(
         f"VAE: reconstruction PSNR {psnr:.2f} dB on fresh 17-frame clips; verifier success on reconstructions of the "
         f"held-out clips {ceiling['success']:.3f} (a ceiling for any model using this VAE) -> {out}",

@@ -34,6 +34,7 @@ __all__ = [
     "WeightedReward",
     "build_reward",
     "build_rewards",
+    "reward_bounds",
     "known_rewards",
     "normalize",
     "register",
@@ -210,14 +211,29 @@ BUILTIN: dict[str, str] = {
 
 #: name → factory(**config) → Reward. Each reward module registers itself on import.
 REGISTRY: dict[str, Callable[..., Reward]] = {}
+BOUNDS: dict[str, tuple[float, float]] = {}
+"""the range a registered reward's score lies in, where it has one (statistics clip intervals to it)"""
 
 
-def register(name: str) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
+def register(
+    name: str, bounds: tuple[float, float] | None = None
+) -> Callable[[Callable[..., Reward]], Callable[..., Reward]]:
     def deco(factory: Callable[..., Reward]) -> Callable[..., Reward]:
         REGISTRY[name] = factory
+        if bounds is not None:
+            BOUNDS[name] = bounds
         return factory
 
     return deco
+
+
+def reward_bounds(name: str) -> tuple[float, float] | None:
+    """The range of the registered reward `name`'s score, or None (unbounded, or not a registered name)."""
+    if name not in REGISTRY and name in BUILTIN:
+        import importlib
+
+        importlib.import_module(f"vidpost.rewards.{BUILTIN[name]}")
+    return BOUNDS.get(name)
 
 
 def known_rewards() -> list[str]:

@@ -34,6 +34,6 @@ class Brightness(Reward):
         return RewardOutput(self.sign * mean, {"luma": luma})
 
 
-@register("brightness")
+@register("brightness", bounds=(-1.0, 1.0))  # the mean pixel × sign
 def _brightness(**config) -> Brightness:
     return Brightness(**config)

@@ -199,7 +199,7 @@ def _load_transformers(p: Path, processor_path: str | Path | None, what: str) ->
 
     require_files(p, HF_WEIGHTS, what, any_of=True)
     proc = require_files(p if processor_path is None else processor_path, HF_TOKENIZER, what, any_of=True)
-    model = CLIPModel.from_pretrained(p)
+    model = CLIPModel.from_pretrained(p, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(proc)
     size = int(model.config.vision_config.image_size)
     mean, std, resize = CLIP_MEAN, CLIP_STD, size

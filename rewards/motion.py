@@ -167,7 +167,7 @@ class Motion(Reward):
         return RewardOutput(flow, {"flow": flow, "frame_diff": diff, "dynamic": (flow > self.threshold).float()})
 
 
-@register("temporal")
+@register("temporal", bounds=(-1.0, 1.0))  # a mean of cosine similarities
 def _temporal(**config) -> TemporalConsistency:
     return TemporalConsistency(**config)
 

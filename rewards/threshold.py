@@ -31,7 +31,7 @@ class ThresholdReward(Reward):
         return self
 
 
-@register("threshold")
+@register("threshold", bounds=(0.0, 1.0))
 def _threshold(*, reward: str | Reward, threshold: float, above: bool = True, **config: Any) -> ThresholdReward:
     inner = reward if isinstance(reward, Reward) else build_reward(reward, **config)
     return ThresholdReward(inner, threshold, above=above)

@@ -63,11 +63,11 @@ class VerifierReward(Reward):
         return RewardOutput(torch.from_numpy(score).float(), components)
 
 
-@register("verifier")
+@register("verifier", bounds=(0.0, 1.0))
 def _graded(**config) -> VerifierReward:
     return VerifierReward(**{"mode": "graded", **config})
 
 
-@register("verifier_binary")
+@register("verifier_binary", bounds=(0.0, 1.0))
 def _binary(**config) -> VerifierReward:
     return VerifierReward(**{**config, "mode": "binary"})

@@ -171,6 +171,6 @@ class SoftVerifierReward(Reward):
         return RewardOutput(torch.stack(totals), {k: torch.stack(v) for k, v in rows.items()})
 
 
-@register("verifier_soft")
+@register("verifier_soft", bounds=(0.0, 1.0))
 def _soft(**config) -> SoftVerifierReward:
     return SoftVerifierReward(**config)

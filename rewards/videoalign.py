@@ -262,7 +262,7 @@ class VideoAlignReward(Reward):
         elif self.head.out_features != len(self.attributes):
             raise ValueError(f"videoalign: 'last' pooling needs a head with {len(self.attributes)} outputs")
 
-        model = Qwen2VLForConditionalGeneration.from_pretrained(self.path, dtype=self.dtype)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(self.path, dtype=self.dtype, use_safetensors=True)
         # Only the base model (vision tower + language model) is needed: the LM head is dropped.
         self.model = model.model.eval().requires_grad_(False)
         del model

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from vidpost.config import Fraction, PositiveInt
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.training.ema import EMA
 
@@ -48,7 +49,7 @@ __all__ = [
 class ForwardConfig:
     """The forward-process algorithms' settings (`algorithm: nft | awm | rsft`)."""
 
-    timestep_fraction: float = 0.6
+    timestep_fraction: Fraction = 0.6
     """K = ceil(fraction · S) of the rollout's S noise levels are trained per sample (each sample its own, at
     random; DiffusionNFT trains nearly all: 0.99)"""
     guided: bool = True
@@ -62,7 +63,7 @@ class ForwardConfig:
     (DiffusionNFT's defaults; rate 0 keeps old = θ at every rollout, which AWM and RSFT always do)"""
     awm_weighting: Literal["uniform", "t", "ghuber"] = "uniform"
     """AWM's per-sample likelihood transform (`awm_log_likelihood`)"""
-    rsft_k: int | None = 1
+    rsft_k: PositiveInt | None = 1
     """RSFT: keep each group's best k samples by advantage (null: no per-group cut)"""
     rsft_min_advantage: float | None = None
     """RSFT: keep only samples with advantage ≥ this (null: no threshold); with rsft_k, both apply"""

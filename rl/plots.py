@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vidpost.outputs import save_figure
+
 __all__ = ["plot_rl_curves"]
 
 
@@ -38,6 +40,4 @@ def plot_rl_curves(history: list[dict[str, float]], guard: list[dict[str, float]
         axes[1].set_xlabel("iteration")
         axes[1].set_title("held-out guard")
         axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.config import NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.models.sampling import flow_sigmas, initial_noise, ode_step
 
@@ -38,24 +39,24 @@ __all__ = [
 class RolloutConfig:
     prompts: list[str] | str = "shapes-train"
     """a list of prompts, a .txt/.jsonl file, or "shapes-train" (canonical captions of the Shapes train split)"""
-    pool_size: int = 2048
+    pool_size: PositiveInt = 2048
     """how many prompts of "shapes-train" / the file form the pool"""
-    prompts_per_step: int = 4
+    prompts_per_step: PositiveInt = 4
     """prompts per process per iteration"""
-    group_size: int = 8
+    group_size: PositiveInt = 8
     """samples per prompt (G)"""
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    num_frames: PositiveInt | None = None
+    height: PositiveInt | None = None
+    width: PositiveInt | None = None
     """video size (null: the model's generation defaults)"""
-    steps: int = 10
+    steps: PositiveInt = 10
     """denoising steps of a rollout"""
-    shift: float | None = None
-    guidance_scale: float = 5.0
+    shift: PositiveFloat | None = None
+    guidance_scale: NonNegativeFloat = 5.0
     negative_prompt: str = ""
     sde: Literal["dance", "flow", "cps", "ode"] = "dance"
     """"ode": every step deterministic (the forward-process algorithms' rollouts; no log-probs)"""
-    noise_level: float = 0.3
+    noise_level: NonNegativeFloat = 0.3
     """η for "dance" and "cps", a for "flow\""""
     sde_window: list[int] | None = None
     """[start, end): SDE on these steps only, ODE elsewhere (null: all steps)"""

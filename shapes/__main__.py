@@ -2,6 +2,8 @@
 
 import sys
 
+from vidpost.errors import run_main
+
 from .cli import main
 
-sys.exit(main())
+sys.exit(run_main(main))

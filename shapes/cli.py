@@ -24,6 +24,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vidpost.config import ArgumentParser
+
 __all__ = ["main"]
 
 
@@ -40,7 +42,7 @@ def _at_least(low: int):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidpost shapes", description="The Shapes world: data, verifier, splits.")
+    parser = ArgumentParser(prog="vidpost shapes", description="The Shapes world: data, verifier, splits.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def clip_args(p: argparse.ArgumentParser) -> None:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vidpost.outputs import write_text
+
 from .captions import caption, noisy_caption, paraphrase
 from .world import SceneSpec, random_scene, render
 
@@ -124,7 +126,7 @@ def write_heldout_json(version: str = "v1", path: str | Path | None = None) -> P
     returns the path."""
     out = Path(path) if path is not None else heldout_json_path(version)
     lines = ",\n".join(json.dumps(item, ensure_ascii=False) for item in heldout_prompts(version))
-    out.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
+    write_text(out, f"[\n{lines}\n]\n")
     return out
 
 

@@ -26,7 +26,7 @@ from vidpost.pipelines.eval import (
     t_quantile,
     wilson,
 )
-from vidpost.rewards.base import Reward, RewardOutput, WeightedReward, build_reward
+from vidpost.rewards.base import Reward, RewardOutput, WeightedReward, build_reward, reward_bounds
 from vidpost.shapes.splits import heldout_prompts
 from vidpost.shapes.world import SceneSpec, render
 
@@ -55,7 +55,10 @@ def check_summary_matches_csv(out: Path, rewards: list[str]) -> dict:
         assert s["mean"] == pytest.approx(sum(x) / len(x), rel=1e-12, abs=1e-12)
         assert s["std"] == pytest.approx(float(np.std(x, ddof=1)), rel=1e-9, abs=1e-12)
         half = t_quantile(len(x) - 1) * s["std"] / math.sqrt(len(x))
-        assert s["ci95"] == pytest.approx([s["mean"] - half, s["mean"] + half], rel=1e-9, abs=1e-12)
+        lo, hi = reward_bounds(name) or (-math.inf, math.inf)  # the interval is clipped to the reward's range
+        expected = [max(s["mean"] - half, lo), min(s["mean"] + half, hi)]
+        assert s["ci95"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert s.get("ci95_clipped", False) == (expected != [s["mean"] - half, s["mean"] + half])
     for comp, s in summary["components"].items():
         x = column(rows, comp)
         assert s["n"] == len(x) and s["mean"] == pytest.approx(sum(x) / len(x), rel=1e-12, abs=1e-12)

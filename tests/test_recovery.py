@@ -236,13 +236,13 @@ def test_checkpoint_writes_are_synced_before_the_rename(tmp_path, monkeypatch):
 
     import torch
 
-    from vidpost.training import checkpoint
+    from vidpost import outputs
     from vidpost.training.checkpoint import NoDataPosition, save_checkpoint
 
     events = []
-    monkeypatch.setattr(checkpoint, "fsync_tree", lambda p: events.append(("sync", p.name)))
+    monkeypatch.setattr(outputs, "fsync_tree", lambda p: events.append(("sync", p.name)))
     real_replace = os.replace
-    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (events.append(("rename", a.name)), real_replace(a, b)))
+    monkeypatch.setattr(outputs.os, "replace", lambda a, b: (events.append(("rename", a.name)), real_replace(a, b)))
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -315,14 +315,14 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_one(tiny_wan
     marker = tmp_path / "writing"
     script = f"""
 import pathlib, sys, time
-from vidpost.training import checkpoint
-real = checkpoint.fsync_tree
+from vidpost import outputs
+real = outputs.fsync_tree
 def slow(path):
     if path.name == "step_0000003.tmp":
         pathlib.Path({str(marker)!r}).write_text("in the write")
         time.sleep(600)
     real(path)
-checkpoint.fsync_tree = slow
+outputs.fsync_tree = slow
 from vidpost.pipelines.sft import main
 sys.exit(main({args!r}))
 """

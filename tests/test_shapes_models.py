@@ -156,10 +156,12 @@ def test_vocabulary_covers_captions():
 
 
 def test_vae_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
-    """A VAE run killed mid-phase continues from `<out>.ckpt` and ends with the weights of an uninterrupted run."""
+    """A VAE run killed mid-phase continues from `<out>.state/` (safetensors + JSON, nothing unpickled) and ends with
+    the weights of an uninterrupted run."""
     from safetensors.torch import load_file
 
     from vidpost.pipelines import shapes_vae
+    from vidpost.training.checkpoint import read_state
 
     monkeypatch.setattr(shapes_vae, "_vae_report", lambda vae, seed: (0.0, [], [0.0] * 16, [1.0] * 16))
     monkeypatch.setattr(shapes_vae, "reconstruction_verifier_success", lambda vae: {"success": 0.0})
@@ -179,10 +181,10 @@ def test_vae_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         shapes_vae.train_vae(tmp_path / "cut", **kw)
     assert not (tmp_path / "cut").exists()
-    assert torch.load(tmp_path / "cut.ckpt", weights_only=False)["step"] == 2  # mid-phase: the video phase's step 2
+    assert read_state(tmp_path / "cut.state", "state")["step"] == 2  # mid-phase: the video phase's step 2
     monkeypatch.setattr(shapes_vae, "_render_batch", real)
     cut = shapes_vae.train_vae(tmp_path / "cut", **kw)
-    assert not (tmp_path / "cut.ckpt").exists()
+    assert not (tmp_path / "cut.state").exists()
     a = load_file(str(whole / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(cut / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

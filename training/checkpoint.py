@@ -1,5 +1,7 @@
-"""Resumable checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG, data position and EMA,
-written atomically (`step_N.tmp/`, fsynced, then renamed) with the newest `keep_last` kept; `Checkpoints` is a
+"""Resumable checkpoints: trainable weights (safetensors), optimiser, scheduler, RNG (safetensors + a JSON skeleton:
+nothing is unpickled), data position and EMA, written atomically (`vidpost.outputs.atomic_dir`: `step_N.tmp/`,
+fsynced, then renamed) with the newest `keep_last` kept; `--resume latest` takes the newest checkpoint that loads
+(one that does not is moved aside to `step_N.bad` and named); `Checkpoints` is a
 stage's checkpoint folder: resume (with the config changes a resume may make), save every N steps, and the
 non-finite stop, which names the newest checkpoint whose weights still give a finite forward pass."""
 
@@ -19,12 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from vidpost.config import config_hash, to_dict
 from vidpost.media.data import StatefulBatchSampler
+from vidpost.outputs import atomic_dir
 from vidpost.training.ema import EMA
 from vidpost.training.recovery import (
     Verifier,
     describe_changes,
-    fsync_dir,
-    fsync_tree,
     nonfinite,
     probe_problem,
     probe_rms,
@@ -63,6 +64,72 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+TRAINING_STATE = "training_state"
+"""`training_state.safetensors` + `training_state.json`: the optimizer, scheduler and RNG states (tensors in the
+safetensors file, everything else in the JSON skeleton that names them). Nothing in a checkpoint is unpickled."""
+LEGACY_TRAINING_STATE = "training_state.pt"
+"""the torch.save file of checkpoints written before (read with `weights_only=True`)"""
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint folder whose files do not load (truncated, not ours); the message names the file."""
+
+
+def pack_state(obj: Any, tensors: dict[str, torch.Tensor], key: str = "s") -> Any:
+    """A nested state (dicts with str or int keys, lists, tuples, tensors, numbers, strings, None) → a JSON skeleton;
+    its tensors go into `tensors` under the names the skeleton records (`unpack_state` inverts it exactly)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"tensor": key}
+    if isinstance(obj, dict):
+        return {"dict": [[k, pack_state(v, tensors, f"{key}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        kind = "tuple" if isinstance(obj, tuple) else "list"
+        return {kind: [pack_state(v, tensors, f"{key}.{i}") for i, v in enumerate(obj)]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a training state ({key})")
+
+
+def unpack_state(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    ((kind, body),) = node.items()
+    if kind == "tensor":
+        return tensors[body]
+    if kind == "dict":
+        return {k: unpack_state(v, tensors) for k, v in body}
+    if kind == "list":
+        return [unpack_state(v, tensors) for v in body]
+    if kind == "tuple":
+        return tuple(unpack_state(v, tensors) for v in body)
+    assert kind == "value", kind
+    return body
+
+
+def write_state(folder: Path, state: dict[str, Any], name: str = TRAINING_STATE) -> None:
+    """`state` (see `pack_state`) as `<folder>/<name>.safetensors` + `<folder>/<name>.json`."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = pack_state(state, tensors)
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps(skeleton) + "\n")
+
+
+def read_state(folder: Path, name: str = TRAINING_STATE) -> dict[str, Any]:
+    """What `write_state` wrote; a `CorruptCheckpoint` naming the file when it does not load."""
+    skeleton = _read_json(folder / f"{name}.json")
+    tensors = _read_tensors(folder / f"{name}.safetensors")
+    try:
+        return unpack_state(skeleton, tensors)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise CorruptCheckpoint(f"{folder / name}.*: not a vidpost training state ({e!r})") from None
+
+
+def state_bytes(state: Any) -> int:
+    """The bytes of every tensor in a nested state (what its safetensors files take, roughly)."""
+    tensors: dict[str, torch.Tensor] = {}
+    pack_state(state, tensors)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def save_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -75,35 +142,33 @@ def save_checkpoint(
     extra: dict[str, Any],
 ) -> Path:
     final = ckpt_root / f"step_{step:07d}"
-    tmp = ckpt_root / f"step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    if ema is not None:
-        save_file({n: t.cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-    torch.save(
-        {
+    previous = latest_checkpoint(ckpt_root) if ckpt_root.is_dir() else None
+    intact = f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint was written yet"
+    trainable = trainable_state(model)
+    need = state_bytes([trainable, optimizer.state_dict(), ema.shadow if ema is not None else {}])
+    with atomic_dir(final, what=f"checkpoint {final.name}", intact=intact, need=need) as tmp:
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        if ema is not None:
+            save_file({n: t.cpu().contiguous() for n, t in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+        training = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        tmp / "training_state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    fsync_tree(tmp)  # the files are on disk before the folder takes its final name
-    os.replace(tmp, final)
-    fsync_dir(ckpt_root)
+        }
+        write_state(tmp, training)
+        (tmp / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state_dict(), **extra}, indent=2))
     steps = sorted(ckpt_root.glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
     for old in steps[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_trainable(path: Path, model: torch.nn.Module) -> list[torch.Tensor]:
-    """Copy a checkpoint's trainable weights into `model`; → them."""
-    weights = load_file(str(path / "trainable.safetensors"))
+def load_trainable(
+    path: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """Copy a checkpoint's trainable weights (read from `path` unless given) into `model`; → them."""
+    weights = _read_tensors(path / "trainable.safetensors") if weights is None else weights
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -114,6 +179,62 @@ def load_trainable(path: Path, model: torch.nn.Module) -> list[torch.Tensor]:
     return list(weights.values())
 
 
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{file} is missing") from None
+    except Exception as e:  # safetensors' SafetensorError (truncated, not a safetensors file), OSError
+        raise CorruptCheckpoint(f"{file} does not load ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{file} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpoint(f"{file} does not load ({_first_line(e)})") from None
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """The optimizer / scheduler / RNG states of checkpoint `path` (`TRAINING_STATE`, or the legacy torch.save file,
+    read with `weights_only=True`)."""
+    if (path / LEGACY_TRAINING_STATE).exists() and not (path / f"{TRAINING_STATE}.json").exists():
+        import pickle
+
+        file = path / LEGACY_TRAINING_STATE
+        try:
+            return torch.load(file, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError):
+            raise CorruptCheckpoint(
+                f"{file} is not a vidpost training state (truncated, or not written by vidpost); it was not loaded"
+            ) from None
+    return read_state(path)
+
+
+def read_checkpoint(path: Path, ema: bool) -> dict[str, Any]:
+    """Every file of checkpoint `path`, read (nothing applied yet): a `CorruptCheckpoint` names the first that does
+    not load."""
+    if not (path / "state.json").is_file():
+        raise ValueError(
+            f"--resume {path}: not a checkpoint folder (no state.json); pass 'latest' or a folder such as "
+            "<output_dir>/checkpoints/step_0000200"
+        )
+    state = _read_json(path / "state.json")
+    if not isinstance(state, dict) or "step" not in state:
+        raise CorruptCheckpoint(f"{path / 'state.json'} is not a vidpost checkpoint state")
+    out = {"state": state, "trainable": _read_tensors(path / "trainable.safetensors")}
+    out["training"] = read_training_state(path)
+    if ema and (path / "ema.safetensors").exists():
+        out["ema"] = _read_tensors(path / "ema.safetensors")
+    return out
+
+
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
@@ -121,25 +242,21 @@ def load_checkpoint(
     scheduler: Any,
     sampler: StatefulBatchSampler,
     ema: EMA | None,
+    read: dict[str, Any] | None = None,
 ) -> int:
-    if not (path / "state.json").is_file():
-        raise ValueError(
-            f"--resume {path}: not a checkpoint folder (no state.json); pass 'latest' or a folder such as "
-            "<output_dir>/checkpoints/step_0000200"
-        )
-    state = json.loads((path / "state.json").read_text())
-    load_trainable(path, model)
-    # Our own files; weights_only refuses anything but tensors and plain containers.
-    training = torch.load(path / "training_state.pt", weights_only=True)
+    """Restore checkpoint `path` (its files as `read_checkpoint` gives them, read here unless given) → its step."""
+    read = read_checkpoint(path, ema is not None) if read is None else read
+    load_trainable(path, model, read["trainable"])
+    training = read["training"]
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     torch.set_rng_state(training["rng_cpu"])
     if torch.cuda.is_available() and training["rng_cuda"]:
         torch.cuda.set_rng_state_all(training["rng_cuda"])
-    sampler.load_state_dict(state["sampler"])
-    if ema is not None and (path / "ema.safetensors").exists():
-        ema.shadow = load_file(str(path / "ema.safetensors"))
-    return int(state["step"])
+    sampler.load_state_dict(read["state"]["sampler"])
+    if ema is not None and "ema" in read:
+        ema.shadow = read["ema"]
+    return int(read["state"]["step"])
 
 
 class Checkpoints:
@@ -182,15 +299,17 @@ class Checkpoints:
         """the checkpoint `resume` restored"""
 
     def resume(self, resume: str | None, unit: str = "step") -> int:
-        """`resume` is None, "latest" or a checkpoint folder → the step to continue from (0: from scratch)."""
+        """`resume` is None, "latest" or a checkpoint folder → the step to continue from (0: from scratch). With
+        "latest", a checkpoint whose files do not load is moved aside (`step_N.bad`) with a warning and the one before
+        it is taken; a named folder that does not load is a one-line error."""
         step = 0
         if resume:
-            path = latest_checkpoint(self.root) if resume == "latest" else Path(resume)
+            path, read = self._readable(resume)
             if path is None:
                 print(f"--resume latest: no checkpoint in {self.root}, starting from scratch", file=sys.stderr)
             else:
                 changed = self._changes(path)  # before loading: a refused change must not meet a shape mismatch
-                step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema)
+                step = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.data, self.ema, read)
                 if changed:
                     rebuild_schedule(self.optimizer, self.scheduler, self.lr)
                     print(describe_changes(changed), file=sys.stderr)
@@ -199,6 +318,26 @@ class Checkpoints:
         self.last_good = latest_checkpoint(self.root)
         self._set_reference()
         return step
+
+    def _readable(self, resume: str) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint `resume` names and its files, read (see `resume`)."""
+        if resume != "latest":
+            path = Path(resume)
+            try:
+                return path, read_checkpoint(path, self.ema is not None)
+            except CorruptCheckpoint as e:
+                raise ValueError(f"--resume {path}: {e}") from None
+        for path in reversed(completed_checkpoints(self.root) if self.root.is_dir() else []):
+            try:
+                return path, read_checkpoint(path, self.ema is not None)
+            except CorruptCheckpoint as e:
+                bad = path.with_name(path.name + ".bad")
+                shutil.rmtree(bad, ignore_errors=True)
+                os.replace(path, bad)
+                print(
+                    f"warning: checkpoint {path.name} does not load ({e}); moved aside to {bad.name}", file=sys.stderr
+                )
+        return None, None
 
     def _set_reference(self) -> None:
         """The probe RMS and largest weight the checks compare with: those the run's checkpoints recorded (its

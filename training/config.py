@@ -7,6 +7,8 @@ from typing import Literal
 
 import torch
 
+from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 """the storage dtypes a trainer's `model.dtype` may name"""
 
@@ -15,9 +17,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 class LoraConfig:
     enabled: bool = True
     """train a LoRA (true) or the full transformer (false)"""
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
+    rank: PositiveInt = 16
+    alpha: NonNegativeFloat = 16.0
+    dropout: Fraction = 0.0
     target_modules: list[str] | None = None
     """module-name suffixes to adapt; null = the family default (attention projections + feed-forward)"""
 
@@ -26,27 +28,27 @@ class LoraConfig:
 class OptimConfig:
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     """adamw8bit needs bitsandbytes (GPU)"""
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
+    eps: PositiveFloat = 1e-8
+    warmup_steps: NonNegativeInt = 0
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     """lr after warm-up: constant, or decaying linearly / by cosine to min_lr_ratio·lr at max_steps"""
     min_lr_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegativeFloat = 1.0
     """gradient clipping (0 disables)"""
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 200
+    every: NonNegativeInt = 200
     """save a resumable checkpoint every N optimizer steps (0: only at the end)"""
-    keep_last: int = 2
+    keep_last: NonNegativeInt = 2
 
 
 @dataclass
 class LogConfig:
-    every: int = 10
+    every: NonNegativeInt = 10
     tensorboard: bool = True
     wandb: bool = False

@@ -10,7 +10,6 @@ best over the earlier evaluations; `best/` stays the gold metric's best.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +17,25 @@ from typing import Any
 
 import torch
 
+from vidpost.config import NonNegativeFloat, NonNegativeInt, PositiveInt
 from vidpost.models.base import VideoModelAdapter
+from vidpost.outputs import write_json
 
 __all__ = ["Guard", "GuardConfig", "stop_everywhere", "watch_tripped"]
 
 
 @dataclass
 class GuardConfig:
-    every: int = 10
+    every: NonNegativeInt = 10
     """evaluate the gold metric every N iterations (0 disables the guard)"""
     prompts: list[str] | str = "shapes-heldout"
-    max_prompts: int = 32
+    max_prompts: PositiveInt = 32
     metric: dict[str, Any] = field(default_factory=lambda: {"verifier_binary": 1.0})
     """the gold metric as a reward spec (weighted mean over the prompts); must not be a training reward"""
     margin: float = 0.1
     """stop when the metric falls more than this below its best"""
-    steps: int = 20
-    guidance_scale: float = 5.0
+    steps: PositiveInt = 20
+    guidance_scale: NonNegativeFloat = 5.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=lambda: {"temporal": 1.0})
     """further rewards logged on the same videos"""
@@ -176,5 +177,5 @@ class Guard:
 
             out.mkdir(parents=True, exist_ok=True)
             contact_sheet(list(v[:16]), out / "contact_sheet.png", labels=prompts[:16])
-            (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            write_json(out / "metrics.json", result)
         return result

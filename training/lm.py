@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from vidpost.config import Fraction, NonNegativeFloat, PositiveInt
 from vidpost.training.config import DTYPES
 from vidpost.training.lora import upcast_trainable
 
@@ -44,9 +45,9 @@ class PairsConfig:
 class LMLoraConfig:
     enabled: bool = True
     """train a LoRA (merged into the weights at export) or the whole model"""
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
+    rank: PositiveInt = 16
+    alpha: NonNegativeFloat = 32.0
+    dropout: Fraction = 0.0
     """LoRA dropout (SFT only; GRPO needs a deterministic policy and refuses dropout > 0)"""
     target_modules: list[str] | None = None
     """module-name suffixes to adapt; null: every linear layer but the output head"""

@@ -3,7 +3,6 @@ trained transformer."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from vidpost.models import VideoModelAdapter, resolve_model_path
 from vidpost.models.provenance import stamp_lora
+from vidpost.outputs import atomic_dir
 from vidpost.training.config import LoraConfig
 from vidpost.training.ema import EMA
 
@@ -56,13 +56,12 @@ def export(adapter: VideoModelAdapter, cfg: Any, path: Path, ema: EMA | None = N
     into the transformer first (and exported)."""
     if ema is not None:
         ema.copy_to(adapter.transformer)
-    if path.exists():
-        shutil.rmtree(path)
-    if cfg.lora.enabled:
-        base = resolve_model_path(cfg.model.path).resolve()
-        adapter.save_lora(path, lora_state_dict(adapter.transformer))
-        stamp_lora(path, base)  # the base's name and fingerprint in the file's header
-        (path / "base_model.txt").write_text(str(base) + "\n")
-    else:
-        adapter.save_pretrained(path)
+    with atomic_dir(path, what=f"the {'LoRA' if cfg.lora.enabled else 'model'} folder {path}") as tmp:
+        if cfg.lora.enabled:
+            base = resolve_model_path(cfg.model.path).resolve()
+            adapter.save_lora(tmp, lora_state_dict(adapter.transformer))
+            stamp_lora(tmp, base)  # the base's name and fingerprint in the file's header
+            (tmp / "base_model.txt").write_text(str(base) + "\n")
+        else:
+            adapter.save_pretrained(tmp)
     return path

@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 
+from vidpost.config import PositiveInt
+
 
 @dataclass
 class ParallelConfig:
-    sp_degree: int = 1
+    sp_degree: PositiveInt = 1
     """Ulysses sequence-parallel degree: processes that split one sample's video tokens (all-to-all over heads)"""
-    ring_degree: int = 1
+    ring_degree: PositiveInt = 1
     """ring-attention degree (needs a GPU attention backend that returns the log-sum-exp, e.g. flash)"""
 
     def __post_init__(self) -> None:

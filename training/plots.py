@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vidpost.outputs import save_figure
+
 
 @dataclass
 class Curve:
@@ -64,7 +66,4 @@ def plot_panels(path: Path, panels: list[Panel], panel_size: tuple[float, float]
         ax.set_xlabel(panel.xlabel)
         ax.set_title(panel.title)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -11,8 +11,8 @@
   paths) may change and are reported; any other change is a `ValueError` naming the key.
   `rebuild_schedule(optimizer, scheduler, lr)` applies a new base lr (and the schedule the scheduler's lambda reads)
   after the optimizer and scheduler states were restored, so an lr given on resume takes effect.
-- `fsync_tree(path)` flushes a freshly written checkpoint folder (its files, then the folder) before it is renamed
-  into place, and `fsync_dir(parent)` after, so a power cut cannot leave a renamed folder with empty files.
+- Checkpoints are written through `vidpost.outputs.atomic_dir` (fsynced before the rename), so a kill or a power cut
+  cannot leave a renamed folder with empty files.
 """
 
 from __future__ import annotations
@@ -181,8 +181,11 @@ class Verifier:
     def usable(self, candidates: list[Path]) -> Path | None:
         """The newest of `candidates` (oldest first) that passes; the newer ones that fail are renamed `*.bad`."""
         for path in reversed(candidates):
-            if self.passes(path):
-                return path
+            try:
+                if self.passes(path):
+                    return path
+            except ValueError:  # its files do not load (`checkpoint.CorruptCheckpoint`)
+                pass
             os.replace(path, path.with_name(path.name + ".bad"))
         return None
 
@@ -225,26 +228,3 @@ def stop_message(what: str, value: Any, step: int, usable: Path | None) -> str:
     else:
         where = f"last usable checkpoint (verified by a finite forward pass): {usable}; resume from it with a lower optim.lr (--resume latest optim.lr=...)"
     return f"the {what} became {value} at step {step}; stopping ({where})"
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file under `path`, then each folder (deepest first)."""
-    folders = []
-    for root, _dirs, files in os.walk(path):
-        folders.append(root)
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for root in reversed(folders):
-        fsync_dir(Path(root))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

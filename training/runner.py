@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from vidpost.config import field_docs, load_config
+from vidpost.config import ArgumentParser, field_docs, load_config
+from vidpost.errors import report
+from vidpost.outputs import OutputLock, write_json
+
+T = TypeVar("T")
 
 
 class ExitCode(enum.IntEnum):
@@ -72,9 +78,7 @@ class TrainResult:
 
     def write(self, out_dir: Path) -> Path:
         """Write the stage record `out_dir/result.json` (what a launched, multi-process run hands on)."""
-        path = Path(out_dir) / self.RECORD
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json(Path(out_dir) / self.RECORD, self.to_dict())
 
     @classmethod
     def read(cls, out_dir: Path) -> TrainResult:
@@ -85,6 +89,19 @@ class TrainResult:
         d = json.loads(path.read_text())
         final, best = d.pop("final"), d.pop("best")
         return cls(final=Path(final) if final else None, best=Path(best) if best else None, **d)
+
+
+def one_run_per_output(train_fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorates a trainer `train(cfg, resume=None)`: while it runs, its `cfg.output_dir` is locked
+    (`vidpost.outputs.OutputLock`), so a second run on the same folder refuses with one line instead of mixing its
+    files with the first's."""
+
+    @functools.wraps(train_fn)
+    def train(cfg: Any, *args: Any, **kwargs: Any) -> T:
+        with OutputLock(cfg.output_dir, what=f"{train_fn.__module__.rsplit('.', 1)[-1]} run"):
+            return train_fn(cfg, *args, **kwargs)
+
+    return train
 
 
 def add_stage_arguments(p: argparse.ArgumentParser, preset: str) -> None:
@@ -118,18 +135,32 @@ def run_stage(cls: type, train_fn: Any, args: argparse.Namespace) -> tuple[int, 
         cfg = load_config(cls, args.config, args.overrides)
         return ExitCode.OK, train_fn(cfg, resume=args.resume)
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(f"error: {e}")
         return ExitCode.NON_FINITE, None
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(f"error: {e}")
         return ExitCode.BAD_INPUT, None
 
 
-def stage_main(cls: type, train_fn: Any, argv: list[str] | None, name: str, description: str, produced: str) -> int:
-    """The command line of training stage `vidpost NAME` (preset `configs/<model>/NAME.yaml`; `add_stage_arguments`,
-    `run_stage`); on success it names what the stage `produced` ("weights", "student", ...) and where. → exit code."""
-    p = argparse.ArgumentParser(prog=f"vidpost {name}", description=description)
-    add_stage_arguments(p, f"configs/<model>/{name}.yaml")
+def stage_main(
+    cls: type,
+    train_fn: Any,
+    argv: list[str] | None,
+    name: str,
+    description: str,
+    produced: str,
+    preset: str | None = None,
+    methods: tuple[tuple[str, ...], str] | None = None,
+) -> int:
+    """The command line of training stage `vidpost NAME` (preset `configs/<model>/<preset or NAME>.yaml`;
+    `add_stage_arguments`, `run_stage`); on success it names what the stage `produced` ("weights", "student", ...) and
+    where. `methods`: (the methods of a command that has several, this one) → a `--method` flag in the help. → exit
+    code."""
+    p = ArgumentParser(prog=f"vidpost {name}", description=description)
+    add_stage_arguments(p, f"configs/<model>/{preset or name}.yaml")
+    if methods is not None:
+        choices, this = methods
+        p.add_argument("--method", choices=choices, default=this, help=f"the method ({this} here)")
     code, result = run_stage(cls, train_fn, parse_stage_args(p, argv))
     if isinstance(result, TrainResult) and result.final is not None:
         print(f"done: {result.steps} steps; {produced} in {result.final}", file=sys.stderr)

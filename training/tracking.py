@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from vidpost.config import to_dict
+from vidpost.outputs import write_json
 from vidpost.training.config import LogConfig
 
 
@@ -39,14 +40,11 @@ def start_trackers(accelerator: Any, log: LogConfig, name: str, cfg: Any) -> Non
 
 def write_config(out_dir: Path, cfg: Any) -> None:
     """`out_dir/config.json`: the resolved config of the run (creates `out_dir`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    write_json(out_dir / "config.json", to_dict(cfg))
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> Path:
-    path = out_dir / "history.json"
-    path.write_text(json.dumps(history) + "\n")
-    return path
+    return write_json(out_dir / "history.json", history, indent=None)
 
 
 def read_history(out_dir: Path, up_to: int) -> list[dict[str, Any]]:

@@ -2,6 +2,9 @@
 
 The stages, numbered the same everywhere: 1 SFT, 2 RL (GRPO), 3 prompt enhancement, 4 inference optimisation.
 
+Every command runs behind one exception boundary (`vidpost.errors.run_main`): a known kind of failure (a bad input,
+YAML, a weight file, a full disk, memory) is one `error: ...` line and exit 2.
+
 Subcommands are imported lazily so `vidpost --help` stays fast and a stage's heavy imports load only when used.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+
+from vidpost.errors import run_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
@@ -25,7 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grpo": ("vidpost.pipelines.grpo", "stage 2 RL (GRPO): reward models and a reward-hacking guard"),
     "rl": (
         "vidpost.pipelines.rl",
-        "stage 2 RL: grpo | nft (DiffusionNFT) | awm | rsft, with reward models and a reward-hacking guard",
+        "stage 2 RL: GRPO, forward-process methods and reward backprop (`vidpost rl --help` lists the algorithms),"
+        " with reward models and a reward-hacking guard",
     ),
     "rl-compare": (
         "vidpost.pipelines.rl_compare",
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidpost: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return run_main(module.main, rest)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses next to the code that reads them, YAML presets, dotted CLI overrides.
 
-    cfg = load_config(SFTConfig, "configs/shapes/sft.yaml", ["train.lr=1e-4", "lora.rank=8"])
+    cfg = load_config(SFTConfig, "configs/shapes/sft.yaml", ["optim.lr=1e-4", "lora.rank=8"])
 
 Rules:
 - A YAML file maps onto a (nested) dataclass; every key must be a field. An unknown key is a `ValueError` that
@@ -8,7 +8,11 @@ Rules:
 - Overrides are `dotted.key=value`; the value is parsed as YAML (`1e-4`, `true`, `[1, 2]`, `null`) and then
   checked against the field's type like a YAML value. Overrides apply after the file.
 - Values are type-checked (int, float, str, bool, lists, dicts, Optional, Literal, nested dataclasses); an int
-  is accepted for a float field. A YAML file may name a `base:` file (relative to itself) to inherit from.
+  is accepted for a float field. Every number must be finite (`nan`, `inf` are errors), and a field annotated with a
+  range (`PositiveInt`, `NonNegativeInt`, `PositiveFloat`, `NonNegativeFloat`, `Fraction`, or `Annotated[x, Range(..)]`)
+  must lie in it — all checked when the config loads, before any model does.
+- A YAML file that does not parse (or holds a Python tag: files are read with `yaml.safe_load`) is one `ValueError`
+  naming the file, the line and the problem (`parse_yaml`). A YAML file may name a `base:` file (relative to itself) to inherit from.
 - `to_dict(cfg)` gives the plain dict that is saved next to every run (and hashed by the staged run). A dict
   field with integer keys reads its own JSON back: a key that is a decimal string ("1") is accepted as an int.
 - A class decorated with `@renamed_keys(old="new")` still reads the old key (YAML written before the rename,
@@ -17,19 +21,117 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a numeric config field must lie in (`Annotated[int, Range(1)]`); None = unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """whether `low` itself is excluded (a positive float: `Range(0, low_open=True)`)"""
+
+    def check(self, value: float, key: str) -> None:
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and value > self.high
+        if below or above:
+            raise ValueError(f"config key '{key}': {value!r} is out of range (must be {self.text()})")
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g} and ≤ {self.high:g}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        return f"≤ {self.high:g}"
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]
+
+
+def finite_number(value: Any, key: str) -> None:
+    """A ValueError naming `key` when `value` is NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{key}': {value!r} is not a finite number")
+
+
+def _flag_number(kind: type, bounds: Range | None) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if bounds is not None:
+            try:
+                bounds.check(value, "")
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bounds.text()})") from None
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+finite_float = _flag_number(float, None)
+"""argparse types for numeric flags: a finite float; ints and floats in a range"""
+positive_int = _flag_number(int, Range(1))
+nonnegative_int = _flag_number(int, Range(0))
+positive_float = _flag_number(float, Range(0, low_open=True))
+nonnegative_float = _flag_number(float, Range(0))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose `type=float` flags refuse `nan` and `inf` at parse time (exit 2, one line);
+    every vidpost command builds its parser with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", float, finite_float)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load(text)`; a syntax error or a tag safe_load refuses (`!!python/...`) is a one-line ValueError
+    naming `source` (a file, or a command-line value) and where."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if isinstance(e, yaml.constructor.ConstructorError):
+            problem = f"{problem}: a tag safe YAML does not allow (nothing was run)"
+        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def _range_of(tp: Any) -> tuple[Any, Range | None]:
+    """(the base type, its Range) of `Annotated[x, Range(...)]`; (tp, None) otherwise."""
+    if get_origin(tp) is Annotated:
+        base, *meta = get_args(tp)
+        return base, next((m for m in meta if isinstance(m, Range)), None)
+    return tp, None
 
 
 def _type_name(tp: Any) -> str:
@@ -38,6 +140,12 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert `value` to the annotated type `tp`; raise ValueError naming `key`."""
+    tp, bounds = _range_of(tp)
+    if bounds is not None:
+        value = _coerce(value, tp, key)
+        if value is not None:
+            bounds.check(value, key)
+        return value
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -57,6 +165,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(errors[0])
         raise ValueError(f"config key '{key}': {value!r} does not match {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans: take the option the user wrote
+            value = next((w for w in _YAML_BOOL_WORDS[value] if w in get_args(tp)), value)
         if value not in get_args(tp):
             raise ValueError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
         return value
@@ -94,6 +204,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config key '{key}': expected a number, got {value!r}")
+        finite_number(float(value), key)
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -104,6 +215,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"config key '{key}': expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config field type {tp!r} for '{key}'")
+
+
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 
 
 def _int_key(k: Any, kt: Any) -> Any:
@@ -142,7 +256,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     renamed = getattr(cls, "__config_renamed__", {})
     unknown = [k for k in data if k not in fields and renamed.get(k) not in fields]
@@ -173,7 +287,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"config file {path} does not exist")
     if path in seen:
         raise ValueError(f"config file {path} inherits from itself via 'base:'")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must contain a mapping at top level")
     base = data.pop("base", None)
@@ -199,7 +313,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ValueError(f"override {override!r} must look like dotted.key=value")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = parse_yaml(raw, f"override {override!r}") if raw.strip() else ""
     parts = key.strip().split(".")
     node = data
     for p in parts[:-1]:
@@ -221,6 +335,9 @@ def _type_text(tp: Any) -> str:
     origin, args = get_origin(tp), get_args(tp)
     if tp is type(None):
         return "None"
+    if get_origin(tp) is Annotated:
+        base, bounds = _range_of(tp)
+        return f"{_type_text(base)} {bounds.text()}" if bounds else _type_text(base)
     if tp is Ellipsis:
         return "..."
     if origin is None:
@@ -291,7 +408,7 @@ def field_docs(cls: type, _defaults: Any = None) -> dict[str, str]:
     the field has one (the string literal written under it). A section's line says "section"; its keys show the
     defaults of the section's default instance. A required field (no default) says "required"."""
     out: dict[str, str] = {}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     docs = _docstrings(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
