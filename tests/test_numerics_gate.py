@@ -1,5 +1,5 @@
-"""Numerics gate: the loss and reward trajectories of the miniature training runs (sft, grpo, distill, the rewriter's
-sft and grpo), the hashes of the weights they write, and the scores of one small Shapes eval, compared bitwise with
+"""Numerics gate: the loss and reward trajectories of the miniature training runs (sft, grpo, the other RL algorithms
+nft, awm, rsft and draft, LiT distill, DMD2, QAT, the rewriter's sft and grpo), the hashes of the weights they write, and the scores of one small Shapes eval, compared bitwise with
 the values recorded in `numerics_gate.json`.
 
 A refactor must leave every number here identical. Each run goes through the `vidpost` command line, so the gate
@@ -121,6 +121,54 @@ def test_grpo(tiny_wan_dir, tmp_path, grpo_overrides):
     assert vidpost(["grpo", *args]) == 0
     history = json.loads((out / "history.json").read_text())
     check("grpo", {"history": trajectory(history), "final": weights_hash(out / "final")})
+
+
+FORWARD = ("rollout.sde=ode", "rollout.shared_noise=false")
+RL_RUNS = {
+    "nft": (
+        "forward.old_decay_rate=0.2",
+        "train.updates_per_iteration=2",
+        "train.micro_batch=3",
+        "train.kl_beta=0.01",
+    ),
+    "awm": ("train.updates_per_iteration=2", "train.micro_batch=3"),
+    "rsft": ("forward.rsft_k=2", "forward.guided=false"),
+    "draft": ("rewards.spec={brightness: 1.0}", "forward.draft_steps=2", "train.kl_beta=0.01"),
+}
+
+
+@pytest.mark.parametrize("algorithm", list(RL_RUNS))
+def test_rl(tiny_wan_dir, tmp_path, grpo_overrides, algorithm):
+    out = tmp_path / algorithm
+    extra = (f"algorithm={algorithm}", *FORWARD, "train.max_steps=3", "checkpoint.every=2", *RL_RUNS[algorithm])
+    assert vidpost(["rl", *grpo_overrides(out, tiny_wan_dir, *extra)]) == 0
+    history = json.loads((out / "history.json").read_text())
+    check(f"rl_{algorithm}", {"history": trajectory(history), "final": weights_hash(out / "final")})
+
+
+def test_dmd2(tiny_wan_dir, tmp_path):
+    out = tmp_path / "dmd2"
+    prompts = ["a red circle moves right", "a blue square", "a green dot", "red"]
+    args = [f"output_dir={out}", f"model.teacher={tiny_wan_dir}", f"data.prompts={json.dumps(prompts)}"]
+    args += [f"data.sample_prompts={json.dumps(prompts[:1])}", "log.sample_count=1", "data.num_frames=5"]
+    args += ["data.height=32", "data.width=32", "generator.steps=3", "dmd.guidance_scale=3.0", "fake_score.updates=2"]
+    args += ["train.batch_size=3", "train.max_steps=3", "optim.lr=1e-3", "checkpoint.every=2", "log.tensorboard=false"]
+    assert vidpost(["distill", "--method", "dmd2", *args]) == 0
+    history = json.loads((out / "history.json").read_text())
+    check("dmd2", {"history": trajectory(history), "final": weights_hash(out / "final")})
+
+
+def test_qat(tiny_wan_dir, tmp_path):
+    out = tmp_path / "qat"
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "quant" / "w4a4-int4.yaml"
+    prompts = ["a red circle moves right", "a blue square", "a green dot", "red"]
+    args = [f"recipe={recipe}", f"output_dir={out}", f"model.teacher={tiny_wan_dir}"]
+    args += [f"data.prompts={json.dumps(prompts)}", "data.num_frames=5", "data.height=32", "data.width=32"]
+    args += ["data.steps=3", "data.guidance_scale=3.0", "train.batch_size=3", "train.max_steps=3", "optim.lr=3e-3"]
+    args += ["optim.warmup_steps=1", "checkpoint.every=2", "log.tensorboard=false"]
+    assert vidpost(["qat", *args]) == 0
+    history = json.loads((out / "history.json").read_text())
+    check("qat", {"history": trajectory(history), "final": weights_hash(out / "final")})
 
 
 def test_distill(tiny_wan_dir, tmp_path):
