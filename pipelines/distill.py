@@ -40,13 +40,11 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
@@ -56,15 +54,13 @@ from vidpost.models.lit import lit_modules, reinit_attention_projections, save_l
 from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.outputs import atomic_dir, write_text
 from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.loop import Trainer
 from vidpost.training.lora import upcast_trainable
-from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
-from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -286,95 +282,58 @@ def distill_batch(
 
 @one_run_per_output
 def train(cfg: DistillConfig, resume: str | None = None) -> TrainResult:
-    out_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(out_dir, cfg.log)
-    if accelerator.num_processes > 1:
-        raise ValueError("vidpost distill runs in one process (launch it without accelerate's multi-process mode)")
-    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer("distill", cfg, one_process=True)
     model_dir = resolve_model_path(cfg.model.teacher)
-    teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
+    teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=trainer.device)
     size, shift = video_size_and_shift(teacher, model_dir, cfg.data)
     sigmas = flow_sigmas(cfg.data.steps, shift, teacher.schedule)
     shape = teacher.latent_shape(cfg.train.batch_size, *size)
     student = make_student(teacher, cfg.student, cfg.train.seed)
-    write_config(out_dir, cfg)
-
     transformer = student.transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    trainer.optimize(params)
     pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
     null = teacher.encode_prompt([""])
     probe_latents = torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(cfg.train.seed))
     probe = velocity_probe(student, probe_latents.to(teacher.device), teacher.encode_prompt(pool[:1]))
-    ckpt = Checkpoints(out_dir, cfg, transformer, optimizer, scheduler, probe=probe)
-    step = ckpt.resume(resume)
-    start_trackers(accelerator, cfg.log, "distill", cfg)
-    history = read_history(out_dir, step)
+    trainer.begin(resume, model=transformer, probe=probe)
 
     taps = [AttentionTap(teacher.transformer, cfg.student.layers), AttentionTap(transformer, cfg.student.layers)]
     teacher.transformer.eval()
     transformer.train()
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="distill")
     try:
-        while step < cfg.train.max_steps:
-            t0 = time.perf_counter()
-            x, sig, embeds = distill_batch(teacher, pool, null, cfg, shape, sigmas, step)
+        while trainer.running:
+            x, sig, embeds = distill_batch(teacher, pool, null, cfg, shape, sigmas, trainer.step)
             with torch.no_grad():
                 v_t = teacher.predict_velocity(x, sig, embeds)
             a_t = taps[0].pop()
             v_s = student.predict_velocity(x, sig, embeds)
             a_s = taps[1].pop()
             loss, parts = distill_loss(v_s, v_t, a_s, a_t, cfg.train.attn_weight)
-            ckpt.check_finite("distillation loss", float(loss.detach()), step + 1)
+            trainer.check_finite("distillation loss", float(loss.detach()))
             loss.backward()
-            grad_norm = None
-            if cfg.optim.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            ckpt.check_step(step, grad_norm=grad_norm)
-            rec = {
-                "loss": float(loss.detach()),
-                **parts,
-                "lr": scheduler.get_last_lr()[0],
-                "time": time.perf_counter() - t0,
-            }
-            if grad_norm is not None:
-                rec["grad_norm"] = grad_norm
-            history.append({"step": step, **rec})
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-                accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-            if ckpt.due(step):
-                ckpt.save(step)
-                write_history(out_dir, history)
+            grad_norm = trainer.optimizer_step(params)
+            trainer.end_step({"loss": float(loss.detach()), **parts}, grad_norm=grad_norm)
     finally:
         for tap in taps:
             tap.remove()
-        bar.close()
+        trainer.close_bar()
+    out_dir = Path(cfg.output_dir)
     final = out_dir / "final"
     with atomic_dir(final, what=f"the student folder {final}") as tmp:
         save_lit_student(student, attention_config(cfg.student), tmp)
         carry_generation_settings(model_dir, tmp)
-    write_history(out_dir, history)
-    curves = history_curves(history, ("loss", "loss_velocity", "loss_attention"), alpha=0.8)
+    curves = history_curves(trainer.whole_history, ("loss", "loss_velocity", "loss_attention"), alpha=0.8)
     plot_panels(out_dir / "curves.png", [Panel("LiT distillation", curves, log_y=True)], panel_size=(6, 3.5))
-    accelerator.end_training()
     lit_layers = sorted(int(k.split(".")[1]) for k in lit_modules(student))
     result = TrainResult(
         kind="student",
         final=final,
-        steps=step,
-        history=history,
+        steps=trainer.step,
         base_model=str(model_dir.resolve()),
         extra={"student": student, "lit_layers": lit_layers},
     )
-    result.write(out_dir)
-    return result
+    return trainer.finish(result)
 
 
 def carry_generation_settings(teacher_dir: Path, student_dir: Path) -> None:

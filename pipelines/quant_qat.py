@@ -23,13 +23,11 @@ trained: quantise after the merge.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from vidpost.config import NonNegativeFloat, PositiveInt
 from vidpost.models import load, resolve_model_path
@@ -46,14 +44,12 @@ from vidpost.pipelines.distill import (
 )
 from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
 from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
-from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.loop import Trainer
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
-from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 
 @dataclass
@@ -100,15 +96,11 @@ class QATConfig:
 
 @one_run_per_output
 def train(cfg: QATConfig, resume: str | None = None) -> TrainResult:
-    out_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(out_dir, cfg.log)
-    if accelerator.num_processes > 1:
-        raise ValueError("vidpost qat runs in one process (launch it without accelerate's multi-process mode)")
-    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer("qat", cfg, one_process=True)
     recipe = read_recipe(cfg.recipe)
     recipe.backend = "reference"  # trained through the exact fake quantisation; the saved recipe keeps its backend
     model_dir = resolve_model_path(cfg.model.teacher)
-    teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
+    teacher = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=trainer.device)
     teacher.transformer.requires_grad_(False)
     size, shift = video_size_and_shift(teacher, model_dir, cfg.data)
     sigmas = flow_sigmas(cfg.data.steps, shift, teacher.schedule)
@@ -122,76 +114,49 @@ def train(cfg: QATConfig, resume: str | None = None) -> TrainResult:
     g = torch.Generator().manual_seed(cfg.train.seed)
     for module in quant_modules(transformer).values():
         module.enable_qat(cfg.lora.rank, cfg.lora.alpha, generator=g)
-    write_config(out_dir, cfg)
 
     params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    trainer.optimize(params)
     pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
     null = teacher.encode_prompt([""])
     probe_latents = torch.randn((1, *shape[1:]), generator=step_generator(cfg.train.seed, -1))
     probe = velocity_probe(student, probe_latents.to(teacher.device), teacher.encode_prompt(pool[:1]))
-    ckpt = Checkpoints(out_dir, cfg, transformer, optimizer, scheduler, probe=probe)
-    step = ckpt.resume(resume)
-    start_trackers(accelerator, cfg.log, "qat", cfg)
-    history = read_history(out_dir, step)
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc=f"qat {recipe.name}")
+    trainer.begin(resume, model=transformer, probe=probe, desc=f"qat {recipe.name}")
     try:
-        while step < cfg.train.max_steps:
-            t0 = time.perf_counter()
-            x, sig, embeds = distill_batch(teacher, pool, null, cfg, shape, sigmas, step)
+        while trainer.running:
+            x, sig, embeds = distill_batch(teacher, pool, null, cfg, shape, sigmas, trainer.step)
             with torch.no_grad():
                 v_t = teacher.predict_velocity(x, sig, embeds)
             v_s = student.predict_velocity(x, sig, embeds)
             loss, _ = distill_loss(v_s, v_t, {}, {}, 0.0)
-            ckpt.check_finite("quantisation-aware loss", float(loss.detach()), step + 1)
+            trainer.check_finite("quantisation-aware loss", float(loss.detach()))
             loss.backward()
-            grad_norm = None
-            if cfg.optim.max_grad_norm:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            ckpt.check_step(step, grad_norm=grad_norm)
-            rec = {"loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - t0}
-            if grad_norm is not None:
-                rec["grad_norm"] = grad_norm
-            history.append({"step": step, **rec})
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.5f}")
-            if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-                accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-            if ckpt.due(step):
-                ckpt.save(step)
-                write_history(out_dir, history)
+            grad_norm = trainer.optimizer_step(params)
+            trainer.end_step({"loss": float(loss.detach())}, grad_norm=grad_norm)
     finally:
-        bar.close()
+        trainer.close_bar()
     for module in quant_modules(transformer).values():
         module.merge_qat()
     saved = read_recipe(cfg.recipe)
     saved.keep = list(recipe.keep)  # the layers mixed precision kept (keep_worst), as the model trained
+    out_dir = Path(cfg.output_dir)
     final = out_dir / "final"
     with atomic_dir(final, what=f"the quantised model folder {final}") as tmp:
         save_quant_folder(student, saved, report, tmp, source=f"{cfg.model.teacher} + qat")
         carry_generation_settings(model_dir, tmp)
-    write_history(out_dir, history)
-    curves = history_curves(history, ("loss",), alpha=0.8)
+    curves = history_curves(trainer.whole_history, ("loss",), alpha=0.8)
     plot_panels(
         out_dir / "curves.png",
         [Panel(f"QAT {recipe.name}: velocity MSE to the full-precision model", curves, log_y=True)],
     )
-    accelerator.end_training()
     result = TrainResult(
         kind="full",
         final=final,
-        steps=step,
-        history=history,
+        steps=trainer.step,
         base_model=str(model_dir.resolve()),
         extra={"recipe": saved.name, "student": student},
     )
-    result.write(out_dir)
-    return result
+    return trainer.finish(result)
 
 
 def main(argv: list[str] | None = None) -> int:

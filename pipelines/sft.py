@@ -29,17 +29,15 @@ stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diff
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
-import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
@@ -47,15 +45,14 @@ from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import PromptEmbeds
 from vidpost.models.sampling import shift_sigmas
 from vidpost.outputs import write_text
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.dmd import renoise
 from vidpost.training.ema import EMA
+from vidpost.training.loop import Trainer
 from vidpost.training.lora import add_lora, export, upcast_trainable
-from vidpost.training.optim import make_optimizer, make_scheduler
-from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel, make_layout
+from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
-from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- configuration ----------------------------------------------------------------------------------------------
 
@@ -311,21 +308,16 @@ def buckets_of(cfg: SFTConfig) -> list[Bucket]:
 
 @one_run_per_output
 def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
-    out_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
-    world = accelerator.num_processes
-    layout = make_layout(cfg.parallel, world, accelerator.process_index, accelerator.device)
+    trainer = Trainer("sft", cfg, mixed_precision=cfg.train.mixed_precision)
+    accelerator, layout, device = trainer.accelerator, trainer.layout, trainer.device
     rank, dp = layout.dp_rank, layout.dp_size  # the data follow the data-parallel coordinate (SP ranks share it)
-    torch.manual_seed(cfg.train.seed)
     check_data(cfg)
     model_dir = resolve_model_path(cfg.model.path)
-    adapter = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=accelerator.device)
+    adapter = load(model_dir, dtype=DTYPES[cfg.model.dtype], device=device)
     for b in buckets_of(cfg):
         adapter.validate_size(b.num_frames, b.height, b.width)
         check_tokens(adapter, adapter.latent_shape(1, b.num_frames, b.height, b.width), layout)
     cache = LatentCache(ensure_cache(cfg, adapter, accelerator))
-    if accelerator.is_main_process:
-        write_config(out_dir, cfg)
 
     transformer = adapter.transformer
     if cfg.lora.enabled:
@@ -337,121 +329,79 @@ def train(cfg: SFTConfig, resume: str | None = None) -> TrainResult:
         transformer.enable_gradient_checkpointing()
     transformer.train()
     enable_sequence_parallel(adapter, layout)
-    optimizer = make_optimizer(params, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-    model, optimizer = accelerator.prepare(transformer, optimizer)
+    trainer.optimize(params)
+    model = trainer.prepare(transformer)
     global_batch = cfg.train.batch_size * dp * cfg.train.grad_accum
     sampler = StatefulBatchSampler(cache.bucket_indices(), global_batch, cfg.train.seed)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    ckpt = Checkpoints(
-        out_dir,
-        cfg,
-        accelerator.unwrap_model(model),
-        optimizer,
-        scheduler,
-        sampler,
-        ema,
-        # the checkpoint probe: the first cached clip and its caption at three noise levels
-        probe=velocity_probe(
-            adapter,
-            cache.latents[0][None].to(accelerator.device),
-            batch_embeds(cache, [0], torch.zeros(1, dtype=torch.bool)).to(accelerator.device),
-            autocast=accelerator.autocast,
-        ),
-        main=accelerator.is_main_process,
-    )
-    step = ckpt.resume(resume)
-    earlier = read_history(out_dir, step)  # history.json continues the whole run
-    start_trackers(accelerator, cfg.log, "sft", cfg)
+    # the checkpoint probe: the first cached clip and its caption at three noise levels
+    first = batch_embeds(cache, [0], torch.zeros(1, dtype=torch.bool)).to(device)
+    probe = velocity_probe(adapter, cache.latents[0][None].to(device), first, autocast=accelerator.autocast)
+    trainer.begin(resume, model=accelerator.unwrap_model(model), data=sampler, kept=ema, probe=probe)
 
     batches = iter(sampler)
-    bs = cfg.train.batch_size
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="sft", disable=not accelerator.is_main_process)
-    t_start, steps_done = time.time(), 0
-    while step < cfg.train.max_steps:
-        t_step = time.perf_counter()
+    bs, accum = cfg.train.batch_size, cfg.train.grad_accum
+    while trainer.running:
         # The step's global batch is [grad_accum][data-parallel ranks][batch_size]; everything random is drawn for
         # all of it from one generator, and each (micro-batch, data-parallel rank) takes its slice.
-        g = step_generator(cfg.train.seed, step, 0)
+        g = step_generator(cfg.train.seed, trainer.step, 0)
         global_idx = next(batches)
         n = len(global_idx)
         drop = torch.rand(n, generator=g) < cfg.data.caption_dropout
         sigma = sample_sigmas(n, g, cfg.train)
         noise = torch.randn((n, *cache.latents[global_idx[0]].shape), generator=g)
         keyed = given_frames(g, n, noise.shape[2], cfg.train)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for micro in range(cfg.train.grad_accum):
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
             sl = slice((micro * dp + rank) * bs, (micro * dp + rank + 1) * bs)
             idx = global_idx[sl]
-            x0 = torch.stack([cache.latents[i] for i in idx]).to(accelerator.device)
-            eps, sig = noise[sl].to(accelerator.device), sigma[sl].to(accelerator.device)
-            cond = batch_embeds(cache, idx, drop[sl]).to(accelerator.device)
-            x_t = (1 - sig.view(-1, 1, 1, 1, 1)) * x0 + sig.view(-1, 1, 1, 1, 1) * eps
-            k = None if keyed is None else keyed[sl].to(accelerator.device)
+            x0 = torch.stack([cache.latents[i] for i in idx]).to(device)
+            eps, sig = noise[sl].to(device), sigma[sl].to(device)
+            cond = batch_embeds(cache, idx, drop[sl]).to(device)
+            x_t = renoise(x0, eps, sig)
+            k = None if keyed is None else keyed[sl].to(device)
             if k is not None:  # the given latent frames are clean
                 x_t = torch.where(k[:, None, :, None, None], x0, x_t)
-            sync = micro == cfg.train.grad_accum - 1
-            ctx = accelerator.no_sync(model) if (not sync and world > 1) else contextlib.nullcontext()
+            sync = micro == accum - 1
+            ctx = accelerator.no_sync(model) if (not sync and trainer.accelerator.num_processes > 1) else nullcontext()
             with ctx, accelerator.autocast():
                 pred = adapter.predict_velocity(x_t, sig, cond, model=model, given=k)
                 w = loss_weight(sig, cfg.train.loss_weighting)
                 loss = flow_matching_loss(pred, x0, eps, w, given=k).mean()
-                accelerator.backward(loss * layout.grad_scale / cfg.train.grad_accum)
-            loss_sum += loss.detach().float() / cfg.train.grad_accum
+                accelerator.backward(loss * layout.grad_scale / accum)
+            loss_sum += loss.detach().float() / accum
         mean_loss = accelerator.reduce(loss_sum, reduction="mean").item()
-        ckpt.check_finite("loss", mean_loss, step + 1)
-        grad_norm = (
-            accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model))
-        step += 1
-        steps_done += 1
-        ckpt.check_step(step, grad_norm=grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        rec = {"loss": mean_loss, "lr": lr, "step_seconds": time.perf_counter() - t_step}
-        if grad_norm is not None:
-            rec["grad_norm"] = float(grad_norm)
-        history.append({"step": step, **rec})
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-            rec["it_per_s"] = steps_done / (time.time() - t_start)
-            accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-        if ckpt.due(step) and ckpt.save(step):
-            write_history(out_dir, earlier + history)
-        if cfg.validation.every and step % cfg.validation.every == 0 and step < cfg.train.max_steps:
-            if accelerator.is_main_process or layout.degree > 1:
-                m = run_validation(
-                    adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step, accelerator.is_main_process
-                )
-                accelerator.log({f"val/{k}": v for k, v in m.items()}, step=step)
-            accelerator.wait_for_everyone()
-    bar.close()
+        trainer.check_finite("loss", mean_loss)
+        grad_norm = trainer.optimizer_step(params, ema=ema, model=accelerator.unwrap_model(model))
+        trainer.end_step({"loss": mean_loss}, grad_norm=grad_norm)
+        if trainer.due(cfg.validation.every) and trainer.running:
+            validate(trainer, adapter, cfg)
+    trainer.close_bar()
     accelerator.wait_for_everyone()
     result = TrainResult(
         kind="lora" if cfg.lora.enabled else "full",
         final=None,
-        steps=step,
-        history=history,
+        steps=trainer.step,
         base_model=str(model_dir.resolve()),
     )
-    if accelerator.is_main_process:
-        result.final = export(adapter, cfg, out_dir / "final", ema)
-    if cfg.validation.prompts and (accelerator.is_main_process or layout.degree > 1):
-        result.metrics = run_validation(
-            adapter, cfg.validation, buckets_of(cfg)[0], out_dir, step, accelerator.is_main_process
-        )
-        accelerator.log({f"val/{k}": v for k, v in result.metrics.items()}, step=step)
-    if accelerator.is_main_process:
-        write_history(out_dir, earlier + history)
-        result.write(out_dir)
-    accelerator.end_training()
-    return result
+    if trainer.main:
+        result.final = export(adapter, cfg, Path(cfg.output_dir) / "final", ema)
+    if cfg.validation.prompts:
+        result.metrics = validate(trainer, adapter, cfg, wait=False)
+    return trainer.finish(result)
+
+
+def validate(trainer: Trainer, adapter: VideoModelAdapter, cfg: SFTConfig, wait: bool = True) -> dict[str, float]:
+    """The validation samples of the step just taken (every rank of an SP group samples, the main process writes),
+    logged as `val/*`."""
+    metrics: dict[str, float] = {}
+    if trainer.main or trainer.layout.degree > 1:
+        bucket, out_dir = buckets_of(cfg)[0], Path(cfg.output_dir)
+        metrics = run_validation(adapter, cfg.validation, bucket, out_dir, trainer.step, trainer.main)
+        trainer.log_metrics(metrics, "val")
+    if wait:
+        trainer.accelerator.wait_for_everyone()
+    return metrics
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
