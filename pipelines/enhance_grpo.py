@@ -46,21 +46,17 @@ import copy
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from vidpost.training.checkpoint import Checkpoints
-from vidpost.training.config import DTYPES, CheckpointConfig, OptimConfig
+from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
-from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult, one_run_per_output
 from vidpost.training.sampling import video_size_and_shift
-from vidpost.training.tracking import read_history, write_config, write_history
 
 
 @dataclass
@@ -146,6 +142,7 @@ class EnhanceGRPOConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: GRPOLMTrainConfig = field(default_factory=GRPOLMTrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         if self.lora.enabled and self.lora.dropout > 0:
@@ -244,8 +241,8 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     from vidpost.rl.advantages import group_advantages, zero_std_fraction
     from vidpost.rl.loss import clipped_policy_loss, ratio_stats
 
-    out_dir = Path(cfg.output_dir)
-    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer("enhance-grpo", cfg, one_process=True)
+    out_dir = trainer.out_dir
     rows = load_rows(cfg.data, ("prompt",))
     model, rewriter, params = setup_model(cfg.model, cfg.lora, cfg.rewriter)
     device = next(model.parameters()).device
@@ -263,23 +260,18 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
         else None
     )
 
-    write_config(out_dir, cfg)
     updates = max(1, cfg.train.updates_per_iteration)
-    optimizer = make_optimizer(params, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps * updates)
+    trainer.optimize(params, total=cfg.train.max_steps * updates)
     first = rewriter.tokenizer(
         rewriter.render(rows[0]["prompt"].strip()), add_special_tokens=False, return_tensors="pt"
     )
     probe = logits_probe(model, {k: v.to(device) for k, v in first.items()})
-    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler, probe=probe)
-    step = ckpt.resume(resume)
-    earlier = read_history(out_dir, step)  # history.json continues the whole run
+    step = trainer.begin(resume, model=model, probe=probe, desc="enhance grpo")
     pad = rewriter.tokenizer.pad_token_id
     k, T = cfg.sampling.k, cfg.sampling.temperature
-    history: list[dict[str, Any]] = []
     samples_log = (out_dir / "samples.jsonl").open("a" if step else "w", encoding="utf-8")
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="enhance grpo")
-    while step < cfg.train.max_steps:
+    while trainer.running:
+        step = trainer.step
         t0 = time.perf_counter()
         chosen = choose_rows(rows, cfg.sampling.prompts_per_step, cfg.train.seed, step)
         users = [r["prompt"].strip() for r in chosen]
@@ -307,7 +299,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
             cfg.rewards, video_reward, encoder, videos, users_k, reward_prompts, samples, rewriter.config.max_words
         )
         if not torch.isfinite(total).all():
-            raise ckpt.stop("reward", float(total[~torch.isfinite(total)][0]), step + 1)
+            raise trainer.ckpt.stop("reward", float(total[~torch.isfinite(total)][0]), step + 1)
         groups = torch.arange(len(users)).repeat_interleave(k)
         adv = group_advantages(
             total, groups, eps=cfg.train.adv_eps, clip=cfg.train.adv_clip, global_std=cfg.train.global_std
@@ -351,26 +343,20 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
                 chunk_loss += float(loss.detach()) * len(mb) / n_chunk
                 ratios.append(ratio.detach().cpu())
                 lp_new.append(lp.detach().cpu())
-            ckpt.check_finite("GRPO loss", chunk_loss, step + 1)
+            trainer.check_finite("GRPO loss", chunk_loss)
             loss_total += chunk_loss / n_updates
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ckpt.check_step(step + 1, grad_norm=grad_norms[-1])
-        step += 1
+            grad_norms.append(trainer.optimizer_step(params, always_norm=True))
+            trainer.ckpt.check_step(step + 1, grad_norm=grad_norms[-1])
         t_update = time.perf_counter()
 
         stats = ratio_stats(torch.cat(ratios), torch.cat(lp_new), old, cfg.train.clip_range)
         rec: dict[str, Any] = {
-            "step": step,
             "loss": loss_total,
             "reward": float(total.mean()),
             "reward_std": float(total.std()),
             "zero_std_groups": zero_std_fraction(total, groups),
             "adv_abs": float(adv.abs().mean()),
             "kl": kl_total,
-            "lr": scheduler.get_last_lr()[0],
             "grad_norm": sum(grad_norms) / len(grad_norms),
             "logp_old": float(old.mean()),
             "time_rewrite": t_rewrite - t0,
@@ -381,20 +367,15 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
         }
         for name, value in parts.items():
             rec[f"reward/{name}"] = float(value.mean())
-        history.append(rec)
+        trainer.end_step(
+            rec, check=False, postfix={"reward": f"{rec['reward']:.3f}", "words": f"{rec['reward/words']:.0f}"}
+        )
         for i, s in enumerate(samples):
-            item = {"step": step, "prompt": users_k[i], "rewrite": s.text, "reward": float(total[i])}
+            item = {"step": trainer.step, "prompt": users_k[i], "rewrite": s.text, "reward": float(total[i])}
             item |= {"advantage": float(adv[i]), **{name: float(v[i]) for name, v in parts.items()}}
             samples_log.write(json.dumps(item, ensure_ascii=False) + "\n")
         samples_log.flush()
-        bar.update(1)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", words=f"{rec['reward/words']:.0f}")
-        if ckpt.due(step):
-            ckpt.save(step)
-    bar.close()
+    trainer.close_bar()
     samples_log.close()
-    write_history(out_dir, earlier + history)
     final = export_lm(model, rewriter, out_dir / "final")
-    result = TrainResult(kind="rewriter", final=final, steps=step, history=history, base_model=cfg.model.path)
-    result.write(out_dir)
-    return result
+    return trainer.finish(TrainResult(kind="rewriter", final=final, steps=trainer.step, base_model=cfg.model.path))

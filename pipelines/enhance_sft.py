@@ -23,23 +23,16 @@ Single process, one device.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import torch
-from tqdm.auto import tqdm
 
 from vidpost.config import PositiveInt
 from vidpost.enhance.miniature import resolve_miniature
-from vidpost.training.checkpoint import Checkpoints
-from vidpost.training.config import CheckpointConfig, OptimConfig
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
-from vidpost.training.optim import make_optimizer, make_scheduler
+from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult, one_run_per_output
-from vidpost.training.tracking import read_history, write_config, write_history
 
 
 @dataclass
@@ -63,16 +56,16 @@ class EnhanceSFTConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 @one_run_per_output
 def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
     from vidpost.enhance.train import collate, encode_pair, epoch_batch, token_nll_sum
 
-    out_dir = Path(cfg.output_dir)
-    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer("enhance-sft", cfg, one_process=True)
     rows = load_rows(cfg.data, ("prompt", "target"))
-    cfg.model.path = resolve_miniature(cfg.model.path, out_dir)
+    cfg.model.path = resolve_miniature(cfg.model.path, trainer.out_dir)
     model, rewriter, params = setup_model(cfg.model, cfg.lora, cfg.rewriter)
     encoded = [encode_pair(rewriter, r["prompt"], r["target"]) for r in rows]
     kept = [e for e in encoded if len(e.input_ids) <= cfg.data.max_length]
@@ -83,22 +76,15 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
         )
     if not kept:
         raise ValueError(f"every pair is longer than data.max_length={cfg.data.max_length} tokens")
-    write_config(out_dir, cfg)
-    optimizer = make_optimizer(params, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    trainer.optimize(params)
     pad = rewriter.tokenizer.pad_token_id
     device = next(model.parameters()).device
     probe = logits_probe(model, {k: v.to(device) for k, v in collate(kept[:1], pad).items()})
-    ckpt = Checkpoints(out_dir, cfg, model, optimizer, scheduler, probe=probe)
-    step = ckpt.resume(resume)
-    earlier = read_history(out_dir, step)  # history.json continues the whole run
+    trainer.begin(resume, model=model, probe=probe, desc="enhance sft")
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-    history: list[dict[str, Any]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="enhance sft")
     model.train()
-    while step < cfg.train.max_steps:
-        t0 = time.perf_counter()
-        idx = epoch_batch(len(kept), bs * accum, cfg.train.seed, step)
+    while trainer.running:
+        idx = epoch_batch(len(kept), bs * accum, cfg.train.seed, trainer.step)
         micro = [collate([kept[i] for i in idx[m * bs : (m + 1) * bs]], pad) for m in range(accum)]
         total_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         loss_sum = 0.0
@@ -107,36 +93,12 @@ def train_sft(cfg: EnhanceSFTConfig, resume: str | None = None) -> TrainResult:
             (nll / total_tokens).backward()
             loss_sum += float(nll.detach())
         loss = loss_sum / total_tokens
-        ckpt.check_finite("loss", loss, step + 1)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ckpt.check_step(step, grad_norm=grad_norm)
-        rec = {
-            "step": step,
-            "loss": loss,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "tokens": total_tokens,
-            "step_seconds": time.perf_counter() - t0,
-        }
-        history.append(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}")
-        if ckpt.due(step):
-            ckpt.save(step)
-    bar.close()
-    write_history(out_dir, earlier + history)
-    final = export_lm(model, rewriter, out_dir / "final")
+        trainer.check_finite("loss", loss)
+        grad_norm = trainer.optimizer_step(params, always_norm=True)
+        trainer.end_step({"loss": loss, "tokens": total_tokens}, grad_norm=grad_norm)
+    trainer.close_bar()
+    final = export_lm(model, rewriter, trainer.out_dir / "final")
     result = TrainResult(
-        kind="rewriter",
-        final=final,
-        steps=step,
-        history=history,
-        base_model=cfg.model.path,
-        extra={"pairs": len(kept)},
+        kind="rewriter", final=final, steps=trainer.step, base_model=cfg.model.path, extra={"pairs": len(kept)}
     )
-    result.write(out_dir)
-    return result
+    return trainer.finish(result)
