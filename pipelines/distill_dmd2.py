@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from tqdm.auto import tqdm
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config
@@ -64,7 +62,6 @@ from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: 
     GeneratorConfig,
 )
 from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.config import DTYPES, LoraConfig
 from vidpost.training.dmd import (
     FeatureTap,
@@ -78,20 +75,18 @@ from vidpost.training.dmd import (
     sample_sigmas,
     x0_from_velocity,
 )
+from vidpost.training.loop import Trainer
 from vidpost.training.lora import add_lora_to, upcast_trainable
-from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.parallel import (
     all_reduce_grads,
     check_replicas,
     check_tokens,
     enable_sequence_parallel,
-    make_layout,
 )
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main
 from vidpost.training.sampling import video_size_and_shift
-from vidpost.training.tracking import make_accelerator, read_history, start_trackers, write_config, write_history
 
 # ---- pieces -------------------------------------------------------------------------------------------------------
 
@@ -226,17 +221,14 @@ class Trainables(torch.nn.Module):
 
 @one_run_per_output
 def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
-    out_dir = Path(cfg.output_dir)
-    accelerator = make_accelerator(out_dir, cfg.log, cfg.train.mixed_precision)
-    main = accelerator.is_main_process
-    layout = make_layout(cfg.parallel, accelerator.num_processes, accelerator.process_index, accelerator.device)
+    trainer = Trainer("distill-dmd2", cfg, mixed_precision=cfg.train.mixed_precision)
+    accelerator, layout, main, out_dir = trainer.accelerator, trainer.layout, trainer.main, trainer.out_dir
     rank, sp = layout.dp_rank, layout.degree > 1  # the ranks of one SP group draw the same batch
     if sp and cfg.gan.weight > 0:
         raise ValueError(
             "gan.weight > 0 with parallel.sp_degree > 1: the GAN head reads one block's features, which "
             "sequence parallelism splits over the ranks; set gan.weight=0 or sp_degree=1"
         )
-    torch.manual_seed(cfg.train.seed)
     teacher, model_dir = load_teacher(cfg.model, accelerator.device)
     d = cfg.data
     size, dmd_shift = video_size_and_shift(
@@ -265,8 +257,6 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
     nets = Trainables(generator, fake, head)
     check_tokens(teacher, shape, layout)
     enable_sequence_parallel(teacher, layout, extra=(generator, fake))
-    if main:
-        write_config(out_dir, cfg)
 
     groups = nets.groups()
     scale = cfg.fake_score.lr_scale
@@ -278,16 +268,12 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
         }
         for k, ps in groups.items()
     ]
-    optimizer = make_optimizer(param_groups, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    optimizer = trainer.optimize(param_groups)
     pool = load_prompt_pool(cfg.data.prompts, cfg.data.pool_size)
     null = teacher.encode_prompt([""])
     probe_latents = torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(cfg.train.seed))
     probe = velocity_probe(teacher, probe_latents.to(teacher.device), teacher.encode_prompt(pool[:1]), model=generator)
-    ckpt = Checkpoints(out_dir, cfg, nets, optimizer, scheduler, probe=probe, main=main)
-    step = ckpt.resume(resume)
-    start_trackers(accelerator, cfg.log, "distill-dmd2", cfg)
-    history = read_history(out_dir, step)
+    trainer.begin(resume, model=nets, probe=probe, desc="distill dmd2")
     sample_prompts = load_prompt_pool(cfg.data.sample_prompts, cfg.log.sample_count)[: cfg.log.sample_count]
     sample_noise = initial_noise((len(sample_prompts), *shape[1:]), seed=cfg.train.seed + 7).to(teacher.device)
 
@@ -334,7 +320,7 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
             h_loss = gan_head_loss(gan_logits(x_r, s_r, emb), logit_fake)
             h_value = float(h_loss.detach())
             loss = loss + cfg.gan.head_weight * h_loss
-        ckpt.check_finite("fake-score loss", float(loss.detach()), step + 1)
+        trainer.check_finite("fake-score loss", float(loss.detach()))
         loss.backward()
         norm = clip_and_step(("fake_score", "head"))
         if norm is not None:
@@ -364,14 +350,13 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
             g_loss = gan_generator_loss(gan_logits(renoise(x0, noise, sigma), sigma, cond))
             rec["loss_gan_generator"] = float(g_loss.detach())
             loss = loss + cfg.gan.weight * g_loss
-        ckpt.check_finite("generator loss", float(loss.detach()), step + 1)
+        trainer.check_finite("generator loss", float(loss.detach()))
         loss.backward()
         return float(loss.detach()), clip_and_step(("generator",), drop=("fake_score", "head"))
 
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="distill dmd2", disable=not main)
     try:
-        while step < cfg.train.max_steps:
-            t0 = time.perf_counter()
+        while trainer.running:
+            step = trainer.step
             rec: dict[str, float] = {}
             with accelerator.autocast():
                 # 1. the fake score (and the GAN head) on the current generator's outputs, `updates` times
@@ -381,51 +366,36 @@ def train(cfg: DMD2Config, resume: str | None = None) -> TrainResult:
             rec["loss_fake"] = sum(f for f, _ in parts) / len(parts)
             if parts[0][1] is not None:
                 rec["loss_gan_head"] = sum(h for _, h in parts) / len(parts)
-            scheduler.step()
-            step += 1
-            ckpt.check_step(step, grad_norm=norm)
-            rec |= {"loss": loss, "lr": scheduler.get_last_lr()[0], "time": time.perf_counter() - t0}
-            if norm is not None:
-                rec["grad_norm"] = norm
-            history.append({"step": step, **rec})
-            bar.update(1)
-            bar.set_postfix(dmd=f"{rec['loss_dmd']:.2e}", fake=f"{rec['loss_fake']:.4f}")
-            if step % cfg.log.every == 0 or step == cfg.train.max_steps:
-                accelerator.log({f"train/{k}": v for k, v in rec.items()}, step=step)
-            if ckpt.due(step):
-                ckpt.save(step)
-                if main:
-                    write_history(out_dir, history)
-            if (main or sp) and cfg.log.sample_every and step % cfg.log.sample_every == 0:
-                write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step, main)
+            trainer.scheduler.step()
+            rec["loss"] = loss
+            shown = {"dmd": f"{rec['loss_dmd']:.2e}", "fake": f"{rec['loss_fake']:.4f}"}
+            trainer.end_step(rec, grad_norm=norm, postfix=shown)
+            if (main or sp) and trainer.due(cfg.log.sample_every):
+                write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, trainer.step, main)
     finally:
         if tap is not None:
             tap.remove()
-        bar.close()
+        trainer.close_bar()
     check_replicas(nets, accelerator)
     final = None
     if main or sp:  # under SP every rank samples (the transformer's collectives need them all), one writes
-        write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, step, main)
+        write_samples(teacher, generator, sample_prompts, sigmas, sample_noise, out_dir, trainer.step, main)
     if main:
         final = save_student(teacher, generator, model_dir, cfg, out_dir / "final")
-        write_history(out_dir, history)
+        history = trainer.whole_history
         keys = [
             k for k in ("loss_dmd", "loss_fake", "loss_gan_head", "loss_gan_generator") if history and k in history[-1]
         ]
         curves = history_curves(history, tuple(keys), alpha=0.8)
         plot_panels(out_dir / "curves.png", [Panel("DMD2", curves, log_y=True)], panel_size=(6, 3.5))
-    accelerator.end_training()
     result = TrainResult(
         kind="full",
         final=final,
-        steps=step,
-        history=history,
+        steps=trainer.step,
         base_model=str(model_dir.resolve()),
         extra={"generator": generator, "fake_score": fake, "steps": cfg.generator.steps},
     )
-    if main:
-        result.write(out_dir)
-    return result
+    return trainer.finish(result)
 
 
 def write_samples(
