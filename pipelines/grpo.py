@@ -142,7 +142,7 @@ def update(run: _Run, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
 
 @one_run_per_output
 def train(cfg: GRPOConfig, resume: str | None = None) -> GRPOResult:
-    return run_loop(set_up(cfg, resume), sample, update, "grpo")
+    return run_loop(set_up(cfg, resume), sample, update)
 
 
 # ---- command line -------------------------------------------------------------------------------------------------

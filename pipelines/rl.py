@@ -184,14 +184,13 @@ def train(cfg: RLConfig, resume: str | None = None) -> GRPOResult:
     validate(cfg)
     if cfg.algorithm == "grpo":
         return grpo.train(cfg, resume)
-    run = set_up(cfg, resume, old_policy=OldPolicy if cfg.algorithm in ("nft", "awm") else None)
+    old_policy = OldPolicy if cfg.algorithm in ("nft", "awm") else None
+    run = set_up(cfg, resume, old_policy=old_policy, name=cfg.algorithm)
     if cfg.algorithm == "draft":
-        return run_loop(
-            run, rollout_and_decode, partial(update_draft, reward_fn=differentiable_reward(run.rewards)), "draft"
-        )
+        return run_loop(run, rollout_and_decode, partial(update_draft, reward_fn=differentiable_reward(run.rewards)))
     if run.old is not None:  # as the last iteration left it: equal to θ when its update had decay 0
         run.old.current = _old_decay(cfg, run.scheduler.last_epoch) == 0.0
-    return run_loop(run, sample, update, cfg.algorithm)
+    return run_loop(run, sample, update)
 
 
 # ---- command line -------------------------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
-from vidpost.config import to_dict
 from vidpost.models import resolve_model_path
 from vidpost.outputs import write_json
 from vidpost.rl.advantages import reward_advantages, zero_std_fraction
@@ -27,22 +25,19 @@ from vidpost.rl.policy import load_policy as _load_policy
 from vidpost.rl.prompts import load_prompt_pool
 from vidpost.rl.rewards import build_training_rewards
 from vidpost.rl.rollout import Rollout, iteration_rollout
-from vidpost.training.checkpoint import Checkpoints
 from vidpost.training.ema import EMA
 from vidpost.training.guard import Guard, stop_everywhere
+from vidpost.training.loop import Trainer
 from vidpost.training.lora import export
-from vidpost.training.optim import lr_lambda, make_optimizer
 from vidpost.training.parallel import (
     Layout,
     check_tokens,
     enable_sequence_parallel,
-    make_layout,
     scale_gradients,
     sp_leaders,
 )
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult
-from vidpost.training.tracking import read_history, write_config, write_history
 
 if TYPE_CHECKING:
     from vidpost.pipelines.grpo import GRPOConfig
@@ -86,64 +81,71 @@ def compute_advantages(
 
 @dataclass
 class _Run:
-    """What the steps of the loop share (made by `set_up`)."""
+    """What the steps of the loop share (made by `set_up`); the run's services are its `trainer`'s."""
 
     cfg: GRPOConfig
-    accelerator: Any
+    trainer: Trainer
     policy: Policy
     model: torch.nn.Module
     params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
     ema: EMA | None
     rewards: Any
     guard: Guard
     pool: list[str]
-    out_dir: Path
-    ckpt: Checkpoints
-    step: int = 0
     old: Any = None
     """the old policy of the forward-process algorithms (`vidpost.rl.forward_update.OldPolicy`), else None"""
-    layout: Layout = field(default_factory=lambda: Layout(1, 0, 1, 1))
-    """the sequence-parallel layout: prompts, noise and advantages follow its data-parallel coordinate"""
+
+    @property
+    def accelerator(self) -> Any:
+        return self.trainer.accelerator
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.trainer.optimizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.trainer.scheduler
+
+    @property
+    def ckpt(self) -> Any:
+        return self.trainer.ckpt
+
+    @property
+    def step(self) -> int:
+        """iterations done"""
+        return self.trainer.step
+
+    @property
+    def layout(self) -> Layout:
+        """the sequence-parallel layout: prompts, noise and advantages follow its data-parallel coordinate"""
+        return self.trainer.layout
+
+    @property
+    def out_dir(self) -> Path:
+        return self.trainer.out_dir
 
 
-def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
-    """Accelerator, policy, optimizer and schedule, rewards, guard and prompt pool; the state of `resume`.
-    `old_policy` (a class taking the transformer, e.g. `OldPolicy`) makes a copy of the trainable weights that the
-    checkpoints keep in the EMA's place (so the two cannot be combined)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    out_dir = Path(cfg.output_dir)
-    log_with = [x for x, on in (("tensorboard", cfg.log.tensorboard), ("wandb", cfg.log.wandb)) if on]
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=log_with or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-    )
-    torch.manual_seed(cfg.train.seed)
-    layout = make_layout(cfg.parallel, accelerator.num_processes, accelerator.process_index, accelerator.device)
-    if layout.degree > 1 and cfg.guard.every:
+def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None, name: str = "grpo") -> _Run:
+    """The trainer (accelerator, layout, seed), policy, optimizer and schedule, rewards, guard and prompt pool; the
+    state of `resume`. `old_policy` (a class taking the transformer, e.g. `OldPolicy`) makes a copy of the
+    trainable weights that the checkpoints keep in the EMA's place (so the two cannot be combined). `name`: the
+    algorithm (the trackers' and the progress bar's name: rl-<name>)."""
+    trainer = Trainer(f"rl-{name}", cfg, mixed_precision=cfg.train.mixed_precision, unit="iteration")
+    if trainer.layout.degree > 1 and cfg.guard.every:
         raise ValueError(
             "the guard evaluates on the main process only: set guard.every=0 with parallel.sp_degree > 1 "
             "(evaluate the exported weights with vidpost eval / shapes-eval instead)"
         )
-    policy = load_policy(cfg, accelerator.device)
+    policy = load_policy(cfg, trainer.device)
     size = policy.adapter.latent_shape(1, *policy.size)
-    check_tokens(policy.adapter, size, layout)
-    enable_sequence_parallel(policy.adapter, layout, extra=(policy.reference,))
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(out_dir, cfg)
+    check_tokens(policy.adapter, size, trainer.layout)
+    enable_sequence_parallel(policy.adapter, trainer.layout, extra=(policy.reference,))
     transformer = policy.adapter.transformer
     params = [p for p in transformer.parameters() if p.requires_grad]
-    scale_gradients(params, layout)
-    optimizer = make_optimizer(params, cfg.optim)
-    total_updates = cfg.train.max_steps * max(1, cfg.train.updates_per_iteration)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg.optim, total_updates))
-    model, optimizer = accelerator.prepare(transformer, optimizer)
+    scale_gradients(params, trainer.layout)
+    trainer.optimize(params, total=cfg.train.max_steps * max(1, cfg.train.updates_per_iteration))
+    model = trainer.prepare(transformer)
     ema = EMA(transformer, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     old = old_policy(transformer) if old_policy is not None else None
     if ema is not None and old is not None:
@@ -152,6 +154,7 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
     rewards = build_training_rewards(cfg.rewards)
     guard_prompts = load_prompt_pool(cfg.guard.prompts, cfg.guard.max_prompts) if cfg.guard.every else []
     exporter = lambda path: export(policy.adapter, cfg, path)  # noqa: E731
+    out_dir = trainer.out_dir
     guard = Guard(cfg.guard, guard_prompts, size=policy.size, shift=policy.shift, out_dir=out_dir, export=exporter)
     if cfg.guard.every and set(cfg.guard.metric) & set(cfg.rewards.spec):
         overlap = sorted(set(cfg.guard.metric) & set(cfg.rewards.spec))
@@ -162,18 +165,13 @@ def set_up(cfg: GRPOConfig, resume: str | None, old_policy: Any = None) -> _Run:
         policy.adapter.latent_shape(1, *policy.size), generator=torch.Generator().manual_seed(cfg.train.seed)
     )
     cond = policy.adapter.encode_prompt(pool[:1])
-    probe = velocity_probe(policy.adapter, noise.to(accelerator.device), cond, autocast=accelerator.autocast)
-    unwrapped = accelerator.unwrap_model(model)
+    probe = velocity_probe(policy.adapter, noise.to(trainer.device), cond, autocast=trainer.accelerator.autocast)
     kept = ema if ema is not None else old
-    ckpt = Checkpoints(out_dir, cfg, unwrapped, optimizer, scheduler, None, kept, probe, accelerator.is_main_process)
-    run = _Run(cfg, accelerator, policy, model, params, optimizer, scheduler, ema, rewards, guard, pool, out_dir, ckpt)
-    run.old, run.layout = old, layout
-    run.step = ckpt.resume(resume, unit="iteration")
-    if ckpt.resumed_from is not None:
-        guard.load_state_dict(json.loads((ckpt.resumed_from / "state.json").read_text()))
-    if log_with:
-        accelerator.init_trackers("grpo", config={k: str(v) for k, v in to_dict(cfg).items()})
-    return run
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    trainer.begin(resume, model=unwrapped, kept=kept, probe=probe, desc=name)
+    if trainer.ckpt.resumed_from is not None:
+        guard.load_state_dict(json.loads((trainer.ckpt.resumed_from / "state.json").read_text()))
+    return _Run(cfg, trainer, policy, model, params, ema, rewards, guard, pool, old)
 
 
 def sample(run: _Run) -> Rollout:
@@ -242,57 +240,45 @@ def guard_and_checkpoint(run: _Run) -> str | None:
     """Step 6, then a checkpoint when due (or when stopping); → the stop message, agreed by every process."""
     stopped = stop_everywhere(run.accelerator, guard(run))
     if run.ckpt.due(run.step) or (stopped and run.cfg.checkpoint.every):
-        run.ckpt.save(run.step, run.guard.state_dict())
+        run.trainer.save(run.guard.state_dict())
     return stopped
 
 
-def run_loop(run: _Run, sample_fn, update_fn, desc: str) -> GRPOResult:
+def run_loop(run: _Run, sample_fn, update_fn) -> GRPOResult:
     """Iterations until `train.max_steps` or a guard stop: sample (steps 1–2), score (3–4), update (5), log, guard
     and checkpoint (6); then `finish`. `update_fn(run, rollout, advantages)` returns the update's statistics
     (`loss`, `kl`, `grad_norm`, `summary(clip_range)`)."""
-    cfg, acc = run.cfg, run.accelerator
-    earlier = read_history(run.out_dir, run.step)  # history.json continues the whole run
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.train.max_steps, initial=run.step, desc=desc, disable=not acc.is_main_process)
+    trainer = run.trainer
     if run.step == 0:
         guard(run)  # the initial weights: the first best, nothing to compare with
     stopped = None
-    while run.step < cfg.train.max_steps:
+    while trainer.running:
         times = [time.perf_counter()]
         ro = sample_fn(run)
         times.append(time.perf_counter())
         advantages, rewards = score(run, ro)
         times.append(time.perf_counter())
         stats = update_fn(run, ro, advantages)
-        run.step += 1
         times.append(time.perf_counter())
         rec = record(run, rewards, stats, times)
-        history.append({"step": run.step, **rec})
-        bar.update(1)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", loss=f"{rec['loss']:.4g}")
-        if run.step % cfg.log.every == 0 or run.step == cfg.train.max_steps:
-            acc.log({f"train/{k}": v for k, v in rec.items()}, step=run.step)
+        shown = {"reward": f"{rec['reward']:.3f}", "loss": f"{rec['loss']:.4g}"}
+        trainer.end_step(rec, check=False, checkpoint=False, postfix=shown)  # the update checked each of its steps
         stopped = guard_and_checkpoint(run)
-        if acc.is_main_process and run.ckpt.due(run.step):
-            write_history(run.out_dir, earlier + history)
         if stopped:
             break
-    bar.close()
-    return finish(run, history, stopped, earlier)
+    trainer.close_bar()
+    return finish(run, stopped)
 
 
-def finish(
-    run: _Run, history: list[dict[str, float]], stopped: str | None, earlier: list[dict[str, float]]
-) -> GRPOResult:
-    """Export `final/` (EMA weights when kept), write history.json (`earlier` steps, then this invocation's),
-    guard.json and curves.png; → the result."""
+def finish(run: _Run, stopped: str | None) -> GRPOResult:
+    """Export `final/` (EMA weights when kept), guard.json and curves.png, then the core's history.json and
+    result.json; → the result."""
     cfg, acc, out_dir = run.cfg, run.accelerator, run.out_dir
     acc.wait_for_everyone()
     result = GRPOResult(
         kind="lora" if cfg.lora.enabled else "full",
         final=None,
         steps=run.step,
-        history=history,
         metrics=run.guard.latest_metrics(),
         base_model=str(resolve_model_path(cfg.model.path).resolve()),
         stopped=stopped,
@@ -304,14 +290,11 @@ def finish(
         result.final = export(run.policy.adapter, cfg, out_dir / "final")
         if (out_dir / "best").exists():
             result.best, result.best_step = out_dir / "best", run.guard.best_step
-        write_history(out_dir, earlier + history)
         write_json(out_dir / "guard.json", run.guard.history, indent=1)
-        plot_rl_curves(earlier + history, run.guard.history, out_dir / "curves.png")
-        result.write(out_dir)
+        plot_rl_curves(run.trainer.whole_history, run.guard.history, out_dir / "curves.png")
     if hasattr(run.rewards, "close"):
         run.rewards.close()
-    acc.end_training()
-    return result
+    return run.trainer.finish(result)
 
 
 def command_exit(code: int, result: GRPOResult | None) -> int:

@@ -57,12 +57,13 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def report(line: str) -> None:
-    """Print `line` to stderr on a line of its own, above any progress bar that is still drawn."""
+    """Print `line` to stderr as the last line: the progress bars of the work that stopped are closed first (they
+    keep their last state), so the message is on a line of its own."""
     tqdm = sys.modules.get("tqdm")
     if tqdm is not None:
-        tqdm.tqdm.write(line, file=sys.stderr)
-    else:
-        print(line, file=sys.stderr)
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
+    print(line, file=sys.stderr)
 
 
 def run_main(main: Callable[..., int | None], argv: list[str] | None = None) -> int:
