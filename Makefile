@@ -59,7 +59,7 @@ eval: venv
 	$(BIN)/python -m vidpost.pipelines.eval --prompts shapes-heldout --model shapes-base --rewards verifier,temporal,motion --out runs/eval/shapes-base --compare runs/eval/shapes
 
 grpo-shapes: venv
-	$(BIN)/python -m vidpost.pipelines.grpo --config configs/shapes/grpo.yaml
+	$(BIN)/python -m vidpost.pipelines.rl --config configs/shapes/grpo.yaml
 
 rl-shapes: venv
 	$(BIN)/python -m vidpost.pipelines.rl_compare --out results/shapes-rl
@@ -112,9 +112,14 @@ style: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# lint-imports reads the installed package; the editable install maps vidpost.<part> to top-level folders, which it
+# cannot follow, so the layers are checked on a plain install of the tree in build/lint-imports.
 lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	rm -rf build/lib build/lint-imports
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation --target build/lint-imports . 2>/dev/null
+	cd build/lint-imports && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml
 
 wheel: venv
 	$(BIN)/python -m pip wheel --no-deps -w dist .

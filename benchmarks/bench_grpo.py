@@ -2,7 +2,7 @@
 
     python benchmarks/bench_grpo.py [--model shapes] [--iterations 4] [--group 8] [--prompts 4] [--steps 12]
 
-Runs `vidpost.pipelines.grpo.train` for a few iterations of the Shapes GRPO recipe (configs/shapes/grpo.yaml: LoRA,
+Runs `vidpost.pipelines.rl.train` for a few iterations of the Shapes GRPO recipe (configs/shapes/grpo.yaml: LoRA,
 verifier reward, SDE sampling with log-probs) with the guard and checkpoints off, and reports from the run's own
 per-iteration timings (the first iteration discarded as warm-up) the median seconds of sampling (SDE rollout +
 VAE decode), reward and update (log-prob recomputation + backward + optimizer step), their shares, and videos/s
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--width", type=int)
     args = p.parse_args()
     from vidpost.config import load_config
-    from vidpost.pipelines.grpo import GRPOConfig, train
+    from vidpost.pipelines.rl import RLConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
@@ -48,7 +48,7 @@ def main() -> None:
         for key, value in (("num_frames", args.frames), ("height", args.height), ("width", args.width)):
             if value is not None:
                 overrides.append(f"rollout.{key}={value}")
-        cfg = load_config(GRPOConfig, args.config, overrides)
+        cfg = load_config(RLConfig, args.config, overrides)
         t0 = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - t0

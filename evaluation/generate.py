@@ -18,8 +18,6 @@ from tqdm.auto import tqdm
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings
 from vidpost.media.video_io import write_video
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def default_dtype(device: str) -> torch.dtype:
     """bfloat16 on a GPU, float32 elsewhere."""

@@ -379,6 +379,19 @@ def available_memory(device: torch.device | str) -> int | None:
     return None
 
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""the dtypes a config or flag may name (`model.dtype`, `--dtype`)"""
+
+
+def upcast_trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Store `module`'s trainable weights in float32 (mixed precision autocasts the compute; the frozen weights keep
+    their storage dtype) → the trainable parameters, in `module.parameters()` order."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
 def check_model_dir(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     """Validate a diffusers-format directory; return its model_index.json. Raise ModelPathError listing gaps."""
     if not path.exists():

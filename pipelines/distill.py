@@ -47,16 +47,15 @@ from typing import Any, Literal
 import torch
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from vidpost.evaluation.prompts import load_prompt_pool
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, attention_sites, install_attention
-from vidpost.models.base import PromptEmbeds, read_vidpost_config
+from vidpost.models.base import DTYPES, PromptEmbeds, read_vidpost_config, upcast_trainable
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.outputs import atomic_dir, write_text
-from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
-from vidpost.training.lora import upcast_trainable
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main

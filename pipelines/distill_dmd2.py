@@ -46,8 +46,9 @@ from types import SimpleNamespace
 
 import torch
 
+from vidpost.evaluation.prompts import load_prompt_pool
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
-from vidpost.models.base import VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config
+from vidpost.models.base import DTYPES, VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config, upcast_trainable
 from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.outputs import atomic_dir, write_text
 from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: the stage's config)
@@ -61,8 +62,7 @@ from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: 
     GanConfig,
     GeneratorConfig,
 )
-from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.config import DTYPES, LoraConfig
+from vidpost.training.config import LoraConfig
 from vidpost.training.dmd import (
     FeatureTap,
     GanHead,
@@ -76,7 +76,7 @@ from vidpost.training.dmd import (
     x0_from_velocity,
 )
 from vidpost.training.loop import Trainer
-from vidpost.training.lora import add_lora_to, upcast_trainable
+from vidpost.training.lora import add_lora_to
 from vidpost.training.parallel import (
     all_reduce_grads,
     check_replicas,

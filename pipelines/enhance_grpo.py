@@ -51,8 +51,9 @@ from typing import Any, Literal
 import torch
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
-from vidpost.training.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
+from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
+from vidpost.models.base import DTYPES
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult, one_run_per_output

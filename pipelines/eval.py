@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from vidpost.config import ArgumentParser
-from vidpost.evaluation.generate import DTYPES, generate_videos
+from vidpost.evaluation.generate import generate_videos
 from vidpost.evaluation.gifs import make_gif
 from vidpost.evaluation.html import _labels, write_report
 from vidpost.evaluation.prompts import SHAPES_HELDOUT, discover_videos, load_prompts, make_records
@@ -71,6 +71,7 @@ from vidpost.evaluation.score import load_reward_spec, score_videos, spec_is_wei
 from vidpost.evaluation.seeds import prompt_seed
 from vidpost.evaluation.settings import user_settings
 from vidpost.evaluation.stats import compare_runs, reward_names, stats, summarise, t_quantile, wilson
+from vidpost.models.base import DTYPES
 from vidpost.outputs import write_text
 
 __all__ = [  # the evaluation core's functions, re-exported for the callers of this command's module

@@ -40,13 +40,14 @@ from vidpost.config import (
     read_yaml,
     to_dict,
 )
-from vidpost.evaluation.generate import DTYPES, default_dtype, sample_batches
+from vidpost.evaluation.generate import default_dtype, sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
+from vidpost.models.base import DTYPES
 from vidpost.outputs import write_json
 
 

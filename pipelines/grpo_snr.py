@@ -20,7 +20,7 @@ each sample's noise levels (the old policy equal to the current one); draft's th
 readings:
 - `--control REWARD` repeats the measurement with `rewards.spec` = {REWARD: 1} (e.g. `brightness`, which any
   working estimator must find): a method whose ρ stays in the control's spread on it is broken, not starved;
-- when every reward is differentiable and the rollout's last `forward.draft_steps` steps are ODE steps (the
+- when every reward is differentiable and the rollout's last `draft.steps` steps are ODE steps (the
   forward-process rollouts; GRPO with an `sde_window` that ends early), each rollout's estimate is also compared
   with the pathwise (reward-backprop) gradient of the same rollout: the mean cosine, beside the same for the
   permuted control, whose spread is the reading's resolution.
@@ -39,17 +39,17 @@ import torch
 from tqdm import tqdm
 
 from vidpost.config import ArgumentParser, load_config
+from vidpost.evaluation.prompts import load_prompt_pool
 from vidpost.outputs import write_text
-from vidpost.pipelines.grpo import compute_advantages, load_policy, policy_rollout
-from vidpost.pipelines.rl import RLConfig, validate
+from vidpost.pipelines.rl import compute_advantages, load_policy
+from vidpost.rl.algorithms import algorithm_module
+from vidpost.rl.algorithms.draft import differentiable_reward, draft_update
+from vidpost.rl.algorithms.forward import ForwardBatch, ForwardStats, OldPolicy, forward_update, training_sigmas
+from vidpost.rl.algorithms.grpo import UpdateStats, grpo_update
+from vidpost.rl.config import RLConfig, validate
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
-from vidpost.rl.draft import differentiable_reward, draft_update
-from vidpost.rl.forward import rsft_select
-from vidpost.rl.forward_update import ForwardBatch, ForwardStats, OldPolicy, forward_update, training_sigmas
 from vidpost.rl.iteration import choose_prompts, micro_batches
-from vidpost.rl.prompts import load_prompt_pool
-from vidpost.rl.rollout import Rollout, step_kwargs
-from vidpost.rl.update import UpdateStats, grpo_update
+from vidpost.rl.rollout import Rollout, policy_rollout, step_kwargs
 
 
 def _flat(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -75,20 +75,19 @@ def policy_gradient(
         kw = {"clip_range": cfg.train.clip_range, "step_kwargs": step_kwargs(cfg.rollout)}
         grpo_update(adapter, ro, adv, steps, micro, UpdateStats(), **kw)
     elif cfg.algorithm == "draft":
-        kw = {"k_steps": cfg.forward.draft_steps, "reward_fn": reward_fn, "guidance_scale": cfg.rollout.guidance_scale}
+        kw = {"k_steps": cfg.draft.steps, "reward_fn": reward_fn, "guidance_scale": cfg.rollout.guidance_scale}
         draft_update(adapter, ro, micro, ForwardStats(), model=model, **kw)
     else:
-        f = cfg.forward
+        f, algorithm = cfg.forward, algorithm_module(cfg.algorithm)
         sigmas = training_sigmas(ro.sigmas, len(adv), f.timestep_fraction, cfg.train.seed, index)
         batch = ForwardBatch(
             ro.latents[:, -1], ro.cond, ro.uncond if f.guided else None, sigmas, torch.arange(len(adv))
         )
         if cfg.algorithm == "rsft":
-            keep = rsft_select(adv, ro.groups, k=f.rsft_k, threshold=f.rsft_min_advantage)
+            keep = algorithm.select(cfg, adv, ro.groups)
             micro = [keep[m] for m in micro_batches(len(keep), cfg.train.micro_batch)]
-        kw = {"algorithm": cfg.algorithm, "cfg": f, "seed": cfg.train.seed, "step": index, "model": model}
-        kw |= {"guidance_scale": cfg.rollout.guidance_scale, "clip_range": cfg.train.clip_range}
-        kw |= {"adv_clip": cfg.train.adv_clip, "old": OldPolicy(model)}
+        kw = {"loss": algorithm.loss(cfg), "seed": cfg.train.seed, "step": index, "model": model}
+        kw |= {"guidance_scale": cfg.rollout.guidance_scale if f.guided else 1.0, "old": OldPolicy(model)}
         forward_update(adapter, batch, adv, micro, ForwardStats(), **kw)
     return _flat(params)
 
@@ -136,7 +135,7 @@ def measure(
         real.append(policy_gradient(adapter, ro, adv, params, cfg, **kw))
         shuffled = permute_within_groups(adv.cpu(), groups, torch.Generator().manual_seed(r)).to(device)
         null.append(policy_gradient(adapter, ro, shuffled, params, cfg, **kw))
-        k = cfg.forward.draft_steps
+        k = cfg.draft.steps
         if reward_fn is not None and cfg.algorithm != "draft" and not ro.sde_steps[ro.num_steps - k :].any():
             path = policy_gradient(adapter, ro, adv, params, _as_draft(cfg), **kw)
             path_cos.append(_cosine(real[-1], path))

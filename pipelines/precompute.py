@@ -16,8 +16,8 @@ import torch
 from vidpost.config import ArgumentParser, load_config
 from vidpost.media.data import precompute, read_manifest
 from vidpost.models import load
+from vidpost.models.base import DTYPES
 from vidpost.pipelines.sft import SFTConfig, buckets_of
-from vidpost.training.config import DTYPES
 from vidpost.training.runner import ExitCode
 
 

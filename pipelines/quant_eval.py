@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, args.model, len(items), args.seeds)
     if args.sensitivity:
-        from vidpost.rl.prompts import load_prompt_pool
+        from vidpost.evaluation.prompts import load_prompt_pool
 
         prompts = load_prompt_pool("shapes-train", args.sensitivity_prompts)[: args.sensitivity_prompts]
         sens = sensitivity_report(args.model, args.sensitivity, prompts, args.out)

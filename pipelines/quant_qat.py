@@ -30,7 +30,9 @@ from typing import Literal
 import torch
 
 from vidpost.config import NonNegativeFloat, PositiveInt
+from vidpost.evaluation.prompts import load_prompt_pool
 from vidpost.models import load, resolve_model_path
+from vidpost.models.base import DTYPES
 from vidpost.models.quant import install_quant, quant_modules, read_recipe, save_quant_folder
 from vidpost.models.sampling import flow_sigmas
 from vidpost.outputs import atomic_dir
@@ -43,8 +45,7 @@ from vidpost.pipelines.distill import (
     step_generator,
 )
 from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
-from vidpost.rl.prompts import load_prompt_pool
-from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe

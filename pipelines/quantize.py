@@ -24,9 +24,9 @@ def resolve_keep_worst(adapter: Any, model_dir: Path, recipe: Any) -> list[str]:
     """Mixed precision by sensitivity: add the recipe's `keep_worst` most sensitive layers (measured on the
     unquantised `adapter` over the calibration prompts, among the layers not kept already) to `recipe.keep`; → those
     layers' names. (A saved folder's `quant.json` holds the resolved `keep`; loading it does not measure again.)"""
+    from vidpost.evaluation.prompts import load_prompt_pool
     from vidpost.evaluation.settings import resolve_settings
     from vidpost.models.quant import layer_sensitivity
-    from vidpost.rl.prompts import load_prompt_pool
 
     if not recipe.keep_worst:
         return []
@@ -42,9 +42,9 @@ def resolve_keep_worst(adapter: Any, model_dir: Path, recipe: Any) -> list[str]:
 
 def calibrate_recipe(adapter: Any, model_dir: Path, recipe: Any) -> None:
     """Calibrate the installed recipe on its calibration prompts, when it needs to (static scales, SmoothQuant)."""
+    from vidpost.evaluation.prompts import load_prompt_pool
     from vidpost.evaluation.settings import resolve_settings
     from vidpost.models.quant import calibrate
-    from vidpost.rl.prompts import load_prompt_pool
 
     if not recipe.needs_calibration():
         return

@@ -34,11 +34,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # AWM's reference settings: ghuber likelihood, clip range 1, KL 1e-3
     "awm": (
         "configs/shapes/rl-nft.yaml",
-        ["algorithm=awm", "forward.awm_weighting=ghuber", "train.clip_range=1.0", "train.kl_beta=1e-3"],
+        ["algorithm=awm", "awm.weighting=ghuber", "train.clip_range=1.0", "train.kl_beta=1e-3"],
     ),
     # RSFT trains the conditional velocity: flow matching of the CFG-guided velocity on its own samples drifts the
     # model whatever is selected (results/shapes-rl/positive-controls.md), the conditional one much less
-    "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "forward.rsft_k=2", "forward.guided=false"]),
+    "rsft": ("configs/shapes/rl-nft.yaml", ["algorithm=rsft", "rsft.k=2", "forward.guided=false"]),
     "draft": ("configs/shapes/rl-draft.yaml", ["algorithm=draft"]),  # = rl-nft.yaml with the verifier_soft reward
 }
 
@@ -47,7 +47,8 @@ def run_variant(name: str, work: Path, videos: int, overrides: list[str]) -> dic
     """Train variant `name` (or resume it, or skip it when finished) → {"final", "iterations", "videos", "seconds",
     "history", "guard"}."""
     from vidpost.config import load_config
-    from vidpost.pipelines.rl import RLConfig, train
+    from vidpost.pipelines.rl import train
+    from vidpost.rl.config import RLConfig
 
     preset, own = VARIANTS[name]
     out = work / name

@@ -42,14 +42,14 @@ import torch
 from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
-from vidpost.models.base import PromptEmbeds
+from vidpost.models.base import DTYPES, PromptEmbeds, upcast_trainable
 from vidpost.models.sampling import shift_sigmas
 from vidpost.outputs import write_text
-from vidpost.training.config import DTYPES, CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.dmd import renoise
 from vidpost.training.ema import EMA
 from vidpost.training.loop import Trainer
-from vidpost.training.lora import add_lora, export, upcast_trainable
+from vidpost.training.lora import add_lora, export
 from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel
 from vidpost.training.recovery import velocity_probe
 from vidpost.training.runner import TrainResult, one_run_per_output, stage_main

@@ -246,3 +246,20 @@ def iteration_rollout(
         chunk_size=chunk_size,
         **step_kwargs(cfg),
     )
+
+
+def policy_rollout(
+    adapter: VideoModelAdapter,
+    cfg: Any,
+    prompts: list[str],
+    size: tuple[int, int, int],
+    shift: float,
+    step: int,
+    first_index: int = 0,
+    model: torch.nn.Module | None = None,
+) -> Rollout:
+    """Iteration `step`'s rollout of `prompts` (global indices from `first_index`) for an RL config `cfg` (its
+    `rollout:` and `train.seed`), transformer calls chunked like the update's micro-batches (`train.micro_batch`: so
+    the update recomputes each log-prob bit-identically)."""
+    kw = {"seed": cfg.train.seed, "step": step, "first_index": first_index, "chunk_size": cfg.train.micro_batch}
+    return iteration_rollout(adapter, cfg.rollout, prompts, size, shift, model=model, **kw)

@@ -3,7 +3,7 @@
 Procedural videos of coloured shapes moving on plain backgrounds (`world`), their canonical captions, user-style
 paraphrases and noisy web captions (`captions`), a deterministic verifier used as reward and success measure
 (`verifier`), degradations to test it (`degrade`), fixed versioned train / held-out splits (`splits`), an mp4 +
-JSONL exporter (`export`) and a command line (`cli`, `python -m vidpost.shapes`). Imports no training code.
+JSONL exporter (`export`); its command line is `vidpost shapes` (`vidpost.pipelines.shapes`). Imports no training code.
 """
 
 from .captions import caption, noisy_caption, paraphrase, parse_caption

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+# the research scripts (not in the package) are tested as top-level modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,7 +70,7 @@ GRPO_PROMPTS = ["a red circle moves right", "a blue square moves left", "a green
 
 @pytest.fixture(scope="session")
 def grpo_overrides() -> Callable[..., list[str]]:
-    """`grpo_overrides(output_dir, model, *extra)`: `vidpost grpo` overrides for a run of seconds on a miniature
+    """`grpo_overrides(output_dir, model, *extra)`: `vidpost rl` (algorithm grpo) overrides for a run of seconds on a miniature
     (2 prompts × 3 samples, 5 frames at 16×16, 4 steps, the weight-free temporal + motion rewards, LoRA rank 4, no
     guard, checkpoints or tensorboard); `extra` comes after the defaults, so it overrides them."""
 
@@ -85,7 +88,7 @@ def grpo_overrides() -> Callable[..., list[str]]:
             "rollout.guidance_scale=3.0",
             "rewards.spec={temporal: 1.0, motion: 0.5}",
             "train.micro_batch=6",
-            "train.timestep_fraction=0.5",
+            "grpo.timestep_fraction=0.5",
             "optim.lr=1e-3",
             "lora.rank=4",
             "guard.every=0",

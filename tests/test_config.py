@@ -131,11 +131,11 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
 def _stage_configs():
     from vidpost.pipelines.distill import DistillConfig
     from vidpost.pipelines.enhance_train import EnhanceGRPOConfig, EnhanceSFTConfig
-    from vidpost.pipelines.grpo import GRPOConfig
     from vidpost.pipelines.run import PipelineConfig
     from vidpost.pipelines.sft import SFTConfig
+    from vidpost.rl.config import RLConfig
 
-    return [SFTConfig, GRPOConfig, DistillConfig, EnhanceSFTConfig, EnhanceGRPOConfig, PipelineConfig]
+    return [SFTConfig, RLConfig, DistillConfig, EnhanceSFTConfig, EnhanceGRPOConfig, PipelineConfig]
 
 
 @pytest.mark.parametrize("cls", _stage_configs(), ids=lambda c: c.__name__)

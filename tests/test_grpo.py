@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vidpost.config import load_config
-from vidpost.pipelines.grpo import GRPOConfig, main, train
+from vidpost.pipelines.rl import RLConfig, main, train
 from vidpost.rewards.base import Reward, RewardOutput, register
 from vidpost.training.runner import TrainResult
 
@@ -26,8 +26,8 @@ PROMPTS = ["a red circle moves right", "a blue square moves left", "a green tria
 def cfg_for(tmp_path, tiny_wan_dir, grpo_overrides):
     """`cfg_for(name, *extra)`: the miniature run's config (conftest `grpo_overrides`) writing to tmp_path/name."""
 
-    def make(name: str, *extra: str) -> GRPOConfig:
-        return load_config(GRPOConfig, None, grpo_overrides(tmp_path / name, tiny_wan_dir, *extra))
+    def make(name: str, *extra: str) -> RLConfig:
+        return load_config(RLConfig, None, grpo_overrides(tmp_path / name, tiny_wan_dir, *extra))
 
     return make
 
@@ -89,7 +89,7 @@ def test_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overrides
         "--master_port",
         "29533",
         "-m",
-        "vidpost.pipelines.grpo",
+        "vidpost.pipelines.rl",
         *overrides,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -139,7 +139,7 @@ def test_guard_watch_stops_on_a_falling_extra_metric(cfg_for):
 
 
 def test_watch_tripped_compares_with_the_best_earlier_entry():
-    from vidpost.training.guard import watch_tripped
+    from vidpost.evaluation.guard import watch_tripped
 
     h = [{"step": 0, "extra/g": 0.5}, {"step": 10, "extra/g": 0.6}, {"step": 20, "extra/g": 0.56}]
     assert watch_tripped(h, {"g": 0.05}, Path("best")) is None

@@ -12,9 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from vidpost.config import load_config
-from vidpost.pipelines.grpo import GRPOConfig, train
 from vidpost.pipelines.grpo_snr import main, measure
-from vidpost.pipelines.rl import RLConfig
+from vidpost.pipelines.rl import RLConfig, train
 from vidpost.rl.diagnostics import gradient_agreement, permute_within_groups
 
 
@@ -57,7 +56,7 @@ def test_permute_within_groups_keeps_each_groups_values():
 @pytest.fixture
 def overrides(tmp_path, tiny_wan_dir, grpo_overrides) -> list[str]:
     """The conftest miniature run, every SDE step trained, with plain AdamW steps (no clipping) for the sign check."""
-    extra = ("train.micro_batch=3", "train.timestep_fraction=1.0", "optim.lr=1e-4", "optim.max_grad_norm=0")
+    extra = ("train.micro_batch=3", "grpo.timestep_fraction=1.0", "optim.lr=1e-4", "optim.max_grad_norm=0")
     return grpo_overrides(tmp_path / "run", tiny_wan_dir, *extra)
 
 
@@ -68,7 +67,7 @@ def test_measured_gradient_is_the_first_training_step(tiny_wan_dir, overrides):
     assert set(res["real"]) >= {"rho", "snr2", "estimates_for_snr1", "cos_mean"}
 
     # One AdamW step from the same start (zero-initialised LoRA B, so only B moves) steps by -lr·sign(g).
-    run = train(load_config(GRPOConfig, None, [*overrides, "train.max_steps=1"]))
+    run = train(load_config(RLConfig, None, [*overrides, "train.max_steps=1"]))
     lora = load_file(str(Path(run.final) / "pytorch_lora_weights.safetensors"))
     moved = torch.cat([lora[k].flatten() for k in sorted(lora) if "lora_B" in k])
     assert moved.numel() > 0
@@ -81,9 +80,9 @@ def test_measured_gradient_is_the_first_training_step(tiny_wan_dir, overrides):
 
 def _b_entries(model: Path, overrides: list[str], flat: torch.Tensor) -> torch.Tensor:
     """The LoRA-B part of a flattened gradient, in the sorted key order the saved LoRA file is read back in."""
-    from vidpost.pipelines.grpo import load_policy
+    from vidpost.pipelines.rl import load_policy
 
-    adapter = load_policy(load_config(GRPOConfig, None, overrides), "cpu").adapter
+    adapter = load_policy(load_config(RLConfig, None, overrides), "cpu").adapter
     named = [(n, p) for n, p in adapter.transformer.named_parameters() if p.requires_grad]
     parts, i = {}, 0
     for n, p in named:

@@ -1,11 +1,10 @@
-"""`vidpost.evaluation.motion_control`: the synthetic moving-blob world and its reading."""
+"""`experiments/motion_control.py`: the synthetic moving-blob world and its reading."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from vidpost.evaluation.motion_control import NAMES, REVERSED, bayes_losses, captions, clips, read_directions, run
+from motion_control import NAMES, REVERSED, bayes_losses, captions, clips, read_directions, run
 
 
 @pytest.mark.parametrize("start", ["inside", "free"])

@@ -36,7 +36,7 @@ def _dmd2(out, tiny_wan_dir, **_):
 
 
 def _grpo(out, tiny_wan_dir, grpo_overrides, **_):
-    return ["grpo", *grpo_overrides(out, tiny_wan_dir), *NO_TB]
+    return ["rl", *grpo_overrides(out, tiny_wan_dir), *NO_TB]
 
 
 def _enhance_sft(out, lm_dir, pairs_file, **_):

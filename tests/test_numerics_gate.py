@@ -118,7 +118,7 @@ def test_sft(tiny_wan_dir, tiny_manifest, tmp_path):
 def test_grpo(tiny_wan_dir, tmp_path, grpo_overrides):
     out = tmp_path / "grpo"
     args = grpo_overrides(out, tiny_wan_dir, "train.max_steps=2", "train.kl_beta=0.01")
-    assert vidpost(["grpo", *args]) == 0
+    assert vidpost(["rl", *args]) == 0
     history = json.loads((out / "history.json").read_text())
     check("grpo", {"history": trajectory(history), "final": weights_hash(out / "final")})
 
@@ -126,14 +126,14 @@ def test_grpo(tiny_wan_dir, tmp_path, grpo_overrides):
 FORWARD = ("rollout.sde=ode", "rollout.shared_noise=false")
 RL_RUNS = {
     "nft": (
-        "forward.old_decay_rate=0.2",
+        "nft.old_decay_rate=0.2",
         "train.updates_per_iteration=2",
         "train.micro_batch=3",
         "train.kl_beta=0.01",
     ),
     "awm": ("train.updates_per_iteration=2", "train.micro_batch=3"),
-    "rsft": ("forward.rsft_k=2", "forward.guided=false"),
-    "draft": ("rewards.spec={brightness: 1.0}", "forward.draft_steps=2", "train.kl_beta=0.01"),
+    "rsft": ("rsft.k=2", "forward.guided=false"),
+    "draft": ("rewards.spec={brightness: 1.0}", "draft.steps=2", "train.kl_beta=0.01"),
 }
 
 

@@ -1,12 +1,12 @@
-"""`vidpost.evaluation.output_reach`: the share of a transformer's denoising error outside its output
+"""`experiments/output_reach.py`: the share of a transformer's denoising error outside its output
 projection's column space — zero when a token has no more values than hidden channels, most of it when it has
 many more (the reason the Shapes VAE has 4 latent channels)."""
 
 from __future__ import annotations
 
 import torch
+from output_reach import output_reach, patchify
 
-from vidpost.evaluation.output_reach import output_reach, patchify
 from vidpost.models import WanAdapter
 
 

@@ -70,7 +70,7 @@ TINY = {
         "log.tensorboard=false",
     ],
     "configs/shapes/rl-nft.yaml": RL_TINY,
-    "configs/shapes/rl-draft.yaml": [*RL_TINY, "forward.draft_steps=1"],
+    "configs/shapes/rl-draft.yaml": [*RL_TINY, "draft.steps=1"],
     "configs/shapes/grpo.yaml": [*RL_TINY, "rollout.sde_window=[0, 2]"],
     "configs/shapes/qat-w4a4.yaml": [
         "data.pool_size=8",
@@ -98,10 +98,10 @@ NOT_HERE = {
         "DeepSpeed needs GPUs; `...` stands for a config"
     ),
     "make rl-shapes": "the measured table: hours on 2 cores (tests/test_rl.py runs rl-compare at a tiny size)",
-    "vidpost grpo --config configs/wan2.1-t2v-1.3b/grpo.yaml": "VideoAlign and HPS weights cannot be downloaded here "
+    "vidpost rl --config configs/wan2.1-t2v-1.3b/grpo.yaml": "VideoAlign and HPS weights cannot be downloaded here "
     "(tests/test_rewards_videoalign.py and test_rewards_clip.py run them on miniatures)",
     "vidpost rl --config configs/wan2.1-t2v-1.3b/rl-nft.yaml": "VideoAlign and HPS weights cannot be downloaded here",
-    "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 -m vidpost.pipelines.grpo "
+    "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 -m vidpost.pipelines.rl "
     "--config configs/wan2.1-t2v-1.3b/grpo.yaml rollout.prompts_per_step=1": "8 GPUs and real reward weights",
     "make quant-shapes": "every recipe and three QAT runs on 128 held-out clips: hours (the quantize, qat and "
     "quant-eval lines above are its commands)",

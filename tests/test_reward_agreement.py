@@ -1,4 +1,4 @@
-"""Spearman's ρ of `evaluation.reward_agreement` on hand-worked ranks (ties share their mean rank)."""
+"""Spearman's ρ of `experiments/reward_agreement.py` on hand-worked ranks (ties share their mean rank)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from vidpost.evaluation.reward_agreement import main, rankdata, spearman
+from reward_agreement import main, rankdata, spearman
 
 
 def test_ranks_share_ties():

@@ -1,7 +1,8 @@
 """`vidpost rl` on a miniature Wan: each forward-process algorithm (nft, awm, rsft) moves every trainable tensor and
 resumes exactly; the update's identities (NFT with r ≡ ½ and θ = θ_old has no gradient; AWM's ratio is exactly 1
 on an iteration's first step and clipped on later ones; RSFT with k = G trains on every sample); algorithm grpo is
-`vidpost grpo`; settings an algorithm cannot run with are one-line errors."""
+its own module's update; settings an algorithm cannot run with are one-line errors; presets written before the
+algorithm sections load with their keys moved."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from vidpost.config import load_config
-from vidpost.pipelines import grpo as grpo_pipeline
 from vidpost.pipelines.rl import RLConfig, main, train
-from vidpost.rl.forward_update import ForwardBatch, ForwardConfig, ForwardStats, OldPolicy, forward_update
+from vidpost.rl.algorithms import nft, rsft
+from vidpost.rl.algorithms.forward import ForwardBatch, ForwardStats, OldPolicy, forward_update
 
 FORWARD = ("rollout.sde=ode", "rollout.shared_noise=false")
 
@@ -45,7 +46,7 @@ def test_every_trainable_tensor_moves(algorithm, cfg_for):
 @pytest.mark.parametrize("algorithm", ["nft", "awm"])
 def test_resume_equals_uninterrupted(algorithm, cfg_for):
     # nft's old policy lags θ from the second iteration on (decay rate 0.2 here): the checkpoint must keep it
-    common = ("checkpoint.every=2", "optim.schedule=constant", "forward.old_decay_rate=0.2")
+    common = ("checkpoint.every=2", "optim.schedule=constant", "nft.old_decay_rate=0.2")
     common += ("train.micro_batch=3", "train.updates_per_iteration=2")
     full = train(cfg_for(f"{algorithm}-full", algorithm, "train.max_steps=4", *common))
     train(cfg_for(f"{algorithm}-part", algorithm, "train.max_steps=2", *common))
@@ -68,8 +69,8 @@ def test_awm_ratio_is_one_first_then_clipped(cfg_for):
 
 
 def test_rsft_keeps_the_best_k_of_each_group(cfg_for):
-    best = train(cfg_for("rsft1", "rsft", "train.max_steps=1", "forward.rsft_k=1")).history[0]
-    every = train(cfg_for("rsft3", "rsft", "train.max_steps=1", "forward.rsft_k=3")).history[0]
+    best = train(cfg_for("rsft1", "rsft", "train.max_steps=1", "rsft.k=1")).history[0]
+    every = train(cfg_for("rsft3", "rsft", "train.max_steps=1", "rsft.k=3")).history[0]
     assert best["trained"] == 2 and every["trained"] == 6  # 2 prompts × 3 samples
 
 
@@ -101,22 +102,22 @@ def test_nft_with_half_optimality_and_the_old_policy_equal_has_no_gradient(tiny_
     adapter, batch = _tiny_batch(tiny_wan_dir)
     model = adapter.transformer
     old = OldPolicy(model)
-    kw = {"cfg": ForwardConfig(), "seed": 0, "step": 0, "model": model, "old": old}
-    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), algorithm="nft", **kw)
+    kw = {"loss": nft.loss(RLConfig()), "seed": 0, "step": 0, "model": model, "old": old}
+    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), **kw)
     grads = _grads(adapter)
     assert grads and all(g.abs().max() == 0 for g in grads)
     # with the old policy computed by its own forward pass (not v_θ detached), the gradient is zero to round-off
     model.zero_grad(set_to_none=True)
     old.current = False
-    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), algorithm="nft", **kw)
+    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), **kw)
     assert max(float(g.abs().max()) for g in _grads(adapter)) < 1e-6
     # a positive advantage gives a gradient, and the negative one its opposite (v_θ = v_old: ∝ 2r − 1)
     model.zero_grad(set_to_none=True)
     old.current = True
-    forward_update(adapter, batch, torch.ones(4), [torch.arange(4)], ForwardStats(), algorithm="nft", **kw)
+    forward_update(adapter, batch, torch.ones(4), [torch.arange(4)], ForwardStats(), **kw)
     pos = _grads(adapter)
     model.zero_grad(set_to_none=True)
-    forward_update(adapter, batch, -torch.ones(4), [torch.arange(4)], ForwardStats(), algorithm="nft", **kw)
+    forward_update(adapter, batch, -torch.ones(4), [torch.arange(4)], ForwardStats(), **kw)
     neg = _grads(adapter)
     scale = max(float(p.abs().max()) for p in pos)
     assert scale > 0
@@ -130,8 +131,8 @@ def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir
 
     adapter, batch = _tiny_batch(tiny_wan_dir)
     model = adapter.transformer
-    kw = {"cfg": ForwardConfig(), "seed": 3, "step": 7, "model": model}
-    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), algorithm="rsft", **kw)
+    kw = {"loss": rsft.loss(RLConfig()), "seed": 3, "step": 7, "model": model}
+    forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), **kw)
     got = _grads(adapter)
     model.zero_grad(set_to_none=True)
     gens = [iteration_generator(3, 7, i, 4) for i in range(4)]
@@ -149,7 +150,7 @@ def test_draft_trains_on_the_rollouts_own_videos(cfg_for):
     # logged reward; every LoRA tensor moves after two steps
     spec = "rewards.spec={brightness: 1.0}"
     before = _lora(train(cfg_for("draft0", "draft", spec, "train.max_steps=1", "optim.lr=0")))
-    run = train(cfg_for("draft", "draft", spec, "train.max_steps=2", "forward.draft_steps=2", "optim.max_grad_norm=0"))
+    run = train(cfg_for("draft", "draft", spec, "train.max_steps=2", "draft.steps=2", "optim.max_grad_norm=0"))
     for h in run.history:
         assert h["loss"] == pytest.approx(-h["reward"], abs=1e-5)
         assert h["reward_differentiable_mean"] == pytest.approx(h["reward"], abs=1e-5)
@@ -157,12 +158,41 @@ def test_draft_trains_on_the_rollouts_own_videos(cfg_for):
     assert not [k for k in after if torch.equal(after[k], before[k])]
 
 
-def test_grpo_algorithm_is_vidpost_grpo(cfg_for, monkeypatch):
-    seen = {}
-    monkeypatch.setattr(grpo_pipeline, "train", lambda cfg, resume=None: seen.setdefault("cfg", cfg))
-    cfg = cfg_for("g", "grpo", "rollout.sde=dance", "rollout.shared_noise=true")
-    train(cfg)
-    assert seen["cfg"] is cfg
+@pytest.mark.parametrize("algorithm", ["grpo", "nft", "awm", "rsft", "draft"])
+def test_each_algorithm_runs_its_own_update(cfg_for, monkeypatch, algorithm):
+    from vidpost.rl.algorithms import algorithm_module
+
+    class Ran(Exception):
+        pass
+
+    def update(run, ro, advantages):
+        raise Ran(run.cfg.algorithm)
+
+    monkeypatch.setattr(algorithm_module(algorithm), "update", update)
+    extra = ("rollout.sde=dance", "rollout.shared_noise=true") if algorithm == "grpo" else ()
+    extra += ("rewards.spec={brightness: 1.0}",) if algorithm == "draft" else ()
+    with pytest.raises(Ran, match=algorithm):
+        train(cfg_for(f"u-{algorithm}", algorithm, *extra, "train.max_steps=1"))
+
+
+def test_presets_written_before_the_algorithm_sections_still_load(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "algorithm: nft\ntrain: {timestep_fraction: 0.3}\nforward: {nft_beta: 2.0, old_decay_rate: 0.2, rsft_k: 3,"
+        " draft_steps: 2, awm_weighting: t, rsft_min_advantage: 0.5, old_decay_cap: 0.4}\n"
+    )
+    cfg = load_config(RLConfig, old)
+    assert (cfg.grpo.timestep_fraction, cfg.nft.beta, cfg.nft.old_decay_rate, cfg.nft.old_decay_cap) == (
+        0.3,
+        2.0,
+        0.2,
+        0.4,
+    )
+    assert (cfg.rsft.k, cfg.rsft.min_advantage, cfg.draft.steps, cfg.awm.weighting) == (3, 0.5, 2, "t")
+    err = capsys.readouterr().err
+    assert "warning: config key 'forward.nft_beta' is now 'nft.beta'" in err
+    with pytest.raises(ValueError, match="'forward.nft_beta' is the old name of 'nft.beta'"):
+        load_config(RLConfig, old, ["nft.beta=3.0"])
 
 
 @pytest.mark.parametrize(
@@ -170,10 +200,10 @@ def test_grpo_algorithm_is_vidpost_grpo(cfg_for, monkeypatch):
     [
         (("algorithm=grpo",), "needs SDE steps"),
         (("algorithm=nft", "rollout.shared_noise=true"), "identical"),
-        (("algorithm=rsft", "forward.rsft_k=null"), "rsft_k or"),
+        (("algorithm=rsft", "rsft.k=null"), "rsft.k or"),
         (("algorithm=nft", "train.ema_decay=0.9", "train.max_steps=1"), "ema_decay must be 0"),
         (("algorithm=draft", "rollout.sde=dance"), "differentiates the ODE"),
-        (("algorithm=draft", "forward.draft_steps=5"), "draft_steps must be in 1..4"),
+        (("algorithm=draft", "draft.steps=5"), "draft.steps must be in 1..4"),
         (("algorithm=draft", "train.max_steps=1"), "not differentiable: motion, temporal"),
     ],
 )
@@ -233,7 +263,7 @@ def test_nft_two_processes_match_one(tmp_path, tiny_wan_dir, cfg_for, grpo_overr
     import subprocess
     import sys
 
-    common = ("train.max_steps=2", "forward.old_decay_rate=0.3")
+    common = ("train.max_steps=2", "nft.old_decay_rate=0.3")
     one = train(cfg_for("one", "nft", "train.micro_batch=3", *common))
     out = tmp_path / "two"
     over = grpo_overrides(out, tiny_wan_dir, "algorithm=nft", *FORWARD, "rollout.prompts_per_step=1")

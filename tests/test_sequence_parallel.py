@@ -181,8 +181,7 @@ def test_rl_update_with_sp2_equals_one_process(algorithm, tiny_wan_dir, tmp_path
 
 
 def test_the_guard_is_refused_under_sp(tiny_wan_dir, tmp_path, grpo_overrides):
-    from vidpost.pipelines.rl import RLConfig
-    from vidpost.pipelines.rl_run import set_up
+    from vidpost.pipelines.rl import RLConfig, set_up
 
     cfg = load_config(RLConfig, None, grpo_overrides(tmp_path, tiny_wan_dir, "guard.every=2", "parallel.sp_degree=2"))
     with pytest.raises(ValueError, match="must divide the number of processes"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vidpost.shapes.cli import main
+from vidpost.pipelines.shapes import main
 from vidpost.shapes.verifier import ATTRIBUTES
 
 SHIPPED_VAE = Path(__file__).resolve().parents[1] / "assets" / "shapes" / "sft" / "vae"

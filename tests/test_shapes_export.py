@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vidpost.media.video_io import read_video
-from vidpost.shapes.cli import main
+from vidpost.pipelines.shapes import main
 from vidpost.shapes.export import export, write_clip
 from vidpost.shapes.verifier import verify
 from vidpost.shapes.world import SceneSpec
@@ -97,8 +97,18 @@ def test_cli_export_and_stats(tmp_path, capsys):
         main(["export"])  # --out is required
 
 
-def test_python_m_entry_point(tmp_path):
+def test_the_vidpost_shapes_command_in_a_fresh_process(tmp_path):
     out = tmp_path / "clip.mp4"
-    cmd = [sys.executable, "-m", "vidpost.shapes", "render", "--caption", "a red circle moves up", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vidpost.cli",
+        "shapes",
+        "render",
+        "--caption",
+        "a red circle moves up",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     assert verify(read_video(out), "a red circle moves up")["success"]

@@ -1,4 +1,4 @@
-"""`vidpost.evaluation.text_use`: the loss with the true caption vs a changed one, per noise level."""
+"""`experiments/text_use.py`: the loss with the true caption vs a changed one, per noise level."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from text_use import REVERSE, change, text_use
 
-from vidpost.evaluation.text_use import REVERSE, change, text_use
 from vidpost.models import WanAdapter
 
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""the storage dtypes a trainer's `model.dtype` may name"""
 
 
 @dataclass

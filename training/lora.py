@@ -34,15 +34,6 @@ def add_lora_to(transformer: torch.nn.Module, cfg: LoraConfig, targets: list[str
     )
 
 
-def upcast_trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Store `module`'s trainable weights in float32 (mixed precision autocasts the compute; the frozen weights keep
-    their storage dtype) → the trainable parameters, in `module.parameters()` order."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
-    return params
-
-
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 

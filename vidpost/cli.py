@@ -18,7 +18,7 @@ from vidpost.errors import run_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
-    "shapes": ("vidpost.shapes.cli", "the Shapes world: export clips, verifier statistics"),
+    "shapes": ("vidpost.pipelines.shapes", "the Shapes world: export clips, verifier statistics"),
     "sft": ("vidpost.pipelines.sft", "stage 1 SFT: flow-matching fine-tuning (LoRA or full)"),
     "precompute": (
         "vidpost.pipelines.precompute",
@@ -27,7 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
     "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
     "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
-    "grpo": ("vidpost.pipelines.grpo", "stage 2 RL (GRPO): reward models and a reward-hacking guard"),
     "rl": (
         "vidpost.pipelines.rl",
         "stage 2 RL: GRPO, forward-process methods and reward backprop (`vidpost rl --help` lists the algorithms),"
@@ -81,6 +80,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+RETIRED: dict[str, str] = {
+    "grpo": "`vidpost grpo` is now `vidpost rl` (algorithm: grpo is its default; the same --config works)",
+}
+"""commands that were folded into others: the one line that says where"""
+
+
 def usage() -> str:
     lines = ["usage: vidpost <command> [options]", "", "commands:"]
     lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
+    if name in RETIRED:
+        print(f"vidpost: error: {RETIRED[name]}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"vidpost: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2

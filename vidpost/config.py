@@ -27,6 +27,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -252,10 +253,52 @@ def renamed_keys(**old_to_new: str) -> Callable[[type[T]], type[T]]:
     return wrap
 
 
+def moved_keys(**old_to_new: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator of a top-level config for keys that moved to another section: `from_dict` reads
+    `@moved_keys(**{"forward.nft_beta": "nft.beta"})`'s old dotted key as the new one (with a one-line warning), and
+    `migrate` does the same to a config saved before the move (a checkpoint's)."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        cls.__config_moved__ = dict(old_to_new)  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def migrate(cls: type, data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """`data` (a config mapping of `cls`) with its moved keys (`moved_keys`) under their new names."""
+    moved = getattr(cls, "__config_moved__", {})
+    if not moved or not isinstance(data, dict):
+        return data
+    data = json.loads(json.dumps(data))
+    for old, new in moved.items():
+        *head, leaf = old.split(".")
+        node = data
+        for part in head:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_head, new_leaf = new.split(".")
+        target = data
+        for part in new_head:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"config key '{old}' moved to '{new}', but '{part}' is not a section here")
+        if new_leaf in target:
+            raise ValueError(f"config key '{old}' is the old name of '{new}': give one of them")
+        target[new_leaf] = value
+        if warn:
+            print(f"warning: config key '{old}' is now '{new}'", file=sys.stderr)
+    return data
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    if not prefix:
+        data = migrate(cls, data)
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     renamed = getattr(cls, "__config_renamed__", {})

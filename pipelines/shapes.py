@@ -1,4 +1,4 @@
-"""Command line of the Shapes world (`python -m vidpost.shapes ...`, routed from `vidpost shapes ...`).
+"""`vidpost shapes ...`: the command line of the Shapes world.
 
 Subcommands:
 - `export --out DIR [--split train|heldout] [--n N] [--frames 17] [--height 64] [--width 64] [--fps 8]
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stats_table(results: list[dict[str, Any]]) -> str:
-    from .verifier import ATTRIBUTES
+    from vidpost.shapes.verifier import ATTRIBUTES
 
     names = ["degraded" if r["degraded"] else "clean" for r in results]
     first = results[0]
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
-        from .export import export
+        from vidpost.shapes.export import export
 
         manifest = export(
             args.out,
@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         print(manifest)
         return 0
     if args.command == "verifier-stats":
-        from .verifier import verifier_accuracy
+        from vidpost.shapes.verifier import verifier_accuracy
 
         kwargs = {"num_frames": args.frames, "height": args.height, "width": args.width, "seed": args.seed}
         results = [verifier_accuracy(args.n, **kwargs)]
@@ -160,9 +160,9 @@ def _run(args: argparse.Namespace) -> int:
         print(_stats_table(results))
         return 0
     if args.command == "render":
-        from .captions import parse_caption
-        from .export import write_clip
-        from .world import render
+        from vidpost.shapes.captions import parse_caption
+        from vidpost.shapes.export import write_clip
+        from vidpost.shapes.world import render
 
         spec = parse_caption(args.caption)
         video = render(spec, num_frames=args.frames, height=args.height, width=args.width, seed=args.seed)
@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=1) if args.json else headroom_table(r))
         return 0
     if args.command == "write-heldout":
-        from .splits import write_heldout_json
+        from vidpost.shapes.splits import write_heldout_json
 
         print(write_heldout_json(args.version))
         return 0

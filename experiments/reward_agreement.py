@@ -1,6 +1,6 @@
 """Does a differentiable Shapes reward rank a model's own clips as the verifier does?
 
-    python -m vidpost.evaluation.reward_agreement [--model shapes] [--reward verifier_soft] [--seeds 2] [--json]
+    python experiments/reward_agreement.py [--model shapes] [--reward verifier_soft] [--seeds 2] [--json]
 
 Reward backprop (`vidpost rl` algorithm draft) trains on `verifier_soft`, a soft reading of the verifier; it is
 only a proxy for the verifier if it orders *generated* clips — blurred, split, fading objects, not just rendered
@@ -66,7 +66,7 @@ def agreement(model: str, reward_name: str, seeds: int, limit: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m vidpost.evaluation.reward_agreement", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python experiments/reward_agreement.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="model folder or preset, or MODEL+LORA (default shapes)")
     p.add_argument("--reward", default="verifier_soft")
     p.add_argument("--seeds", type=int, default=2)

@@ -1,7 +1,7 @@
 """At which noise levels a model uses one attribute of its prompt: the denoising loss with the true caption vs
 a caption with that attribute changed.
 
-    python -m vidpost.evaluation.text_use MODEL [--attribute direction|colour] [--clips 64] [--json]
+    python experiments/text_use.py MODEL [--attribute direction|colour] [--clips 64] [--json]
 
 On the held-out clips (rendered with their seeds, encoded with the model's VAE) whose scenes allow the change
 (for `direction`: every object moves; each direction is reversed, left ↔ right, up-left ↔ down-right, …; for
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidpost.shapes.splits import heldout_prompts, render_heldout
     from vidpost.shapes.world import SceneSpec
 
-    p = ArgumentParser(prog="python -m vidpost.evaluation.text_use", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python experiments/text_use.py", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--attribute", choices=["direction", "colour"], default="direction")
     p.add_argument("--clips", type=int, default=64, help="held-out prompts to draw from (those that allow the change)")

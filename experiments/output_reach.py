@@ -1,6 +1,6 @@
 """How much of a model's denoising error its transformer's output projection can reach at all.
 
-    python -m vidpost.evaluation.output_reach MODEL [--clips 24] [--json]
+    python experiments/output_reach.py MODEL [--clips 24] [--json]
 
 A `WanTransformer3DModel` predicts each token's p_t·p_h·p_w·C latent values as one linear map of its hidden state
 (`proj_out`, hidden → values). When there are more values than hidden channels, every prediction lies in the
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidpost.models import load
     from vidpost.shapes.splits import heldout_prompts, render_heldout
 
-    p = ArgumentParser(prog="python -m vidpost.evaluation.output_reach", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python experiments/output_reach.py", description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--clips", type=int, default=24)
     p.add_argument("--json", action="store_true")

@@ -1,7 +1,7 @@
 """A positive control for text-conditioned motion: can a Wan transformer layout learn "moves to the right / up /
 to the left / down" at all, and how fast?
 
-    python -m vidpost.evaluation.motion_control [--patch 4] [--heads 4] [--layers 6] [--steps 1500]
+    python experiments/motion_control.py [--patch 4] [--heads 4] [--layers 6] [--steps 1500]
         [--start inside|free] [--shift 3] [--every 150] [--contrast 0] [--margin 0.1] [--anchor]
         [--given-share 0.5 [--given-frame 4]] [--json]
 
@@ -17,7 +17,7 @@ guidance 5) are read: the blob's track is the intensity-weighted centroid of cha
 when its larger displacement component, first to last frame, points the asked way. Chance is 0.25; the same
 reading of the training clips themselves is 0.97–1.0. Each evaluation also prints the loss gap between the
 reversed and the true caption on 64 fresh clips noised to σ 0.6 and 0.9 (`direction_gaps`; what
-`evaluation.text_use` measures on the real models). `--contrast W` adds W × a hinge that asks the true caption's
+`experiments/text_use.py` measures on the real models). `--contrast W` adds W × a hinge that asks the true caption's
 loss to be at least `--margin` (a share of it) below the loss with another direction's caption, on the same noisy
 clip (a direct push to use the word). `--anchor` puts fixed x, y and frame ramps in channels 1–3 (an absolute
 position to read). `--given-share S` trains a share S of the clips with latent frame `--given-frame` (default 0, the
@@ -164,8 +164,8 @@ def model_losses(adapter: Any, embeds: torch.Tensor, x0: torch.Tensor, eps: torc
 
 def direction_gaps(adapter: Any, sigmas=(0.6, 0.9), seed: int = 7, anchor: bool = False) -> dict[str, float]:
     """{"gap_<σ>": mean relative loss gap (reversed caption − true) / true} on 64 fresh clips noised to each σ: how
-    much the prediction uses the direction word there (`evaluation.text_use`, as on the real models)."""
-    from vidpost.evaluation.text_use import text_use
+    much the prediction uses the direction word there (`experiments/text_use.py`, as on the real models)."""
+    from text_use import text_use  # experiments/text_use.py, beside this file
 
     d = [i % len(NAMES) for i in range(64)]
     names = captions()
@@ -294,7 +294,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m vidpost.evaluation.motion_control", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python experiments/motion_control.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--patch", type=int, choices=[1, 2, 4], default=4)
     p.add_argument("--heads", type=int, choices=[1, 2, 4, 8], default=4)
     p.add_argument("--layers", type=int, default=6)

@@ -1,4 +1,4 @@
-"""The causal-LM side of the trainer core, shared by the prompt rewriter's trainers (Stage 3, `vidpost enhance-train
+"""The language-model side of the prompt rewriter's trainers (Stage 3, `vidpost enhance-train
 sft | grpo`): the model, LoRA and data config sections, the policy set-up (LoRA or full, trainable weights in
 float32) and the export of `final/` (LoRA merged, tokenizer, `rewriter.yaml`). The rewriter's own pieces (chat
 rendering, token log-probs, sampling, its rewards) are in `vidpost.enhance.train`."""
@@ -12,8 +12,7 @@ from typing import Any, Literal
 import torch
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveInt
-from vidpost.training.config import DTYPES
-from vidpost.training.lora import upcast_trainable
+from vidpost.models.base import DTYPES, upcast_trainable
 
 
 @dataclass
