@@ -46,6 +46,7 @@ import copy
 import json
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -53,6 +54,7 @@ import torch
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.models.base import DTYPES
+from vidpost.rl.scaffold import accumulate, optimizer_steps
 from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
@@ -232,7 +234,6 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     from vidpost.enhance.train import (
         SentenceEncoder,
         completion_logprobs,
-        kl_k3,
         reduce_logprobs,
         sample_rewrites,
     )
@@ -240,7 +241,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     from vidpost.models import load, resolve_model_path
     from vidpost.rewards.base import build_rewards
     from vidpost.rl.advantages import group_advantages, zero_std_fraction
-    from vidpost.rl.loss import clipped_policy_loss, ratio_stats
+    from vidpost.rl.loss import ratio_stats
 
     trainer = Trainer("enhance-grpo", cfg, one_process=True)
     out_dir = trainer.out_dir
@@ -321,33 +322,10 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
             ).cpu()
         n_updates = min(updates, len(micro))
         chunks = [micro[u * len(micro) // n_updates : (u + 1) * len(micro) // n_updates] for u in range(n_updates)]
-        loss_total, kl_total, grad_norms, ratios, lp_new = 0.0, 0.0, [], [], []
-        for chunk in chunks:
-            n_chunk = sum(len(mb) for mb in chunk)
-            chunk_loss = 0.0
-            for mb in chunk:
-                batch = [samples[i] for i in mb]
-                tok_lp, mask = completion_logprobs(model, batch, pad, T)
-                lp = reduce_logprobs(tok_lp, mask, cfg.train.logprob_reduction)
-                loss, ratio = clipped_policy_loss(lp, old[mb].to(device), adv[mb].to(device), cfg.train.clip_range)
-                if cfg.train.kl_beta > 0:
-                    with torch.no_grad():
-                        if reference is not None:
-                            ref_lp, _ = completion_logprobs(reference, batch, pad, T)
-                        else:
-                            with model.disable_adapter():
-                                ref_lp, _ = completion_logprobs(model, batch, pad, T)
-                    kl = kl_k3(tok_lp, ref_lp, mask).mean()
-                    loss = loss + cfg.train.kl_beta * kl
-                    kl_total += float(kl.detach()) * len(mb) / n
-                (loss * len(mb) / n_chunk).backward()
-                chunk_loss += float(loss.detach()) * len(mb) / n_chunk
-                ratios.append(ratio.detach().cpu())
-                lp_new.append(lp.detach().cpu())
-            trainer.check_finite("GRPO loss", chunk_loss)
-            loss_total += chunk_loss / n_updates
-            grad_norms.append(trainer.optimizer_step(params, always_norm=True))
-            trainer.ckpt.check_step(step + 1, grad_norm=grad_norms[-1])
+        ctx = SimpleNamespace(model=model, reference=reference, samples=samples, old=old, adv=adv, pad=pad, T=T)
+        update = update_rewriter(trainer, params, chunks, ctx, cfg, device)
+        loss_total, kl_total, grad_norms = update.loss, update.kl, update.grad_norms
+        ratios, lp_new = update.ratios, update.lp_new
         t_update = time.perf_counter()
 
         stats = ratio_stats(torch.cat(ratios), torch.cat(lp_new), old, cfg.train.clip_range)
@@ -380,3 +358,45 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
     samples_log.close()
     final = export_lm(model, rewriter, out_dir / "final")
     return trainer.finish(TrainResult(kind="rewriter", final=final, steps=trainer.step, base_model=cfg.model.path))
+
+
+def update_rewriter(
+    trainer: Trainer, params: list[torch.nn.Parameter], chunks: list[list[list[int]]], it: Any, cfg, device
+) -> SimpleNamespace:
+    """Step 5 (module docstring): one optimizer step per chunk of the micro-batches on the shared RL scaffold
+    (`vidpost.rl.scaffold`), each sequence of a chunk weighing the same; `it` holds the iteration's model, frozen
+    reference (or None: the LoRA disabled), samples, old log-probs, advantages, pad id and temperature.
+    → loss, kl, grad_norms, ratios, lp_new."""
+    from vidpost.enhance.train import completion_logprobs, kl_k3, reduce_logprobs
+    from vidpost.rl.loss import clipped_policy_loss
+
+    model, n = it.model, len(it.samples)
+    update = SimpleNamespace(loss=0.0, kl=0.0, grad_norms=[], ratios=[], lp_new=[])
+
+    def sequence_loss(mb: list[int]) -> torch.Tensor:
+        batch = [it.samples[i] for i in mb]
+        tok_lp, mask = completion_logprobs(model, batch, it.pad, it.T)
+        lp = reduce_logprobs(tok_lp, mask, cfg.train.logprob_reduction)
+        loss, ratio = clipped_policy_loss(lp, it.old[mb].to(device), it.adv[mb].to(device), cfg.train.clip_range)
+        if cfg.train.kl_beta > 0:
+            with torch.no_grad():
+                if it.reference is not None:
+                    ref_lp, _ = completion_logprobs(it.reference, batch, it.pad, it.T)
+                else:
+                    with model.disable_adapter():
+                        ref_lp, _ = completion_logprobs(model, batch, it.pad, it.T)
+            kl = kl_k3(tok_lp, ref_lp, mask).mean()
+            loss = loss + cfg.train.kl_beta * kl
+            update.kl += float(kl.detach()) * len(mb) / n
+        update.ratios.append(ratio.detach().cpu())
+        update.lp_new.append(lp.detach().cpu())
+        return loss
+
+    def accumulate_chunk(chunk: list[list[int]]) -> float:
+        n_chunk = sum(len(mb) for mb in chunk)
+        return accumulate(
+            chunk, sequence_loss, model=model, accelerator=None, weight=lambda x, mb: x * len(mb) / n_chunk
+        )
+
+    optimizer_steps(trainer, params, chunks, accumulate_chunk, update, "GRPO", always_norm=True)
+    return update

@@ -31,8 +31,11 @@ def accumulate(
     *,
     model: torch.nn.Module | None,
     accelerator: Any | None,
+    weight: Callable[[Any, T], Any] | None = None,
 ) -> float:
-    """Accumulate the gradient of the mean of `loss_fn` over `terms` (module docstring) → that mean."""
+    """Accumulate the gradient of the mean of `loss_fn` over `terms` (module docstring) → that mean. `weight(x, t)`
+    weighs term t's loss x (a tensor, then its float) instead of x / #terms (e.g. by its share of the samples)."""
+    weight = weight or (lambda x, t: x / len(terms))
     backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     sync_every = accelerator is None or accelerator.num_processes == 1
@@ -42,8 +45,8 @@ def accumulate(
         ctx = accelerator.no_sync(model) if not (sync_every or last) else contextlib.nullcontext()
         with ctx, autocast():
             loss = loss_fn(term)
-            backward(loss / len(terms))
-        loss_sum += float(loss.detach()) / len(terms)
+            backward(weight(loss, term))
+        loss_sum += weight(float(loss.detach()), term)
     return loss_sum
 
 
@@ -77,13 +80,15 @@ def optimizer_steps(
     stats: Any,
     what: str,
     after_step: Callable[[], None] | None = None,
+    always_norm: bool = False,
 ) -> None:
-    """One optimizer step per part (module docstring); `stats.loss` gets the mean of the parts' losses."""
+    """One optimizer step per part (module docstring); `stats.loss` gets the mean of the parts' losses;
+    `always_norm`: measure the gradient norm even when clipping is off."""
     for part in parts:
         loss = accumulate_part(part)
         trainer.check_finite(f"{what} loss", loss)
         stats.loss += loss / len(parts)
-        grad_norm = trainer.clip(params)
+        grad_norm = trainer.clip(params, always=always_norm)
         if grad_norm is not None:
             stats.grad_norms.append(grad_norm)
         trainer.optimizer.step()
