@@ -179,7 +179,7 @@ def clip_losses(
 ) -> torch.Tensor:
     """Per-clip flow-matching loss [B] of `model`'s velocity at (xt, σ) under `cond`; `keyed` [B, T] marks given
     latent frames (timestep 0, out of the loss)."""
-    from vidpost.pipelines.sft import flow_matching_loss
+    from vidpost.training.flow import flow_matching_loss
 
     pred = adapter.predict_velocity(xt, sigma, cond, model=model, given=keyed)
     return flow_matching_loss(pred, torch.zeros_like(target), target, torch.ones(len(xt)), given=keyed)
@@ -207,7 +207,8 @@ def run(
     from vidpost.models import WanAdapter
     from vidpost.models.base import PromptEmbeds
     from vidpost.models.sampling import frame_slice, shift_sigmas
-    from vidpost.pipelines.sft import TrainConfig, given_frames
+    from vidpost.pipelines.sft import TrainConfig
+    from vidpost.training.flow import given_frames
     from vidpost.pipelines.shapes_models import shapes_vocabulary
 
     torch.manual_seed(seed)

@@ -71,10 +71,10 @@ from vidpost.training.dmd import (
     fake_score_loss,
     gan_generator_loss,
     gan_head_loss,
-    renoise,
     sample_sigmas,
     x0_from_velocity,
 )
+from vidpost.training.flow import renoise
 from vidpost.training.loop import Trainer
 from vidpost.training.lora import add_lora_to
 from vidpost.training.parallel import (

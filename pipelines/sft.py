@@ -29,8 +29,6 @@ stock `WanPipeline.load_lora_weights`) or, for full fine-tuning, a complete diff
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -39,15 +37,14 @@ from typing import Any, Literal
 
 import torch
 
-from vidpost.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from vidpost.config import Fraction, PositiveFloat, PositiveInt
+from vidpost.evaluation.validation import ValidationConfig, run_validation
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import DTYPES, PromptEmbeds, upcast_trainable
-from vidpost.models.sampling import shift_sigmas
-from vidpost.outputs import write_text
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
-from vidpost.training.dmd import renoise
 from vidpost.training.ema import EMA
+from vidpost.training.flow import flow_matching_loss, given_frames, loss_weight, renoise, sample_sigmas
 from vidpost.training.loop import Trainer
 from vidpost.training.lora import add_lora, export
 from vidpost.training.parallel import ParallelConfig, check_tokens, enable_sequence_parallel
@@ -115,24 +112,6 @@ class TrainConfig:
 
 
 @dataclass
-class ValidationConfig:
-    every: NonNegativeInt = 0
-    """sample the validation prompts every N steps (0 disables; always done at the end if prompts are set)"""
-    prompts: list[str] | str = "shapes-heldout"
-    """a list of prompts, or "shapes-heldout" (the Shapes world held-out set, scored with the verifier)"""
-    max_prompts: PositiveInt = 16
-    steps: PositiveInt = 20
-    guidance_scale: NonNegativeFloat = 5.0
-    shift: PositiveFloat | None = None
-    """sampling shift (null: the model's default)"""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, str) and self.prompts != "shapes-heldout":
-            raise ValueError(f"validation.prompts must be a list or 'shapes-heldout', got {self.prompts!r}")
-
-
-@dataclass
 class SFTConfig:
     output_dir: str = "runs/sft"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,114 +126,9 @@ class SFTConfig:
     """sequence parallelism (`vidpost.training.parallel`): processes = data-parallel × sp_degree × ring_degree"""
 
 
-# ---- pure pieces (unit-tested) ------------------------------------------------------------------------------------
-
-
-def sample_sigmas(n: int, generator: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
-    """Training noise levels σ ∈ (0, 1) for n samples (see module docstring)."""
-    if cfg.timestep_sampling == "uniform":
-        u = torch.rand(n, generator=generator)
-    else:
-        u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=generator))
-    return shift_sigmas(u, cfg.shift)
-
-
-def loss_weight(sigma: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "none":
-        return torch.ones_like(sigma)
-    if kind == "cosmap":
-        return 2.0 / (math.pi * (1 - 2 * sigma + 2 * sigma**2))
-    raise ValueError(f"unknown loss weighting {kind!r}")
-
-
-def flow_matching_loss(
-    pred: torch.Tensor,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    weight: torch.Tensor,
-    given: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-sample w·mean((v_pred − (ε − x0))²), shape [B]; the mean leaves out each clip's `given` latent frames
-    (bool [B, T]: given, not predicted)."""
-    err = (pred.float() - (noise - x0).float()) ** 2
-    if given is None:
-        return weight * err.flatten(1).mean(1)
-    keep = (~given.bool()).float()
-    return weight * (err.mean((1, 3, 4)) * keep).sum(1) / keep.sum(1)
-
-
-def given_frames(g: torch.Generator, n: int, frames: int, cfg: TrainConfig) -> torch.Tensor | None:
-    """Which latent frames of each of `n` clips are given ([n, frames] bool; None when `given_frame_share` is 0)."""
-    if cfg.given_frame_share <= 0:
-        return None
-    mask = torch.zeros(n, frames, dtype=torch.bool)
-    mask[:, cfg.given_frame] = torch.rand(n, generator=g) < cfg.given_frame_share
-    return mask
-
-
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The generator for everything random in micro-batch `micro` of optimizer step `step`."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
-
-
-# ---- validation ---------------------------------------------------------------------------------------------------
-
-
-def validation_prompts(cfg: ValidationConfig) -> tuple[list[str], list[dict] | None]:
-    """(prompts, Shapes specs or None)."""
-    if cfg.prompts == "shapes-heldout":
-        from vidpost.shapes.splits import heldout_prompts
-
-        items = heldout_prompts()[: cfg.max_prompts]
-        return [it["caption"] for it in items], [it["spec"] for it in items]
-    return list(cfg.prompts)[: cfg.max_prompts], None
-
-
-@torch.no_grad()
-def run_validation(
-    adapter: VideoModelAdapter, cfg: ValidationConfig, bucket: Bucket, out_dir: Path, step: int, write: bool = True
-) -> dict[str, float]:
-    """Sample the validation prompts, score them where they carry scene specs, and (`write`) save the videos, a
-    contact sheet and the metrics under `out_dir/validation/step_N`. Under sequence parallelism every rank of the
-    SP group samples (the transformer's collectives need them all) and one writes."""
-    from vidpost.media.video_io import contact_sheet, write_video
-    from vidpost.models.sampling import sample
-
-    prompts, specs = validation_prompts(cfg)
-    if not prompts:
-        return {}
-    was_training = adapter.transformer.training
-    adapter.transformer.eval()
-    videos = sample(
-        adapter,
-        prompts,
-        num_frames=bucket.num_frames,
-        height=bucket.height,
-        width=bucket.width,
-        num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale,
-        shift=cfg.shift if cfg.shift is not None else adapter.default_shift,
-        seed=cfg.seed,
-    ).cpu()
-    adapter.transformer.train(was_training)
-    if not write:
-        return {}
-    folder = out_dir / "validation" / f"step_{step:07d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, float] = {}
-    labels = list(prompts)
-    if specs is not None:
-        from vidpost.evaluation.shapes import ATTRIBUTES, verify_rows
-
-        results = verify_rows(videos, specs)
-        for key in ("success", *ATTRIBUTES):
-            metrics[f"verifier/{key}"] = float(sum(float(r[key]) for r in results) / len(results))
-        labels = [f"{p}  [{'ok' if r['success'] else 'x'} {r['score']:.2f}]" for p, r in zip(prompts, results)]
-    for i, v in enumerate(videos[:8]):
-        write_video(folder / f"{i:02d}.mp4", v, fps=8)
-    contact_sheet(list(videos), folder / "contact_sheet.png", labels=labels)
-    write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------
@@ -396,8 +270,9 @@ def validate(trainer: Trainer, adapter: VideoModelAdapter, cfg: SFTConfig, wait:
     logged as `val/*`."""
     metrics: dict[str, float] = {}
     if trainer.main or trainer.layout.degree > 1:
-        bucket, out_dir = buckets_of(cfg)[0], Path(cfg.output_dir)
-        metrics = run_validation(adapter, cfg.validation, bucket, out_dir, trainer.step, trainer.main)
+        b, out_dir = buckets_of(cfg)[0], Path(cfg.output_dir)
+        size = (b.num_frames, b.height, b.width)
+        metrics = run_validation(adapter, cfg.validation, size, out_dir, trainer.step, trainer.main)
         trainer.log_metrics(metrics, "val")
     if wait:
         trainer.accelerator.wait_for_everyone()

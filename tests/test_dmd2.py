@@ -30,10 +30,10 @@ from vidpost.training.dmd import (
     fake_score_loss,
     gan_generator_loss,
     gan_head_loss,
-    renoise,
     sample_sigmas,
     x0_from_velocity,
 )
+from vidpost.training.flow import renoise
 
 PROMPTS = ["a red circle moves right", "a blue square", "a green dot", "red"]
 

@@ -14,7 +14,8 @@ from vidpost.config import load_config
 from vidpost.evaluation.settings import resolve_settings
 from vidpost.models import HunyuanVideoAdapter, WanAdapter, load
 from vidpost.models.sampling import denoise, flow_sigmas, initial_noise, sample
-from vidpost.pipelines.sft import SFTConfig, TrainConfig, flow_matching_loss, given_frames, train
+from vidpost.pipelines.sft import SFTConfig, TrainConfig, train
+from vidpost.training.flow import flow_matching_loss, given_frames
 
 PROMPT = ["a red circle moves to the right"]
 

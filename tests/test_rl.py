@@ -126,8 +126,8 @@ def test_nft_with_half_optimality_and_the_old_policy_equal_has_no_gradient(tiny_
 
 
 def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir):
-    from vidpost.pipelines.sft import flow_matching_loss
     from vidpost.rl.iteration import iteration_generator
+    from vidpost.training.flow import flow_matching_loss
 
     adapter, batch = _tiny_batch(tiny_wan_dir)
     model = adapter.transformer

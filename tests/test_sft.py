@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from vidpost.config import load_config
 from vidpost.models import load
 from vidpost.models.sampling import sample
-from vidpost.pipelines.sft import SFTConfig, TrainConfig, flow_matching_loss, loss_weight, sample_sigmas, train
+from vidpost.pipelines.sft import SFTConfig, TrainConfig, train
 from vidpost.training.config import OptimConfig
+from vidpost.training.flow import flow_matching_loss, loss_weight, sample_sigmas
 from vidpost.training.optim import lr_lambda
 from vidpost.training.runner import TrainResult
 

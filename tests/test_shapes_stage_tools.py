@@ -40,16 +40,30 @@ def test_shapes_eval_command_writes_results(tiny_wan_dir, tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 1
 
 
-def test_sft_validation_scores_with_the_verifier(tiny_wan_dir, tmp_path):
-    from vidpost.media.data import Bucket
-    from vidpost.models import load
-    from vidpost.pipelines.sft import ValidationConfig, run_validation
+def test_sft_validation_scores_with_the_verifier_on_the_evaluation_cores_seeds(tiny_wan_dir, tmp_path):
 
-    cfg = ValidationConfig(prompts="shapes-heldout", max_prompts=2, steps=2)
-    m = run_validation(load(tiny_wan_dir), cfg, Bucket(9, 32, 32), tmp_path, step=5)
+    from vidpost.evaluation.generate import sample_batches
+    from vidpost.evaluation.settings import GenerationSettings
+    from vidpost.evaluation.validation import ValidationConfig, run_validation, validation_prompts
+    from vidpost.media.video_io import read_video, write_video
+    from vidpost.models import load
+
+    adapter = load(tiny_wan_dir)
+    cfg = ValidationConfig(prompts="shapes-heldout", max_prompts=2, steps=2, seed=3)
+    m = run_validation(adapter, cfg, (9, 32, 32), tmp_path, step=5)
     assert set(m) == {f"verifier/{k}" for k in ("success", *ATTRIBUTES)}
     folder = tmp_path / "validation" / "step_0000005"
     assert (folder / "contact_sheet.png").exists() and len(list(folder.glob("*.mp4"))) == 2
+    # the videos are the evaluation core's for the same prompts: prompt i from seed 3 + i, one at a time
+    prompts, _ = validation_prompts(cfg)
+    settings = GenerationSettings(9, 32, 32, steps=2, guidance=5.0, shift=adapter.default_shift, fps=8)
+    _, alone, _ = next(sample_batches(adapter, prompts[1:], [4], settings, batch_size=1))
+    write_video(tmp_path / "alone.mp4", alone[0], fps=8)
+    a, b = read_video(folder / "01.mp4"), read_video(tmp_path / "alone.mp4")
+    assert a.shape == b.shape and (a.float() - b.float()).abs().max() <= 4 / 255 + 1e-6
+    _, other, _ = next(sample_batches(adapter, prompts[1:], [5], settings, batch_size=1))  # another seed differs
+    write_video(tmp_path / "other.mp4", other[0], fps=8)
+    assert (read_video(tmp_path / "other.mp4").float() - a.float()).abs().max() > 8 / 255
 
 
 def test_demo_falls_back_to_ground_truth_without_assets(monkeypatch, tmp_path, capsys):

@@ -32,22 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from vidpost.models.sampling import shift_sigmas
+from vidpost.training.flow import per_sample
 
 
 def x0_from_velocity(x: torch.Tensor, sigma: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """x̂0 = x − σ·v (σ per sample [B] or a float), in float32."""
-    return x.float() - _b(sigma, x) * v.float()
-
-
-def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """x_σ = (1 − σ)·x0 + σ·ε (σ per sample [B])."""
-    s = _b(sigma, x0)
-    return (1 - s) * x0 + s * noise
-
-
-def _b(sigma: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(sigma, dtype=torch.float32, device=like.device)
-    return s.view(-1, *[1] * (like.ndim - 1)) if s.ndim else s
+    return x.float() - per_sample(sigma, x) * v.float()
 
 
 def sample_sigmas(
@@ -62,7 +52,7 @@ def dmd_gradient(x0: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
     """g = (x̂0_fake − x̂0_real) / mean(|x0 − x̂0_real|), the normaliser per sample (detached, float32)."""
     x0, x0_real, x0_fake = x0.detach().float(), x0_real.float(), x0_fake.float()
     scale = (x0 - x0_real).abs().flatten(1).mean(1).clamp_min(eps)
-    return (x0_fake - x0_real) / _b(scale, x0)
+    return (x0_fake - x0_real) / per_sample(scale, x0)
 
 
 def dmd_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
