@@ -208,8 +208,8 @@ def run(
     from vidpost.models.base import PromptEmbeds
     from vidpost.models.sampling import frame_slice, shift_sigmas
     from vidpost.pipelines.sft import TrainConfig
-    from vidpost.training.flow import given_frames
     from vidpost.pipelines.shapes_models import shapes_vocabulary
+    from vidpost.training.flow import given_frames
 
     torch.manual_seed(seed)
     adapter = WanAdapter.tiny(
