@@ -36,7 +36,9 @@ from vidpost.models.base import DTYPES
 from vidpost.models.quant import install_quant, quant_modules, read_recipe, save_quant_folder
 from vidpost.models.sampling import flow_sigmas
 from vidpost.outputs import atomic_dir
-from vidpost.pipelines.distill import (
+from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
+from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
+from vidpost.training.distill import (
     DistillDataConfig,
     carry_generation_settings,
     copy_adapter,
@@ -44,8 +46,6 @@ from vidpost.pipelines.distill import (
     distill_loss,
     step_generator,
 )
-from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.plots import Panel, history_curves, plot_panels
 from vidpost.training.recovery import velocity_probe

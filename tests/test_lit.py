@@ -26,15 +26,8 @@ from vidpost.models.attention import (
 )
 from vidpost.models.lit import LiTAttention, lit_modules, load_lit_student
 from vidpost.models.sampling import sample
-from vidpost.pipelines.distill import (
-    AttentionTap,
-    DistillConfig,
-    StudentConfig,
-    distill_batch,
-    distill_loss,
-    make_student,
-    train,
-)
+from vidpost.pipelines.distill import DistillConfig, StudentConfig, make_student, train
+from vidpost.training.distill import AttentionTap, distill_batch, distill_loss
 
 
 def _loop_reference(q, k, v, mask, eps=1e-6):
@@ -322,7 +315,7 @@ def test_unknown_config_key_is_an_error(tiny_wan_dir, capsys):
 
 
 def test_student_folder_keeps_the_teacher_generation_settings(tmp_path):
-    from vidpost.pipelines.distill import carry_generation_settings
+    from vidpost.training.distill import carry_generation_settings
 
     (tmp_path / "t").mkdir()
     (tmp_path / "s").mkdir()
