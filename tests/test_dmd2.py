@@ -14,15 +14,7 @@ from safetensors.torch import save_file
 from vidpost.config import load_config
 from vidpost.models import load
 from vidpost.models.sampling import flow_sigmas, initial_noise, sample
-from vidpost.pipelines.distill_dmd2 import (
-    DMD2Config,
-    generator_sigmas,
-    generator_states,
-    pick_schedule,
-    sample_student,
-    train,
-    training_schedules,
-)
+from vidpost.pipelines.distill_dmd2 import DMD2Config, train
 from vidpost.training.dmd import (
     GanHead,
     dmd_gradient,
@@ -33,6 +25,7 @@ from vidpost.training.dmd import (
     sample_sigmas,
     x0_from_velocity,
 )
+from vidpost.training.dmd2 import generator_sigmas, generator_states, pick_schedule, sample_student, training_schedules
 from vidpost.training.flow import renoise
 
 PROMPTS = ["a red circle moves right", "a blue square", "a green dot", "red"]
@@ -371,8 +364,9 @@ def test_dmd2_runs_on_the_hunyuan_video_miniature(tmp_path, tiny_hunyuan_dir):
 
 def test_a_teacher_lora_is_fused_into_the_teacher(tmp_path, tiny_wan_dir):
     """`model.lora` (an RL stage's LoRA): the teacher the student learns from is base + LoRA, fused (no peft left)."""
-    from vidpost.pipelines.distill_dmd2 import DMD2ModelConfig, load_teacher
+    from vidpost.pipelines.distill_dmd2 import DMD2ModelConfig
     from vidpost.training.config import LoraConfig
+    from vidpost.training.dmd2 import load_teacher
     from vidpost.training.lora import add_lora, lora_state_dict
 
     a = load(tiny_wan_dir)
