@@ -52,6 +52,7 @@ from typing import Any, Literal
 import torch
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from vidpost.enhance.grpo import choose_rows, iteration_seed, render_videos, score_rewrites
 from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.models.base import DTYPES
 from vidpost.rl.scaffold import accumulate, optimizer_steps
@@ -152,81 +153,6 @@ class EnhanceGRPOConfig:
             raise ValueError("GRPO needs a deterministic policy (ratio = 1 before the update): set lora.dropout=0")
         if self.sampling.k < 2:
             raise ValueError(f"sampling.k must be >= 2 (a group of one has no advantage), got {self.sampling.k}")
-
-
-# ---- pieces -------------------------------------------------------------------------------------------------------
-
-
-def iteration_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
-    """Seed of `stream` (0: prompt choice, 1: rewrite sampling, 2: video noise of group `index`) in iteration
-    `step`."""
-    return ((seed * 1_000_003 + step) * 65_536 + index) * 8 + stream
-
-
-def choose_rows(rows: list[dict], n: int, seed: int, step: int) -> list[dict]:
-    g = torch.Generator().manual_seed(iteration_seed(seed, step, 0))
-    if n <= len(rows):
-        idx = torch.randperm(len(rows), generator=g)[:n]
-    else:  # small pool: with replacement
-        idx = torch.randint(len(rows), (n,), generator=g)
-    return [rows[i] for i in idx.tolist()]
-
-
-@torch.no_grad()
-def render_videos(adapter, prompts: list[str], k: int, cfg: VideoConfig, size, shift: float, seed: int, step: int):
-    """One video per prompt (prompt-major groups of k), one initial noise per group → [N, 3, T, H, W] on the CPU."""
-    from vidpost.models.sampling import initial_noise, sample
-
-    one = adapter.latent_shape(1, *size)
-    noise = torch.cat(
-        [
-            initial_noise(one, seed=iteration_seed(seed, step, 2, g)).repeat(k, 1, 1, 1, 1)
-            for g in range(len(prompts) // k)
-        ]
-    )
-    videos = []
-    for i in range(0, len(prompts), cfg.batch_size):
-        chunk = prompts[i : i + cfg.batch_size]
-        videos.append(
-            sample(
-                adapter,
-                chunk,
-                num_frames=size[0],
-                height=size[1],
-                width=size[2],
-                num_inference_steps=cfg.steps,
-                guidance_scale=cfg.guidance_scale,
-                shift=shift,
-                seed=0,
-                latents=noise[i : i + len(chunk)].to(adapter.device),
-            ).cpu()
-        )
-    return torch.cat(videos)
-
-
-def score_rewrites(
-    cfg: EnhanceRewardsConfig, video_reward, encoder, videos, users, reward_prompts, samples, max_words: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total reward [N] and its named components (see the module docstring, step 4)."""
-    from vidpost.enhance.train import count_words, length_penalty
-    from vidpost.enhance.validate import check
-
-    texts = [s.text for s in samples]
-    fallback = torch.tensor(
-        [float(check(u, s.text, finished=s.finished, max_words=max_words) is not None) for u, s in zip(users, samples)]
-    )
-    out = video_reward(videos, reward_prompts)
-    parts = {"video": out.score, **out.components}
-    total = out.score.clone()
-    if cfg.intent_weight:
-        parts["intent"] = encoder.similarity(users, [t or "." for t in texts])
-        total += cfg.intent_weight * parts["intent"]
-    parts["length_penalty"] = length_penalty(texts, cfg.length_budget)
-    total -= cfg.length_weight * parts["length_penalty"]
-    parts["fallback"] = fallback
-    total -= cfg.fallback_penalty * fallback
-    parts["words"] = count_words(texts)
-    return total, parts
 
 
 @one_run_per_output
