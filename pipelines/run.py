@@ -50,64 +50,22 @@ from typing import Any
 
 import torch
 
-from vidpost.config import ArgumentParser, field_docs, load_config, parse_yaml, to_dict
+from vidpost.config import ArgumentParser, field_docs, load_config
 from vidpost.evaluation.stages import describe, evaluate, write_report
 from vidpost.outputs import OutputLock, write_json
-from vidpost.pipelines.run_config import PipelineConfig, State
+from vidpost.pipelines.run_config import (  # noqa: F401 (validate, stage_hash: the staged run's checks)
+    PipelineConfig,
+    State,
+    config_text,
+    eval_hash,
+    read_record,
+    resolve_path,
+    stage_hash,
+    validate,
+)
 from vidpost.training.runner import ExitCode, TrainResult
 
 STAGES = ("base", "data", "sft", "rl", "enhance", "distill", "optimize")
-
-
-# ---- hashing and records --------------------------------------------------------------------------------------
-
-
-def _file_text(path: str, base: Path) -> str:
-    if not path:
-        return ""
-    p = resolve_path(path, base)
-    if not p.is_file():
-        raise ValueError(f"stage config {path} does not exist (looked at {p})")
-    text = p.read_text()
-    # a `base:` include is part of the config
-    data = parse_yaml(text, f"stage config {p}") or {}
-    if isinstance(data, dict) and data.get("base"):
-        text += _file_text(str(p.parent / data["base"]), base)
-    return text
-
-
-def resolve_path(path: str, base: Path) -> Path:
-    """A path from the pipeline file: absolute, relative to the working directory, or relative to the file."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    return base / p
-
-
-def stage_hash(name: str, cfg: PipelineConfig, upstream: str, base: Path) -> str:
-    section = to_dict(getattr(cfg, name)) if name not in ("base",) else {"model": cfg.model}
-    files = ""
-    if name in ("sft", "rl", "distill"):
-        files = _file_text(section["config"], base) if section["enabled"] else ""
-    elif name == "enhance" and section["enabled"] and not section["enhancer"]:
-        files = _file_text(section["sft"], base) + _file_text(section["grpo"], base)
-    elif name == "optimize" and section["enabled"] and section["quant"]:
-        files = _file_text(section["quant"], base)
-    blob = json.dumps({"stage": name, "section": section, "files": files, "upstream": upstream}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def eval_hash(stage: str, cfg: PipelineConfig) -> str:
-    return hashlib.sha256(json.dumps({"h": stage, "eval": to_dict(cfg.eval)}, sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # ---- stages ------------------------------------------------------------------------------------------------------
@@ -135,7 +93,7 @@ def run_sft(cfg: PipelineConfig, state: State, out: Path, base: Path, resume: bo
     if state.manifest:
         # The latent cache depends on the model's VAE / text encoder, the clips and the data settings, not on the
         # rest of the SFT config: keyed by those, it lives beside the data and survives reruns of this stage.
-        key = {"model": state.model, "manifest": state.manifest, "config": _file_text(str(config), base)}
+        key = {"model": state.model, "manifest": state.manifest, "config": config_text(str(config), base)}
         key["data"] = [o for o in cfg.sft.overrides if o.startswith("data.")]
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         cache = Path(state.manifest).parent / f"latents-{digest}"
@@ -259,61 +217,6 @@ RUNNERS = {
     "optimize": run_optimize,
 }
 
-
-def validate(cfg: PipelineConfig, base: Path) -> list[str]:
-    """Load every stage's own config (with the pipeline's overrides) → problems found (empty: valid)."""
-    from vidpost.pipelines import distill_dmd2, enhance_train, rl, sft
-
-    problems = []
-    checks = [("sft", sft.SFTConfig, cfg.sft.config, cfg.sft.overrides, cfg.sft.enabled)]
-    checks += [("rl", rl.RLConfig, cfg.rl.config, cfg.rl.overrides, cfg.rl.enabled)]
-    checks += [("distill", distill_dmd2.DMD2Config, cfg.distill.config, cfg.distill.overrides, cfg.distill.enabled)]
-    use_lm = cfg.enhance.enabled and not cfg.enhance.enhancer
-    checks += [("enhance.sft", enhance_train.EnhanceSFTConfig, cfg.enhance.sft, cfg.enhance.sft_overrides, use_lm)]
-    checks += [("enhance.grpo", enhance_train.EnhanceGRPOConfig, cfg.enhance.grpo, cfg.enhance.grpo_overrides, use_lm)]
-    for name, cls, path, overrides, enabled in checks:
-        if not enabled or (name == "enhance.grpo" and not path):
-            continue
-        if not path:
-            problems.append(f"{name}: no config file given")
-            continue
-        try:
-            load_config(cls, resolve_path(path, base), overrides)
-        except ValueError as e:
-            problems.append(f"{name} ({path}): {e}")
-    if cfg.optimize.enabled:
-        from vidpost.models.inference import InferenceConfig
-
-        try:
-            InferenceConfig.from_dict(cfg.optimize.inference)
-        except ValueError as e:
-            problems.append(f"optimize.inference: {e}")
-        if cfg.optimize.quant:
-            from vidpost.models.quant import read_recipe
-
-            try:
-                read_recipe(resolve_path(cfg.optimize.quant, base))
-            except ValueError as e:
-                problems.append(f"optimize.quant ({cfg.optimize.quant}): {e}")
-    if cfg.data.enabled and cfg.data.shapes_clips <= 0 and not cfg.data.manifest:
-        problems.append("data: needs shapes_clips > 0 or a manifest")
-    if cfg.enhance.enabled and not cfg.enhance.enhancer and not cfg.enhance.sft:
-        problems.append("enhance: needs `enhancer` or `sft`")
-    try:
-        from vidpost.rewards.base import known_rewards
-
-        known = set(known_rewards())
-        for section in ("rewards", "guard"):
-            for key, value in getattr(cfg.eval, section).items():
-                kind = value.get("type", key) if isinstance(value, dict) else key
-                if kind not in known:
-                    problems.append(f"eval.{section}: unknown reward {kind!r} (known: {', '.join(sorted(known))})")
-    except ImportError as e:  # pragma: no cover - rewards are part of the package
-        problems.append(str(e))
-    return problems
-
-
-# ---- evaluation (the evaluation core's, `vidpost.evaluation.stages`) ------------------------------------------
 
 # ---- the runner ----------------------------------------------------------------------------------------------------
 
