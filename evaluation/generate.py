@@ -1,6 +1,6 @@
 """Generating videos for (prompts, seeds, settings): the one sampling loop every command uses.
 
-`sample_batches` samples prompts in batches, each video from its own seed's noise (`evaluation.seeds` holds the
+`sample_batches` samples prompts in batches, each video from its own seed's noise (`vidpost.seeding` holds the
 rule that picks the seeds); `load_model` loads a model (+ LoRA, attention and inference settings);
 `generate_videos` samples an evaluation's records and writes `<videos_dir>/<id>.mp4`.
 """

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vidpost.evaluation.seeds import prompt_seed, video_seed
+from vidpost.seeding import prompt_seed, video_seed
 
 SHAPES_HELDOUT = "shapes-heldout"
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm", ".mkv", ".mov")
@@ -108,7 +108,7 @@ def make_records(
 ) -> list[dict[str, Any]]:
     """One record per video: `{id, prompt_id, prompt, seed, video}`. With `videos_dir`, `video` is the matched
     file or None (missing); `seeds=None` then finds `<id>.<ext>` or else every `<id>_s<k>.<ext>`. Seeds: by
-    `evaluation.seeds` (the item's seed or `base_seed` + index, plus k·SEED_STRIDE for video k)."""
+    `vidpost.seeding` (the item's seed or `base_seed` + index, plus k·SEED_STRIDE for video k)."""
     records = []
     for i, it in enumerate(items):
         base = prompt_seed(it.get("seed"), base_seed, i)

@@ -2,7 +2,7 @@
 the model comparison table (`vidpost shapes-eval`, `enhance-eval`, `demo`, `run`, SFT validation, benchmarks).
 
 Every held-out prompt is sampled `seeds` times — video k of prompt i from the noise of the one seeding rule
-(`vidpost.evaluation.seeds`): the prompt's own seed + k·SEED_STRIDE, the same for every model and every text, so
+(`vidpost.seeding`): the prompt's own seed + k·SEED_STRIDE, the same for every model and every text, so
 rows of a table differ only in the model or the prompt text, and the same videos `vidpost eval --prompts
 shapes-heldout` generates — and the Shapes verifier scores each video against the prompt's scene spec. Sizes and
 steps come from `resolve_settings` (the model's `vidpost.json`, else the one fallback table).
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from vidpost.evaluation.generate import sample_batches
-from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings
 from vidpost.evaluation.stats import wilson
+from vidpost.seeding import prompt_seed, video_seed
 
 ATTRIBUTES = ("colour", "shape", "size", "direction", "speed", "background", "count", "smoothness", "score")
 

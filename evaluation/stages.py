@@ -16,14 +16,14 @@ from typing import Any
 import torch
 
 from vidpost.evaluation.generate import default_dtype, sample_batches
-from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.outputs import atomic_file, write_bytes, write_text
+from vidpost.seeding import prompt_seed, video_seed
 
 
 def eval_items(ecfg: Any) -> list[dict[str, Any]]:
     """Held-out items: {id, prompt (what a user types), caption (canonical text, or None), spec (or None), seed (the
-    prompt's own seed, else its index: `vidpost.evaluation.seeds`)}."""
+    prompt's own seed, else its index: `vidpost.seeding`)}."""
     if ecfg.prompts == "shapes-heldout":
         from vidpost.shapes.splits import heldout_prompts
 

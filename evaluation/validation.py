@@ -1,5 +1,5 @@
 """Validation samples of a training run (`validation:` of `vidpost sft`), generated through the evaluation core:
-the same per-video seeding rule as `vidpost eval` / `generate` (`evaluation.seeds`: prompt i from seed + i), so the
+the same per-video seeding rule as `vidpost eval` / `generate` (`vidpost.seeding`: prompt i from seed + i), so the
 validation score of a checkpoint is what `vidpost eval` gives on the same prompts and seed."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 
 from vidpost.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.evaluation.generate import sample_batches
-from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings
 from vidpost.models.base import VideoModelAdapter
 from vidpost.outputs import write_text
+from vidpost.seeding import prompt_seed, video_seed
 
 
 @dataclass

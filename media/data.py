@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from vidpost.media.video_io import VideoReadError, probe_video, read_video
 from vidpost.outputs import atomic_file, write_json
+from vidpost.seeding import epoch_generator
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ class StatefulBatchSampler:
             raise ValueError(f"not enough samples for one global batch of {batch_size} (bucket sizes: {sizes})")
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = epoch_generator(self.seed, epoch)
         batches = []
         for group in self.groups:
             perm = [group[i] for i in torch.randperm(len(group), generator=g).tolist()]

@@ -3,7 +3,7 @@
     vidpost best-of-n --model shapes --prompt "a red circle moves to the right" -n 8 --reward verifier --out out/
     vidpost best-of-n --model PATH --prompts prompts.txt -n 16 --reward hps --reward-config rewards.yaml
 
-Candidate k of prompt p uses seed `seed + p + k·100003` (`vidpost.evaluation.seeds`, the rule of every
+Candidate k of prompt p uses seed `seed + p + k·100003` (`vidpost.seeding`, the rule of every
 command), so a run is reproducible and the best candidate can be
 regenerated alone. Writes `<out>/<index>_<slug>.mp4` (the winner), `candidates.png` (all N per prompt, the
 winner marked) and `best_of_n.json` (every candidate's score and components, the chosen index).
@@ -23,10 +23,10 @@ from vidpost.config import ArgumentParser
 from vidpost.evaluation.generate import sample_batches
 from vidpost.evaluation.prompts import slug
 from vidpost.evaluation.score import load_reward_spec
-from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import GenerationSettings, resolve_settings, user_settings
 from vidpost.models import ModelPathError, load, resolve_model_path
 from vidpost.outputs import write_text
+from vidpost.seeding import prompt_seed, video_seed
 
 
 def best_of_n(

@@ -57,6 +57,7 @@ from vidpost.pipelines.distill_dmd2_config import (  # noqa: F401 (re-exported: 
     GanConfig,
     GeneratorConfig,
 )
+from vidpost.seeding import step_generator
 from vidpost.training.dmd import (
     FeatureTap,
     GanHead,
@@ -77,7 +78,6 @@ from vidpost.training.dmd2 import (
     load_teacher,
     pick_schedule,
     save_student,
-    step_generator,
     trainable_copy,
     training_schedules,
     write_samples,

@@ -52,10 +52,11 @@ from typing import Any, Literal
 import torch
 
 from vidpost.config import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from vidpost.enhance.grpo import choose_rows, iteration_seed, render_videos, score_rewrites
+from vidpost.enhance.grpo import choose_rows, render_videos, score_rewrites
 from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.models.base import DTYPES
 from vidpost.rl.scaffold import accumulate, optimizer_steps
+from vidpost.seeding import step_seed
 from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
@@ -211,7 +212,7 @@ def train_grpo(cfg: EnhanceGRPOConfig, resume: str | None = None) -> TrainResult
             temperature=T,
             top_p=cfg.sampling.top_p,
             max_new_tokens=cfg.sampling.max_new_tokens,
-            seed=iteration_seed(cfg.train.seed, step, 1),
+            seed=step_seed(cfg.train.seed, step, 0, 1),
             batch_size=cfg.sampling.batch_size,
         )
         users_k = [u for u in users for _ in range(k)]

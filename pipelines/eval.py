@@ -68,11 +68,11 @@ from vidpost.evaluation.report import (
     write_scores,
 )
 from vidpost.evaluation.score import load_reward_spec, score_videos, spec_is_weighted
-from vidpost.evaluation.seeds import prompt_seed
 from vidpost.evaluation.settings import user_settings
 from vidpost.evaluation.stats import compare_runs, reward_names, stats, summarise, t_quantile, wilson
 from vidpost.models.base import DTYPES
 from vidpost.outputs import write_text
+from vidpost.seeding import prompt_seed
 
 __all__ = [  # the evaluation core's functions, re-exported for the callers of this command's module
     "SHAPES_HELDOUT",

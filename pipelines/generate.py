@@ -4,7 +4,7 @@
     python generate.py --prompts-file prompts.txt --model /path/to/Wan2.1-T2V-1.3B-Diffusers --out outputs/batch/
     vidpost generate ...   (same arguments)
 
-Each prompt i is generated from its own noise, drawn with seed + i (`vidpost.evaluation.seeds`), so a prompt's video does not depend on which
+Each prompt i is generated from its own noise, drawn with seed + i (`vidpost.seeding`), so a prompt's video does not depend on which
 other prompts share its batch. Sizes are checked before sampling starts: a frame count or resolution the model
 cannot generate exactly is an error naming the nearest valid values. Defaults for size and steps come from the
 model's `vidpost.json` when it has them (the Shapes world models do), else from the Wan 480p recipe.
@@ -42,13 +42,13 @@ from vidpost.config import (
 )
 from vidpost.evaluation.generate import default_dtype, sample_batches
 from vidpost.evaluation.prompts import slug
-from vidpost.evaluation.seeds import prompt_seed, video_seed
 from vidpost.evaluation.settings import resolve_settings, user_settings
 from vidpost.media.video_io import contact_sheet, write_video
 from vidpost.models import DEFAULT_MODEL, load, resolve_model_path
 from vidpost.models.attention import AttentionConfig, install_attention
 from vidpost.models.base import DTYPES
 from vidpost.outputs import write_json
+from vidpost.seeding import prompt_seed, video_seed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,7 @@ from vidpost.models.quant import install_quant, quant_modules, read_recipe, save
 from vidpost.models.sampling import flow_sigmas
 from vidpost.outputs import atomic_dir
 from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
+from vidpost.seeding import step_generator
 from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.distill import (
     DistillDataConfig,
@@ -44,7 +45,6 @@ from vidpost.training.distill import (
     copy_adapter,
     distill_batch,
     distill_loss,
-    step_generator,
 )
 from vidpost.training.loop import Trainer
 from vidpost.training.plots import Panel, history_curves, plot_panels

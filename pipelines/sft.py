@@ -42,6 +42,7 @@ from vidpost.evaluation.validation import ValidationConfig, run_validation
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import DTYPES, PromptEmbeds, upcast_trainable
+from vidpost.seeding import step_generator
 from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
 from vidpost.training.flow import flow_matching_loss, given_frames, loss_weight, renoise, sample_sigmas
@@ -124,11 +125,6 @@ class SFTConfig:
     log: LogConfig = field(default_factory=LogConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """sequence parallelism (`vidpost.training.parallel`): processes = data-parallel × sp_degree × ring_degree"""
-
-
-def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """The generator for everything random in micro-batch `micro` of optimizer step `step`."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------

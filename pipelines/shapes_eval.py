@@ -3,7 +3,7 @@
     vidpost shapes-eval --models shapes-base shapes [--seeds 2] [--prompt-key caption] [--out results/shapes-eval]
 
 For every model (a preset, a folder, or `folder+lora_folder`), each held-out prompt is sampled with `--seeds`
-seeds (video k of prompt i: the prompt's own seed + k·100003, `vidpost.evaluation.seeds`, the same for every
+seeds (video k of prompt i: the prompt's own seed + k·100003, `vidpost.seeding`, the same for every
 model) at the model's default size and steps (its `vidpost.json`, else the Wan 480p recipe), and
 the Shapes verifier scores the video against the prompt's scene spec. Printed and written (markdown + JSON): the
 success rate with a 95% Wilson interval and the mean per-attribute scores; a contact sheet per model shows the

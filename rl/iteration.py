@@ -12,19 +12,15 @@ import math
 
 import torch
 
-__all__ = ["choose_prompts", "choose_steps", "iteration_generator", "micro_batches", "split_updates"]
+from vidpost.seeding import step_generator
 
-
-def iteration_generator(seed: int, step: int, index: int, stream: int) -> torch.Generator:
-    """The generator of `stream` (0: prompt choice, 1: a group's rollout noise, 2: trained steps) for item `index`
-    (the prompt's index in the global batch) of iteration `step`."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 65_536 + index) * 8 + stream)
+__all__ = ["choose_prompts", "choose_steps", "micro_batches", "split_updates"]
 
 
 def choose_prompts(pool: list[str], n_global: int, seed: int, step: int) -> list[str]:
     """Iteration `step`'s `n_global` prompts: distinct ones from a seeded permutation of `pool`, or drawn with
     replacement when the pool is smaller than the batch."""
-    g = iteration_generator(seed, step, 0, 0)
+    g = step_generator(seed, step, 0, 0)
     idx = torch.randperm(len(pool), generator=g)[: min(n_global, len(pool))]
     if len(idx) < n_global:  # small pool: sample with replacement
         idx = torch.randint(len(pool), (n_global,), generator=g)

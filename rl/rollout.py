@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from vidpost.config import NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.models.sampling import flow_sigmas, initial_noise, ode_step
+from vidpost.seeding import step_generator
 
-from .iteration import iteration_generator
 from .sde import sde_step
 
 __all__ = [
@@ -228,7 +228,7 @@ def iteration_rollout(
     model: torch.nn.Module | None = None,
 ) -> Rollout:
     """Iteration `step`'s rollout of `prompts` (global indices from `first_index`) as `cfg` sets it up: group j's
-    noise comes from `iteration_generator(seed, step, first_index + j, 1)`; `size` is (frames, height, width)."""
+    noise comes from `step_generator(seed, step, first_index + j, 1)`; `size` is (frames, height, width)."""
     return rollout(
         adapter,
         prompts,
@@ -241,7 +241,7 @@ def iteration_rollout(
         negative_prompt=cfg.negative_prompt,
         sde_window=tuple(cfg.sde_window) if cfg.sde_window else None,
         shared_noise=cfg.shared_noise,
-        generators=[iteration_generator(seed, step, first_index + j, 1) for j in range(len(prompts))],
+        generators=[step_generator(seed, step, first_index + j, 1) for j in range(len(prompts))],
         model=model,
         chunk_size=chunk_size,
         **step_kwargs(cfg),

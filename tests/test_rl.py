@@ -126,7 +126,7 @@ def test_nft_with_half_optimality_and_the_old_policy_equal_has_no_gradient(tiny_
 
 
 def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir):
-    from vidpost.rl.iteration import iteration_generator
+    from vidpost.seeding import step_generator
     from vidpost.training.flow import flow_matching_loss
 
     adapter, batch = _tiny_batch(tiny_wan_dir)
@@ -135,7 +135,7 @@ def test_rsft_gradient_is_the_flow_matching_gradient_on_all_samples(tiny_wan_dir
     forward_update(adapter, batch, torch.zeros(4), [torch.arange(4)], ForwardStats(), **kw)
     got = _grads(adapter)
     model.zero_grad(set_to_none=True)
-    gens = [iteration_generator(3, 7, i, 4) for i in range(4)]
+    gens = [step_generator(3, 7, i, 4) for i in range(4)]
     for k in range(2):  # the same noise, by hand: the mean flow-matching loss over samples and noise levels
         eps = torch.stack([torch.randn(batch.x0.shape[1:], generator=g) for g in gens])
         s = batch.sigmas[:, k].view(-1, 1, 1, 1, 1)

@@ -10,9 +10,10 @@ import torch
 
 from vidpost.models.sampling import ode_step
 from vidpost.rl.advantages import group_advantages, mix_advantages, reward_advantages, zero_std_fraction
-from vidpost.rl.iteration import choose_prompts, choose_steps, iteration_generator, micro_batches, split_updates
+from vidpost.rl.iteration import choose_prompts, choose_steps, micro_batches, split_updates
 from vidpost.rl.loss import clipped_policy_loss, gaussian_kl, ratio_stats
 from vidpost.rl.sde import KINDS, sde_step
+from vidpost.seeding import step_generator
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ def test_iteration_draws_are_functions_of_seed_and_iteration():
     assert len(set(choose_prompts(pool, 4, seed=1, step=3))) == 4
     assert len(choose_prompts(pool[:2], 5, seed=0, step=0)) == 5  # small pool: with replacement
     sde = torch.tensor([False, True, True, True, False, True])
-    steps = choose_steps(sde, 0.5, iteration_generator(0, 7, 0, 2))
-    assert steps == choose_steps(sde, 0.5, iteration_generator(0, 7, 0, 2))
+    steps = choose_steps(sde, 0.5, step_generator(0, 7, 0, 2))
+    assert steps == choose_steps(sde, 0.5, step_generator(0, 7, 0, 2))
     assert len(steps) == 2 and steps == sorted(steps) and all(sde[i] for i in steps)
-    assert len(choose_steps(sde, 0.0, iteration_generator(0, 0, 0, 2))) == 1
+    assert len(choose_steps(sde, 0.0, step_generator(0, 0, 0, 2))) == 1

@@ -19,6 +19,7 @@ from vidpost.models.attention import attention_sites
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.sampling import initial_noise
 from vidpost.outputs import write_text
+from vidpost.seeding import step_generator
 
 
 @dataclass
@@ -38,10 +39,6 @@ class DistillDataConfig:
     """CFG scale of the teacher trajectories"""
     uncond_prob: Fraction = 0.2
     """probability that a sample is distilled on the empty prompt (the CFG negative branch)"""
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def copy_adapter(teacher: VideoModelAdapter) -> VideoModelAdapter:

@@ -22,11 +22,6 @@ from vidpost.training.dmd import GanHead, x0_from_velocity
 from vidpost.training.lora import add_lora_to
 
 
-def step_generator(seed: int, step: int, rank: int = 0, phase: int = 0) -> torch.Generator:
-    """The generator of step `step`'s phase (0..updates−1: fake-score updates; `updates`: the generator update)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) * 101 + phase)
-
-
 def load_teacher(cfg: Any, device: torch.device | str) -> tuple[VideoModelAdapter, Path]:
     """The frozen teacher (its LoRA, if any, fused in) and its model folder."""
     model_dir = resolve_model_path(cfg.teacher)

@@ -30,9 +30,10 @@ import torch
 from vidpost.config import Fraction
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.rl.forward import velocity_kl
-from vidpost.rl.iteration import iteration_generator, micro_batches, split_updates
+from vidpost.rl.iteration import micro_batches, split_updates
 from vidpost.rl.rollout import Rollout
 from vidpost.rl.scaffold import accumulate, optimizer_steps, reference
+from vidpost.seeding import step_generator
 from vidpost.training.ema import EMA
 
 __all__ = [
@@ -153,7 +154,7 @@ def training_sigmas(
     k = max(1, min(len(levels), math.ceil(fraction * len(levels))))
     rows = []
     for i in range(n):
-        perm = torch.randperm(len(levels), generator=iteration_generator(seed, step, first_index + i, 3))[:k]
+        perm = torch.randperm(len(levels), generator=step_generator(seed, step, first_index + i, 3))[:k]
         rows.append(levels[perm])
     return torch.stack(rows)
 
@@ -209,7 +210,7 @@ def forward_update(
         j, k = term
         idx = micro[j]
         if j not in per_micro:  # each sample's noise generator, drawn from level by level
-            gens = [iteration_generator(seed, step, int(i), 4) for i in batch.index[idx]]
+            gens = [step_generator(seed, step, int(i), 4) for i in batch.index[idx]]
             per_micro[j] = (batch.x0[idx].to(dev), advantages_N[idx].to(dev).float(), gens)
         x0, adv, gens = per_micro[j]
         sigma = batch.sigmas[idx, k].to(dev)

@@ -21,10 +21,11 @@ import torch
 
 from vidpost.config import Fraction
 from vidpost.models.base import VideoModelAdapter
-from vidpost.rl.iteration import choose_steps, iteration_generator, micro_batches, split_updates
+from vidpost.rl.iteration import choose_steps, micro_batches, split_updates
 from vidpost.rl.loss import clipped_policy_loss, gaussian_kl, ratio_stats
 from vidpost.rl.rollout import Rollout, step_kwargs, step_log_prob
 from vidpost.rl.scaffold import accumulate, optimizer_steps, reference
+from vidpost.seeding import step_generator
 
 __all__ = ["GRPOSection", "UpdateStats", "grpo_update", "reference_kl", "update"]
 
@@ -133,7 +134,7 @@ def update(run: Any, ro: Rollout, advantages_N: torch.Tensor) -> UpdateStats:
     micro-batches (the EMA after each)."""
     cfg, acc = run.cfg, run.accelerator
     run.model.train()
-    generator = iteration_generator(cfg.train.seed, run.step, 0, 2)
+    generator = step_generator(cfg.train.seed, run.step, 0, 2)
     trained = choose_steps(ro.sde_steps, cfg.grpo.timestep_fraction, generator)
     parts = split_updates(micro_batches(len(advantages_N), cfg.train.micro_batch), cfg.train.updates_per_iteration)
     stats = UpdateStats()
