@@ -1,4 +1,4 @@
-"""The pieces of the rewriter's GRPO (`vidpost enhance-train grpo`; the algorithm is `pipelines/enhance_grpo.py`'s
+"""The pieces of the rewriter's GRPO (`vidpost enhance train grpo`; the algorithm is `pipelines/enhance_grpo.py`'s
 docstring): what an iteration draws as a function of (seed, iteration), the videos the frozen video model renders
 from the rewrites (one shared noise per prompt's group), and the reward of a rewrite (the video rewards against
 what the user asked for, intent preservation, the length and fallback penalties). Config arguments are the stage's

@@ -1,4 +1,4 @@
-"""The language-model side of the prompt rewriter's trainers (Stage 3, `vidpost enhance-train
+"""The language-model side of the prompt rewriter's trainers (Stage 3, `vidpost enhance train
 sft | grpo`): the model, LoRA and data config sections, the policy set-up (LoRA or full, trainable weights in
 float32) and the export of `final/` (LoRA merged, tokenizer, `rewriter.yaml`). The rewriter's own pieces (chat
 rendering, token log-probs, sampling, its rewards) are in `vidpost.enhance.train`."""
@@ -31,7 +31,7 @@ class LMConfig:
 class PairsConfig:
     path: str = "shapes-train"
     """JSONL of {"prompt", "target"} (sft) or {"prompt", "reward_prompt"} (grpo; reward_prompt optional), or
-    "shapes-train": the Shapes pairs of `vidpost enhance-train data`, built in memory"""
+    "shapes-train": the Shapes pairs of `vidpost enhance train data`, built in memory"""
     shapes_n: int = 2000
     """training scenes of "shapes-train" (never held-out scenes)"""
     shapes_paraphrases: int = 1

@@ -5,13 +5,13 @@ The default enhancer (SmolLM2-135M-Instruct) is a real pretrained model, but fin
 amber, staying still") to the canonical captions the video model was trained on ("a large orange diamond stays
 still") — so a few-million-parameter Llama trained from random weights learns it in minutes. It is a real
 `LlamaForCausalLM` with a ChatML chat template and a `PreTrainedTokenizerFast`, saved with `save_pretrained`, so the
-same `Rewriter.from_pretrained(path)` and `vidpost enhance-train sft` that serve any Hugging Face LM serve it.
+same `Rewriter.from_pretrained(path)` and `vidpost enhance train sft` that serve any Hugging Face LM serve it.
 
 Tokenizer: a Unigram model whose pieces are the Shapes vocabulary (every word of the train split's user prompts,
 paraphrases and captions, plus the system prompt below) with every printable ASCII character as a fallback piece,
 so any text tokenizes without `<unk>`; known words are one token each.
 
-    vidpost enhance-train sft --config configs/shapes/enhance-sft-mini.yaml   (model.path: miniature:shapes)
+    vidpost enhance train sft --config configs/shapes/enhance-sft-mini.yaml   (model.path: miniature:shapes)
 """
 
 from __future__ import annotations

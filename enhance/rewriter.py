@@ -206,7 +206,7 @@ class Rewriter:
     ) -> Rewriter:
         """Load an enhancer: a causal LM folder, a .gguf file, or None for the default SmolLM2-135M-Instruct.
 
-        Without `config`, a folder's own `rewriter.yaml` (written by `vidpost enhance-train`) is used if present.
+        Without `config`, a folder's own `rewriter.yaml` (written by `vidpost enhance train`) is used if present.
         `overrides` are RewriterConfig fields (target, max_new_tokens, do_sample, temperature, ...) applied on top
         of `config`. `cache_dir` moves the rewrite cache; `use_cache=False` turns it off.
         """
@@ -216,7 +216,7 @@ class Rewriter:
         overrides = {k: getattr(checked, k) for k in overrides}
         folder = resolve_enhancer(path_or_gguf)
         if config is None and (folder / "rewriter.yaml").exists():
-            # A rewriter trained by `vidpost enhance-train` carries the chat settings it was trained with.
+            # A rewriter trained by `vidpost enhance train` carries the chat settings it was trained with.
             config = RewriterConfig.from_yaml(folder / "rewriter.yaml")
         config = dataclasses.replace(config or RewriterConfig(), **overrides)
         model_config = AutoConfig.from_pretrained(folder)

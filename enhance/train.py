@@ -1,4 +1,4 @@
-"""Pieces of training a specialised prompt rewriter; the loops are `vidpost enhance-train sft | grpo`
+"""Pieces of training a specialised prompt rewriter; the loops are `vidpost enhance train sft | grpo`
 (`vidpost.pipelines.enhance_train`). Nothing here imports training code of the video models.
 
 - Data: pairs `{"prompt": user prompt, "target": rewrite}` (SFT) and `{"prompt", "reward_prompt"}` (GRPO) in a JSONL
@@ -53,7 +53,7 @@ def read_pairs(path: str | os.PathLike, required: tuple[str, ...] = ("prompt", "
     """Rows of a JSONL file; every row must hold the `required` fields as non-empty strings."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"pairs file {p} does not exist (write the Shapes one with `vidpost enhance-train data`)")
+        raise ValueError(f"pairs file {p} does not exist (write the Shapes one with `vidpost enhance train data`)")
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

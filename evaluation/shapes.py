@@ -1,5 +1,5 @@
 """The Shapes world's evaluation: the verifier's rows, verifier success of a model on the held-out prompts, and
-the model comparison table (`vidpost shapes-eval`, `enhance-eval`, `demo`, `run`, SFT validation, benchmarks).
+the model comparison table (`vidpost shapes eval`, `enhance-eval`, `demo`, `run`, SFT validation, benchmarks).
 
 Every held-out prompt is sampled `seeds` times — video k of prompt i from the noise of the one seeding rule
 (`vidpost.seeding`): the prompt's own seed + k·SEED_STRIDE, the same for every model and every text, so

@@ -254,7 +254,7 @@ class LatentCache:
         cache_dir = Path(cache_dir)
         shards = sorted(cache_dir.glob("shard_*.safetensors"))
         if not shards:
-            raise ValueError(f"latent cache {cache_dir} has no shards; run `vidpost precompute` first")
+            raise ValueError(f"latent cache {cache_dir} has no shards; run `vidpost sft precompute` first")
         self.items: list[dict[str, Any]] = []
         self.latents: list[torch.Tensor] = []
         self.embeds: list[torch.Tensor] = []

@@ -33,7 +33,7 @@ clips (the student never needs the training set); one process (no data paralleli
 Output: checkpoints (`checkpoints/step_N`, the trainable weights incl. LiT parameters, optimizer, scheduler,
 RNG; `--resume latest`), `history.json`, tensorboard logs, `curves.png`, and `final/`: the student folder
 (`vidpost.models.lit.save_lit_student`: a diffusers model folder + `lit.safetensors` + `lit.json`), which
-`vidpost.models.load` (and so `vidpost generate --model`, `vidpost shapes-eval --models`) reinstalls.
+`vidpost.models.load` (and so `vidpost generate --model`, `vidpost shapes eval --models`) reinstalls.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class GanConfig:
     layer: int | None = None
     """transformer block whose output feeds the head (null: the middle block)"""
     real_data: str = ""
-    """a latent cache of real clips (`vidpost precompute`'s folder), needed when weight > 0"""
+    """a latent cache of real clips (`vidpost sft precompute`'s folder), needed when weight > 0"""
 
 
 @dataclass
@@ -138,4 +138,4 @@ class DMD2Config:
         if self.gan.weight < 0 or self.gan.head_weight < 0:
             raise ValueError("gan.weight and gan.head_weight must be >= 0")
         if self.gan.weight > 0 and not self.gan.real_data:
-            raise ValueError("gan.weight > 0 needs gan.real_data (a `vidpost precompute` latent cache of real clips)")
+            raise ValueError("gan.weight > 0 needs gan.real_data (a `vidpost sft precompute` latent cache of real clips)")

@@ -1,6 +1,6 @@
-"""`vidpost distill-eval`: a few-step student beside its teacher on the Shapes held-out prompts, one run, side by side.
+"""`vidpost distill eval`: a few-step student beside its teacher on the Shapes held-out prompts, one run, side by side.
 
-    vidpost distill-eval --teacher shapes-rl --student shapes-fast --student-steps 4 2 1 [--seeds 2] \
+    vidpost distill eval --teacher shapes-rl --student shapes-fast --student-steps 4 2 1 [--seeds 2] \
         [--out results/shapes-fast]
 
 Rows: the teacher at its own defaults (20 steps, CFG), then the student at each `--student-steps` (its own guidance
@@ -98,7 +98,7 @@ def markdown(rows: list[dict[str, Any]], n_prompts: int, seeds: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost distill-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost distill eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="shapes-rl", help="the teacher (preset, folder or folder+lora)")
     p.add_argument("--teacher-steps", type=int, help="the teacher's steps (default: its own)")
     p.add_argument("--student", required=True, help="the student folder or preset")

@@ -1,6 +1,6 @@
-"""`vidpost enhance-eval`: does a prompt rewriter help the video model? The Shapes world's stage-3 table.
+"""`vidpost enhance eval`: does a prompt rewriter help the video model? The Shapes world's stage-3 table.
 
-    vidpost enhance-eval --enhancers zero-shot runs/shapes-enhance-mini/final [--model shapes] [--seeds 2]
+    vidpost enhance eval --enhancers zero-shot runs/shapes-enhance-mini/final [--model shapes] [--seeds 2]
 
 On the held-out Shapes scenes, the frozen video model (`--model`, the shipped SFT model by default) generates from
 (a) the raw user-style prompts ("giant lozenge that is amber, staying still"), (b) each enhancer's rewrite of them
@@ -75,7 +75,7 @@ def markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost enhance-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost enhance eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes", help="the frozen video model (preset, folder, or folder+lora)")
     p.add_argument("--enhancers", nargs="*", default=["zero-shot"], help="'zero-shot' and/or rewriter folders")
     p.add_argument("--seeds", type=int, default=2)

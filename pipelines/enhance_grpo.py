@@ -1,9 +1,9 @@
 """Stage 3 — prompt enhancement, second step: GRPO of the prompt rewriter against the rewards of the videos the FROZEN
 video model renders from its rewrites.
 
-    vidpost enhance-train grpo --config configs/shapes/enhance-grpo.yaml [dotted.overrides=...] [--resume latest]
+    vidpost enhance train grpo --config configs/shapes/enhance-grpo.yaml [dotted.overrides=...] [--resume latest]
 
-The rewriter (usually the `vidpost enhance-train sft` result) sees the chat `Rewriter.render` builds from its
+The rewriter (usually the `vidpost enhance train sft` result) sees the chat `Rewriter.render` builds from its
 `RewriterConfig`, exactly as at inference.
 
 One iteration (`updates_per_iteration` optimizer steps, 1 by default):
@@ -36,7 +36,7 @@ One iteration (`updates_per_iteration` optimizer steps, 1 by default):
   Departures from GRPO papers: a sequence-level ratio (exp of the mean token log-prob difference by default, as GSPO)
   instead of per-token ratios; top_p < 1 makes π_old the untruncated softmax, an approximation (keep top_p = 1).
 
-LoRA or full fine-tuning, checkpoints, `--resume` and `final/` as `vidpost enhance-train sft`; `history.json` logs each
+LoRA or full fine-tuning, checkpoints, `--resume` and `final/` as `vidpost enhance train sft`; `history.json` logs each
 iteration (every reward component, ratio statistics), `samples.jsonl` every sampled rewrite. Single process, one device.
 """
 

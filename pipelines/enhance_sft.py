@@ -1,7 +1,7 @@
 """Stage 3 — prompt enhancement, first step: supervised fine-tuning of the prompt rewriter on (short prompt → target
 prompt) pairs.
 
-    vidpost enhance-train sft --config configs/shapes/enhance-sft.yaml [dotted.overrides=...] [--resume latest]
+    vidpost enhance train sft --config configs/shapes/enhance-sft.yaml [dotted.overrides=...] [--resume latest]
 
 The rewriter sees, in training exactly as at inference, the chat `Rewriter.render` builds from its `RewriterConfig`
 (the `rewriter:` section: system prompt + few-shot turns + the user prompt, rendered by the model's chat template).

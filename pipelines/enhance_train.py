@@ -1,8 +1,8 @@
 """Stage 3 — prompt enhancement: training a specialised prompt rewriter, the command line of its steps.
 
-    vidpost enhance-train data --out data/enhance/shapes-pairs.jsonl --n 2000 --paraphrases 1
-    vidpost enhance-train sft  --config configs/shapes/enhance-sft.yaml  [dotted.overrides=...] [--resume latest]
-    vidpost enhance-train grpo --config configs/shapes/enhance-grpo.yaml [dotted.overrides=...] [--resume latest]
+    vidpost enhance train data --out data/enhance/shapes-pairs.jsonl --n 2000 --paraphrases 1
+    vidpost enhance train sft  --config configs/shapes/enhance-sft.yaml  [dotted.overrides=...] [--resume latest]
+    vidpost enhance train grpo --config configs/shapes/enhance-grpo.yaml [dotted.overrides=...] [--resume latest]
     vidpost enhance "crimson ball sliding right" --enhancer runs/shapes-enhance-grpo/final
 
 `data` writes the Shapes pairs file (training scenes only: {prompt, target, reward_prompt});
@@ -29,7 +29,7 @@ STAGES = {"sft": (EnhanceSFTConfig, train_sft), "grpo": (EnhanceGRPOConfig, trai
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="vidpost enhance-train", description="Train a specialised prompt rewriter.")
+    p = ArgumentParser(prog="vidpost enhance train", description="Train a specialised prompt rewriter.")
     sub = p.add_subparsers(dest="stage", required=True)
     for name, help_ in (
         ("sft", "supervised fine-tuning on {prompt, target} pairs (LoRA or full)"),

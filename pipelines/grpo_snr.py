@@ -1,7 +1,7 @@
-"""`vidpost grpo-snr`: does an RL batch carry signal? Agreement between the gradients of independent rollouts.
+"""`vidpost rl snr`: does an RL batch carry signal? Agreement between the gradients of independent rollouts.
 
-    vidpost grpo-snr --config configs/shapes/grpo.yaml [--rollouts 8] [--control brightness] [--out DIR] [key=value ...]
-    vidpost grpo-snr --config configs/shapes/rl-nft.yaml algorithm=awm        (any `vidpost rl` algorithm)
+    vidpost rl snr --config configs/shapes/grpo.yaml [--rollouts 8] [--control brightness] [--out DIR] [key=value ...]
+    vidpost rl snr --config configs/shapes/rl-nft.yaml algorithm=awm        (any `vidpost rl` algorithm)
 
 With the run's own config (model, LoRA, rollout, rewards, advantages), the command takes the prompts of the first
 iteration and rolls them out `--rollouts` times with independent noise (rollout r draws the noise of training
@@ -206,7 +206,7 @@ def _finite(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost grpo-snr", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost rl snr", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="the RL config (configs/<model>/grpo.yaml, rl-*.yaml)")
     p.add_argument("--rollouts", type=int, default=8)
     p.add_argument("--control", help="a positive-control reward (e.g. brightness) measured the same way afterwards")

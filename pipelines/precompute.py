@@ -1,4 +1,4 @@
-"""`vidpost precompute --config configs/<model>/sft.yaml`: encode VAE latents + text embeddings once (Stage 1 SFT).
+"""`vidpost sft precompute --config configs/<model>/sft.yaml`: encode VAE latents + text embeddings once (Stage 1 SFT).
 
 Reads the `model` and `data` sections of an SFT config and fills `data.cache_dir` (default <output_dir>/cache)
 with safetensors shards; resumable (finished shards are skipped); unreadable videos are skipped and listed in
@@ -22,7 +22,7 @@ from vidpost.training.runner import ExitCode
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost precompute", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost sft precompute", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=8, help="clips encoded together")

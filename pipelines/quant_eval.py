@@ -1,6 +1,6 @@
-"""`vidpost quant-eval`: quantisation recipes side by side on the Shapes held-out prompts, one run.
+"""`vidpost quantize eval`: quantisation recipes side by side on the Shapes held-out prompts, one run.
 
-    vidpost quant-eval --model shapes --recipes configs/quant/*.yaml [--seeds 2] [--out results/shapes-quant]
+    vidpost quantize eval --model shapes --recipes configs/quant/*.yaml [--seeds 2] [--out results/shapes-quant]
 
 Row 1 is the unquantised model; then one row per recipe (applied and calibrated in this process, as `vidpost
 quantize` does). Every row samples the same prompts from the same noises (the evaluation core's seeding), so the
@@ -178,7 +178,7 @@ def sensitivity_report(model: str, recipes: list[str], prompts: list[str], out: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost quant-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost quantize eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes")
     p.add_argument(
         "--recipes",

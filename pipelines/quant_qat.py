@@ -1,7 +1,7 @@
 """Stage 4d — quantisation-aware recovery: a LoRA trained through a low-precision recipe's fake quantisation.
 
     vidpost qat --config configs/shapes/qat-w4a4.yaml [dotted.overrides=...] [--resume latest]
-    vidpost quant-eval --model shapes --recipes configs/quant/w4a4-int4.yaml runs/shapes-qat-w4a4/final
+    vidpost quantize eval --model shapes --recipes configs/quant/w4a4-int4.yaml runs/shapes-qat-w4a4/final
 
 Set-up: teacher = the full-precision model (`model.teacher`), frozen. Student = a copy of its transformer with the
 recipe installed (`vidpost.models.quant.install_quant`, the reference path) and calibrated as `vidpost quantize`

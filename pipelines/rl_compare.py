@@ -1,6 +1,6 @@
-"""The RL algorithms side by side on the Shapes world, at one budget of generated videos (`vidpost rl-compare`).
+"""The RL algorithms side by side on the Shapes world, at one budget of generated videos (`vidpost rl compare`).
 
-    vidpost rl-compare [--algorithms grpo grpo-indep nft awm rsft draft] [--videos 1536] [--out results/shapes-rl]
+    vidpost rl compare [--algorithms grpo grpo-indep nft awm rsft draft] [--videos 1536] [--out results/shapes-rl]
                        [--work runs/shapes-rl] [dotted.overrides applied to every run ...]
 
 Every run starts from the shipped SFT model (`shapes`) with its preset (`VARIANTS`: `configs/shapes/grpo.yaml` for
@@ -156,7 +156,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost rl-compare", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost rl compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithms", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--model", default="shapes", help="the model every run starts from (default: shapes)")
     p.add_argument("--videos", type=int, default=1536, help="training videos per algorithm (default 1536)")

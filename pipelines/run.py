@@ -9,7 +9,7 @@ Stages, in order (each one optional, `enabled: false` passes its input through):
     sft       `vidpost sft` (LoRA or full) on the data; a LoRA is merged so the next stage starts from full weights
     rl        `vidpost rl` (LoRA; any algorithm: grpo, nft, awm, rsft, draft) from the SFT model; its guard's `best/`
               weights are kept when there are any
-    enhance   a prompt rewriter: `vidpost enhance-train sft` (+ optional `grpo` against the current video model), or
+    enhance   a prompt rewriter: `vidpost enhance train sft` (+ optional `grpo` against the current video model), or
               an existing/zero-shot enhancer (`enhance.enhancer`)
     distill   `vidpost distill --method dmd2` (optional; `distill.config`): a few-step, CFG-free student of the
               current model (its RL LoRA fused in); the later stages and the report use the student

@@ -36,10 +36,10 @@ class EnhanceStage:
     enhancer: str = ""
     """use this enhancer without training: a causal LM folder, a .gguf file, or "zero-shot" (default SmolLM2)"""
     sft: str = ""
-    """`vidpost enhance-train sft` YAML (trains a rewriter; ignored when `enhancer` is set)"""
+    """`vidpost enhance train sft` YAML (trains a rewriter; ignored when `enhancer` is set)"""
     sft_overrides: list[str] = field(default_factory=list)
     grpo: str = ""
-    """optional `vidpost enhance-train grpo` YAML run after sft, against the current video model"""
+    """optional `vidpost enhance train grpo` YAML run after sft, against the current video model"""
     grpo_overrides: list[str] = field(default_factory=list)
 
 

@@ -72,7 +72,7 @@ class DataConfig:
     caption_key: str = "caption"
     """manifest column used as the caption"""
     cache_dir: str = ""
-    """latent cache folder; empty = <output_dir>/cache. Filled by `vidpost precompute` (or on first run)"""
+    """latent cache folder; empty = <output_dir>/cache. Filled by `vidpost sft precompute` (or on first run)"""
     buckets: list[list[int]] = field(default_factory=lambda: [[17, 64, 64]])
     """[num_frames, height, width] buckets; each clip goes to the closest aspect it can fill"""
     shard_size: PositiveInt = 256
@@ -155,7 +155,7 @@ def check_data(cfg: SFTConfig) -> None:
     if not manifest.exists():
         raise ValueError(
             f"data.manifest {manifest} does not exist: make the Shapes clips with `vidpost shapes export --out "
-            f"{manifest.parent} --split train --n 4000` (or `vidpost shapes-models --stage data`), or set "
+            f"{manifest.parent} --split train --n 4000` (or `vidpost shapes models --stage data`), or set "
             "data.manifest=<your JSONL/CSV of video,caption>"
         )
 

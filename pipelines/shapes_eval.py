@@ -1,6 +1,6 @@
-"""`vidpost shapes-eval`: verifier success of one or more models on the Shapes world's held-out prompts.
+"""`vidpost shapes eval`: verifier success of one or more models on the Shapes world's held-out prompts.
 
-    vidpost shapes-eval --models shapes-base shapes [--seeds 2] [--prompt-key caption] [--out results/shapes-eval]
+    vidpost shapes eval --models shapes-base shapes [--seeds 2] [--prompt-key caption] [--out results/shapes-eval]
 
 For every model (a preset, a folder, or `folder+lora_folder`), each held-out prompt is sampled with `--seeds`
 seeds (video k of prompt i: the prompt's own seed + k·100003, `vidpost.seeding`, the same for every
@@ -25,7 +25,7 @@ __all__ = ["ATTRIBUTES", "evaluate_model", "main", "markdown_table", "verify_row
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost shapes-eval", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost shapes eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["shapes-base", "shapes"], help="presets/folders (base+lora ok)")
     p.add_argument("--prompt-key", default="caption", choices=["caption", "prompt_user"])
     p.add_argument("--seeds", type=int, default=2)

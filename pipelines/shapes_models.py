@@ -1,6 +1,6 @@
 """Build the Shapes world models — the embedded default — from scratch with vidpost's own commands.
 
-    vidpost shapes-models --out assets/shapes [--stage vae|init|data|base|sft|all] [--quick]
+    vidpost shapes models --out assets/shapes [--stage vae|init|data|base|sft|all] [--quick]
 
 Stages (each writes its folder and is skipped when that folder is complete, so the command resumes):
 1. `vae`   — a miniature `AutoencoderKLWan` (4× spatial and, by default, 2× temporal compression and 4 latent
@@ -247,7 +247,7 @@ def run_sft(config: Path, overrides: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="vidpost shapes-models", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="vidpost shapes models", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "assets" / "shapes")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "shapes-models", help="data, caches and logs")
     p.add_argument("--stage", choices=["vae", "init", "data", "base", "sft", "all"], default="all")

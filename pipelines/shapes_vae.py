@@ -1,5 +1,5 @@
 """The Shapes world's VAE: a miniature `AutoencoderKLWan` trained as an autoencoder on procedurally rendered clips
-(stage `vae` of `vidpost shapes-models`), resumable from a checkpoint written every `ckpt_every` steps.
+(stage `vae` of `vidpost shapes models`), resumable from a checkpoint written every `ckpt_every` steps.
 
 Architecture. `spatial=4` (the default): `dim_mult` [1, 2, 2], both down-sampling stages also temporal — 4×
 spatial and 4× temporal compression, a 17×64×64 clip is a 5×16×16×16 latent; the transformer then uses patches of

@@ -1,4 +1,4 @@
-"""The miniature Shapes rewriter (built from random weights) and the `vidpost enhance-eval` table command."""
+"""The miniature Shapes rewriter (built from random weights) and the `vidpost enhance eval` table command."""
 
 from __future__ import annotations
 

@@ -285,7 +285,7 @@ def test_cli_sft_and_errors(tmp_path, lm_dir, capsys, no_user_cache):
     args = [f"output_dir={tmp_path / 'cli'}", f"model.path={lm_dir}", "model.device=cpu", f"data.path={pairs}"]
     args += [f"rewriter={json.dumps(CHAT)}", "train.max_steps=2", "train.batch_size=2"]
     args += ["checkpoint.every=1", "checkpoint.keep_last=1"]
-    assert vidpost_main(["enhance-train", "sft", *args]) == 0
+    assert vidpost_main(["enhance", "train", "sft", *args]) == 0
     assert (tmp_path / "cli" / "final" / "config.json").exists()
     assert len(list((tmp_path / "cli" / "checkpoints").glob("step_*"))) == 1
     assert main(["sft", *args, "train.max_stpes=2"]) == 2

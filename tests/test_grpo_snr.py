@@ -1,4 +1,4 @@
-"""`vidpost grpo-snr` and its maths: the signal share of known synthetic gradients, the permutation control, and
+"""`vidpost rl snr` and its maths: the signal share of known synthetic gradients, the permutation control, and
 the gradient it measures being the one a GRPO training iteration steps along."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def _grpo(out, tiny_wan_dir, grpo_overrides, **_):
 
 def _enhance_sft(out, lm_dir, pairs_file, **_):
     args = [f"output_dir={out}", f"model.path={lm_dir}", "model.device=cpu", f"rewriter={json.dumps(CHAT)}"]
-    return ["enhance-train", "sft", *args, f"data.path={pairs_file}", "lora.rank=4", "train.batch_size=2"]
+    return ["enhance", "train", "sft", *args, f"data.path={pairs_file}", "lora.rank=4", "train.batch_size=2"]
 
 
 def _enhance_grpo(out, lm_dir, tiny_wan_dir, pairs_file, **_):
@@ -49,7 +49,7 @@ def _enhance_grpo(out, lm_dir, tiny_wan_dir, pairs_file, **_):
     args += [f"data.path={pairs_file}", f"video.path={tiny_wan_dir}", "video.num_frames=5", "video.height=16"]
     args += ["video.width=16", "video.steps=2", "video.guidance_scale=1.0", "sampling.prompts_per_step=2"]
     args += ["sampling.k=2", "sampling.max_new_tokens=6", "rewards.video={temporal: 1.0}", "rewards.intent_weight=0"]
-    return ["enhance-train", "grpo", *args, "lora.rank=4", "train.micro_batch=2"]
+    return ["enhance", "train", "grpo", *args, "lora.rank=4", "train.micro_batch=2"]
 
 
 TRAINERS = {

@@ -213,7 +213,7 @@ def test_enhance_train_sft(lm_dir, pairs_file, tmp_path):
     args = [f"output_dir={out}", f"model.path={lm_dir}", "model.device=cpu", f"rewriter={json.dumps(CHAT)}"]
     args += [f"data.path={pairs_file}", "lora.rank=8", "lora.alpha=16", "optim.lr=1e-2", "optim.warmup_steps=2"]
     args += ["train.batch_size=4", "train.max_steps=4", "checkpoint.every=2"]
-    assert vidpost(["enhance-train", "sft", *args]) == 0
+    assert vidpost(["enhance", "train", "sft", *args]) == 0
     history = json.loads((out / "history.json").read_text())
     check("enhance_train_sft", {"history": trajectory(history), "final": weights_hash(out / "final")})
 
@@ -227,7 +227,7 @@ def test_enhance_train_grpo(lm_dir, bert_dir, tiny_wan_dir, pairs_file, tmp_path
     args += [f"rewards.intent_encoder={bert_dir}", "rewards.length_budget=3", "lora.rank=4", "optim.lr=1e-2"]
     args += ["optim.warmup_steps=0", "train.micro_batch=2", "train.max_steps=2", "train.kl_beta=0.1"]
     args += ["checkpoint.every=0"]
-    assert vidpost(["enhance-train", "grpo", *args]) == 0
+    assert vidpost(["enhance", "train", "grpo", *args]) == 0
     history = json.loads((out / "history.json").read_text())
     check("enhance_train_grpo", {"history": trajectory(history), "final": weights_hash(out / "final")})
 

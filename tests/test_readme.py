@@ -84,7 +84,7 @@ TINY = {
         "log.tensorboard=false",
     ],
 }
-TINY_FLAGS = {"vidpost quant-eval": ["--limit", "2", "--seeds", "1"]}
+TINY_FLAGS = {"vidpost quantize eval": ["--limit", "2", "--seeds", "1"]}
 """flags appended to a command that evaluates on the held-out set (2 prompts instead of 64)"""
 
 NOT_HERE = {
@@ -114,8 +114,8 @@ EXPECT = {
     "vidpost merge-lora": ["merged/model_index.json"],
     "vidpost quantize": ["runs/quant/shapes-int8/quant.json"],
     "vidpost qat": ["runs/qat-rot/final/quant.json"],
-    "vidpost quant-eval": ["runs/quant-eval/table.md"],
-    "vidpost precompute": ["runs/wan1.3b-sft/cache/summary.json"],
+    "vidpost quantize eval": ["runs/quant-eval/table.md"],
+    "vidpost sft precompute": ["runs/wan1.3b-sft/cache/summary.json"],
 }
 
 

@@ -1,4 +1,4 @@
-"""`vidpost shapes-models --quick`: the whole build of the embedded default (VAE pretraining, model assembly,
+"""`vidpost shapes models --quick`: the whole build of the embedded default (VAE pretraining, model assembly,
 data export, base pretraining and SFT through `vidpost sft`) runs end to end, resumes by skipping finished
 stages, and its output is what the `shapes` presets, `make demo` and shapes-eval load."""
 

@@ -109,7 +109,7 @@ def sample_student(
 
 
 class RealLatents:
-    """Real clips for the GAN head: a `vidpost precompute` latent cache; `batch(n, rng)` → (latents, embeddings)."""
+    """Real clips for the GAN head: a `vidpost sft precompute` latent cache; `batch(n, rng)` → (latents, embeddings)."""
 
     def __init__(self, cache_dir: str, shape: tuple[int, ...]) -> None:
         from vidpost.media.data import LatentCache

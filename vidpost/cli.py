@@ -18,70 +18,67 @@ from vidpost.errors import run_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
-    "shapes": ("vidpost.pipelines.shapes", "the Shapes world: export clips, verifier statistics"),
-    "sft": ("vidpost.pipelines.sft", "stage 1 SFT: flow-matching fine-tuning (LoRA or full)"),
-    "precompute": (
-        "vidpost.pipelines.precompute",
-        "stage 1 SFT: encode VAE latents + text embeddings once for training",
-    ),
-    "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
-    "shapes-models": ("vidpost.pipelines.shapes_models", "train the Shapes world models from scratch"),
-    "shapes-eval": ("vidpost.pipelines.shapes_eval", "verifier success of models on the held-out Shapes prompts"),
+    "eval": ("vidpost.pipelines.eval", "score videos or a model's with reward models; HTML report, --compare"),
+    "sft": ("vidpost.pipelines.sft", "stage 1: flow-matching fine-tuning (LoRA or full); sft precompute"),
     "rl": (
         "vidpost.pipelines.rl",
-        "stage 2 RL: GRPO, forward-process methods and reward backprop (`vidpost rl --help` lists the algorithms),"
-        " with reward models and a reward-hacking guard",
+        "stage 2: RL with reward models and a reward-hacking guard (`vidpost rl --help` lists the algorithms);"
+        " rl snr, rl compare",
     ),
-    "rl-compare": (
-        "vidpost.pipelines.rl_compare",
-        "stage 2 RL: every algorithm at one budget of videos on the Shapes world, one table",
-    ),
-    "grpo-snr": (
-        "vidpost.pipelines.grpo_snr",
-        "stage 2 RL (GRPO): does a batch carry signal? gradients of independent rollouts",
+    "enhance": (
+        "vidpost.pipelines.enhance",
+        "stage 3: rewrite prompts with a local LLM (zero-shot or trained); enhance train sft|grpo, enhance eval",
     ),
     "distill": (
         "vidpost.pipelines.distill",
-        "stage 4 inference optimisation: distil a LiT linear-attention student (--method lit) or a few-step,"
-        " CFG-free student (--method dmd2)",
-    ),
-    "distill-eval": (
-        "vidpost.pipelines.distill_eval",
-        "a few-step student beside its teacher: quality, evaluations and wall time per clip, side by side",
+        "stage 4: distil a LiT linear-attention student (--method lit) or a few-step, CFG-free student"
+        " (--method dmd2); distill eval",
     ),
     "quantize": (
         "vidpost.pipelines.quantize",
-        "stage 4d: low-precision linear layers by recipe (FP8, INT8, MXFP8, MXINT8, INT4, NVFP4, MXFP4)",
+        "stage 4: low-precision linear layers by recipe (FP8, INT8, MXFP8, MXINT8, INT4, NVFP4, MXFP4); quantize eval",
     ),
     "qat": (
         "vidpost.pipelines.quant_qat",
-        "stage 4d: quantisation-aware recovery, a LoRA trained through a recipe's fake quantisation",
+        "stage 4: quantisation-aware recovery, a LoRA trained through a recipe's fake quantisation",
     ),
-    "quant-eval": ("vidpost.pipelines.quant_eval", "quantisation recipes side by side on the Shapes held-out prompts"),
+    "merge-lora": ("vidpost.pipelines.merge_lora", "fold a LoRA into a full diffusers model folder"),
     "best-of-n": ("vidpost.pipelines.best_of_n", "sample N videos per prompt, keep the best by a reward"),
-    "eval": ("vidpost.pipelines.eval", "score videos with reward models; HTML report, --compare"),
-    "enhance": (
-        "vidpost.pipelines.enhance",
-        "stage 3 prompt enhancement: rewrite prompts with a local LLM (zero-shot or trained)",
-    ),
-    "enhance-train": (
-        "vidpost.pipelines.enhance_train",
-        "stage 3 prompt enhancement: train a specialised rewriter: sft | grpo",
-    ),
-    "enhance-eval": (
-        "vidpost.pipelines.enhance_eval",
-        "stage 3 prompt enhancement: held-out Shapes table, raw prompts vs rewriters vs captions",
+    "shapes": (
+        "vidpost.pipelines.shapes",
+        "the Shapes world: export clips, verifier statistics, ceiling, headroom; shapes models, shapes eval",
     ),
     "run": (
         "vidpost.pipelines.run",
-        "the four stages in order: 1 SFT → 2 RL (GRPO) → 3 prompt enhancement → 4 inference optimisation, one report",
+        "the four stages in order: 1 SFT → 2 RL → 3 prompt enhancement → 4 inference optimisation, one report",
     ),
     "demo": ("vidpost.pipelines.demo", "the main job on the embedded default (what `make demo` runs)"),
 }
 
+SUBCOMMANDS: dict[str, dict[str, str]] = {
+    "sft": {"precompute": "vidpost.pipelines.precompute"},
+    "rl": {"snr": "vidpost.pipelines.grpo_snr", "compare": "vidpost.pipelines.rl_compare"},
+    "enhance": {"train": "vidpost.pipelines.enhance_train", "eval": "vidpost.pipelines.enhance_eval"},
+    "distill": {"eval": "vidpost.pipelines.distill_eval"},
+    "quantize": {"eval": "vidpost.pipelines.quant_eval"},
+    "shapes": {"models": "vidpost.pipelines.shapes_models", "eval": "vidpost.pipelines.shapes_eval"},
+}
+"""`vidpost <command> <sub> ...`: the commands grouped under a stage (the first word after the command picks one)"""
 
+RENAMED = {
+    "precompute": "sft precompute",
+    "grpo-snr": "rl snr",
+    "rl-compare": "rl compare",
+    "enhance-train": "enhance train",
+    "enhance-eval": "enhance eval",
+    "distill-eval": "distill eval",
+    "quant-eval": "quantize eval",
+    "shapes-models": "shapes models",
+    "shapes-eval": "shapes eval",
+}
 RETIRED: dict[str, str] = {
     "grpo": "`vidpost grpo` is now `vidpost rl` (algorithm: grpo is its default; the same --config works)",
+    **{old: f"`vidpost {old}` is now `vidpost {new}` (the same arguments)" for old, new in RENAMED.items()},
 }
 """commands that were folded into others: the one line that says where"""
 
@@ -123,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"vidpost: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name = COMMANDS[name][0]
+    sub = SUBCOMMANDS.get(name, {})
+    if rest and rest[0] in sub:
+        module_name, rest = sub[rest[0]], rest[1:]
+    module = importlib.import_module(module_name)
     return run_main(module.main, rest)
 
 
