@@ -69,11 +69,13 @@ def score_row(
     temporal: Any,
     on_batch: Any = None,
     keep: int = 4,
+    texts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One row of a side-by-side table: sample the items' captions `seeds` times (the one seeding rule), verify and
-    score temporal consistency → {success, score, temporal (per-clip lists), seconds (the sampler), decode_seconds
-    (the VAE's share of them), videos (the first `keep` of seed 0)}. `on_batch(k, indices, videos)` sees every batch."""
-    captions = [it["caption"] for it in items]
+    """One row of a side-by-side table: sample the items' `texts` (default their captions) `seeds` times (the one
+    seeding rule), verify each video against its item's spec and score temporal consistency → {success, score,
+    temporal, attributes (per-clip lists; attributes by name), seconds (the sampler), decode_seconds (the VAE's share
+    of them), videos (the first `keep` of seed 0)}. `on_batch(k, indices, videos)` sees every batch."""
+    captions = texts if texts is not None else [it["caption"] for it in items]
     decode_seconds = [0.0]
     decode = adapter.decode
 
@@ -84,6 +86,7 @@ def score_row(
         return out
 
     row: dict[str, Any] = {"success": [], "score": [], "temporal": [], "seconds": 0.0, "videos": []}
+    row["attributes"] = {a: [] for a in ATTRIBUTES}
     adapter.decode = timed
     try:
         for k in range(seeds):
@@ -93,6 +96,8 @@ def score_row(
                 res = verify_rows(videos, [items[i]["spec"] for i in idx])
                 row["success"] += [float(r["success"]) for r in res]
                 row["score"] += [float(r["score"]) for r in res]
+                for a in ATTRIBUTES:
+                    row["attributes"][a] += [float(r[a]) for r in res]
                 row["temporal"] += temporal(videos, [captions[i] for i in idx]).score.tolist()
                 row["seconds"] += secs
                 if k == 0 and len(row["videos"]) < keep:

@@ -241,9 +241,10 @@ def finite(x: Any) -> float | None:
 
 def paired_cells(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, str]:
     """The quality cells of a side-by-side table row (`row["success"]`, `row["score"]`: per-clip values paired with
-    `ref`'s): success with its Wilson 95% interval, graded with its t interval, and — for a row other than the
-    reference — the paired graded delta with its interval and the success delta in points ("—" for the reference)."""
-    s, g = stats(row["success"]), stats(row["score"])
+    `ref`'s): success with its Wilson 95% interval, graded with its t interval (clipped to [0, 1]), and — for a row
+    other than the reference — the paired graded delta with its interval (within [−1, 1]) and the success delta in
+    points ("—" for the reference)."""
+    s, g = stats(row["success"]), stats(row["score"], (0.0, 1.0))  # the graded score lies in [0, 1]
     lo, hi = s.get("wilson95", (s["mean"], s["mean"]))
     ci = g["ci95"] or [g["mean"], g["mean"]]
     cells = {
@@ -253,7 +254,7 @@ def paired_cells(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, str]:
         "delta_success": "—",
     }
     if row is not ref:
-        d = stats([a - b for a, b in zip(row["score"], ref["score"], strict=True)])
+        d = stats([a - b for a, b in zip(row["score"], ref["score"], strict=True)], (-1.0, 1.0))
         dci = d["ci95"] or [d["mean"], d["mean"]]
         cells["delta"] = f"{d['mean']:+.3f} [{dci[0]:+.3f}, {dci[1]:+.3f}]"
         cells["delta_success"] = f"{100 * (s['mean'] - stats(ref['success'])['mean']):+.1f}"

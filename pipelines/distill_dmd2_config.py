@@ -138,4 +138,6 @@ class DMD2Config:
         if self.gan.weight < 0 or self.gan.head_weight < 0:
             raise ValueError("gan.weight and gan.head_weight must be >= 0")
         if self.gan.weight > 0 and not self.gan.real_data:
-            raise ValueError("gan.weight > 0 needs gan.real_data (a `vidpost sft precompute` latent cache of real clips)")
+            raise ValueError(
+                "gan.weight > 0 needs gan.real_data (a `vidpost sft precompute` latent cache of real clips)"
+            )

@@ -1,5 +1,5 @@
-"""The README's commands run as written: every command of the Set-up, Generating, Stage 1, Stage 2 and Quantize
-sections is read from README.md (the README is the source of truth: a command that changes there changes here) and
+"""The README's commands run as written: every command of the Set-up, Generating, Stage 1, Stage 2, Quantize and
+Compare sections is read from README.md (the README is the source of truth: a command that changes there changes here) and
 run in a scratch folder that links the repo's configs/ and assets/.
 
 Two tables say what "as written" means on a CPU machine without downloads, and nothing else is changed:
@@ -29,6 +29,7 @@ SECTIONS = {
     "sft": "## Stage 1 — SFT",
     "rl": "## Stage 2 — RL: GRPO and the forward-process methods",
     "quantize": "### Low-precision linear layers: `vidpost quantize`, `vidpost qat`",
+    "compare": "### Side by side on the Shapes world: `vidpost compare`",
 }
 
 SUBSTITUTE = {
@@ -84,7 +85,10 @@ TINY = {
         "log.tensorboard=false",
     ],
 }
-TINY_FLAGS = {"vidpost quantize eval": ["--limit", "2", "--seeds", "1"]}
+TINY_FLAGS = {
+    "vidpost quantize eval": ["--limit", "2", "--seeds", "1"],
+    "vidpost compare": ["--limit", "1", "--seeds", "1"],
+}
 """flags appended to a command that evaluates on the held-out set (2 prompts instead of 64)"""
 
 NOT_HERE = {
@@ -115,6 +119,7 @@ EXPECT = {
     "vidpost quantize": ["runs/quant/shapes-int8/quant.json"],
     "vidpost qat": ["runs/qat-rot/final/quant.json"],
     "vidpost quantize eval": ["runs/quant-eval/table.md"],
+    "vidpost compare": ["outputs/compare/table.md"],
     "vidpost sft precompute": ["runs/wan1.3b-sft/cache/summary.json"],
 }
 

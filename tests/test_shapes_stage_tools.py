@@ -34,10 +34,12 @@ def test_shapes_eval_command_writes_results(tiny_wan_dir, tmp_path):
     args = ["--models", str(tiny_wan_dir), "--limit", "2", "--seeds", "1", "--steps", "2", "--out", str(tmp_path)]
     rc = main(args + ["--frames", "17", "--height", "64", "--width", "64"])
     assert rc == 0
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results[0]["n"] == 2 and "videos" not in results[0]
-    assert (tmp_path / "results.md").read_text().count("\n") == 3
-    assert len(list(tmp_path.glob("*.png"))) == 1
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(rows) == 1 and len(rows[0]["success"]) == 2 and "videos" not in rows[0]
+    assert rows[0]["steps"] == 2 and set(rows[0]["attributes"]) >= {"direction", "colour"}
+    table = (tmp_path / "table.md").read_text()
+    assert f"| {tiny_wan_dir} | 2 |" in table and "| direction |" in table
+    assert (tmp_path / "grid.png").exists()
 
 
 def test_sft_validation_scores_with_the_verifier_on_the_evaluation_cores_seeds(tiny_wan_dir, tmp_path):

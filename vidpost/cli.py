@@ -19,6 +19,10 @@ from vidpost.errors import run_main
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("vidpost.pipelines.generate", "sample videos from prompts (mp4 + contact sheet)"),
     "eval": ("vidpost.pipelines.eval", "score videos or a model's with reward models; HTML report, --compare"),
+    "compare": (
+        "vidpost.pipelines.compare",
+        "models, students, quantisation recipes and prompt rewriters side by side on the Shapes held-out scenes",
+    ),
     "sft": ("vidpost.pipelines.sft", "stage 1: flow-matching fine-tuning (LoRA or full); sft precompute"),
     "rl": (
         "vidpost.pipelines.rl",
