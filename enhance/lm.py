@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 import torch
 
-from vidpost.config import Fraction, NonNegativeFloat, PositiveInt
+from vidpost.config import NonNegativeFloat
 from vidpost.models.base import DTYPES, upcast_trainable
+from vidpost.sections import LoraConfig
 
 
 @dataclass
@@ -41,15 +42,11 @@ class PairsConfig:
 
 
 @dataclass
-class LMLoraConfig:
-    enabled: bool = True
-    """train a LoRA (merged into the weights at export) or the whole model"""
-    rank: PositiveInt = 16
+class LMLoraConfig(LoraConfig):
+    """The rewriter's LoRA (merged into the weights at export): alpha 32 by default; dropout for SFT only (GRPO needs
+    a deterministic policy and refuses dropout > 0); `target_modules` null: every linear layer but the output head."""
+
     alpha: NonNegativeFloat = 32.0
-    dropout: Fraction = 0.0
-    """LoRA dropout (SFT only; GRPO needs a deterministic policy and refuses dropout > 0)"""
-    target_modules: list[str] | None = None
-    """module-name suffixes to adapt; null: every linear layer but the output head"""
 
 
 def load_rows(cfg: PairsConfig, required: tuple[str, ...]) -> list[dict[str, Any]]:

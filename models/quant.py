@@ -52,6 +52,7 @@ from vidpost.kernels.quant_formats import (
     hadamard,
     quantize_elements,
 )
+from vidpost.sections import VideoSize
 
 QUANT_CONFIG = "quant.json"
 QUANT_WEIGHTS = "quant.safetensors"
@@ -75,16 +76,12 @@ class TensorQuant:
 
 
 @dataclass
-class CalibrationConfig:
+class CalibrationConfig(VideoSize):
     prompts: list[str] | str = "shapes-train"
     """prompts run through the sampler to measure activation ranges"""
     count: int = 8
     steps: PositiveInt | None = None
     """sampler steps (null: the model's default)"""
-    num_frames: PositiveInt | None = None
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    """video size (null: the model's generation defaults)"""
     seed: int = 0
 
 

@@ -52,7 +52,7 @@ from vidpost.models.base import DTYPES, upcast_trainable
 from vidpost.models.lit import lit_modules, reinit_attention_projections, save_lit_student
 from vidpost.models.sampling import flow_sigmas
 from vidpost.outputs import atomic_dir
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
+from vidpost.sections import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.distill import (
     AttentionTap,
     DistillDataConfig,

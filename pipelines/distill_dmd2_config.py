@@ -8,7 +8,7 @@ from typing import Literal
 
 from vidpost.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from vidpost.models.sampling import SCHEDULES
-from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.sections import CheckpointConfig, LogConfig, LoraConfig, OptimConfig, PromptPool, VideoSize
 from vidpost.training.parallel import ParallelConfig
 
 # ---- configuration ----------------------------------------------------------------------------------------------
@@ -73,14 +73,7 @@ class GanConfig:
 
 
 @dataclass
-class DMD2DataConfig:
-    prompts: list[str] | str = "shapes-train"
-    """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
-    pool_size: PositiveInt = 2048
-    num_frames: PositiveInt | None = None
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    """video size (null: the teacher's generation defaults)"""
+class DMD2DataConfig(VideoSize, PromptPool):
     sample_prompts: list[str] | str = "shapes-heldout"
     """prompts of the sample grids (the first `log.sample_count`)"""
 

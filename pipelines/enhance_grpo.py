@@ -56,8 +56,8 @@ from vidpost.enhance.grpo import choose_rows, render_videos, score_rewrites
 from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.models.base import DTYPES
 from vidpost.rl.scaffold import accumulate, optimizer_steps
+from vidpost.sections import CheckpointConfig, LogConfig, OptimConfig, VideoSize
 from vidpost.seeding import step_seed
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult, one_run_per_output
@@ -65,16 +65,12 @@ from vidpost.training.sampling import video_size_and_shift
 
 
 @dataclass
-class VideoConfig:
+class VideoConfig(VideoSize):
     path: str = "shapes"
     """the FROZEN video model (diffusers-format folder or preset) that renders each rewrite"""
     lora: str = ""
     """optional diffusers LoRA folder applied to the video model"""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    num_frames: PositiveInt | None = None
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    """video size (null: the model's generation defaults)"""
     steps: PositiveInt = 10
     """ODE sampling steps"""
     guidance_scale: NonNegativeFloat = 5.0

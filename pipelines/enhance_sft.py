@@ -29,7 +29,7 @@ from typing import Any
 from vidpost.config import PositiveInt
 from vidpost.enhance.lm import LMConfig, LMLoraConfig, PairsConfig, export_lm, load_rows, setup_model
 from vidpost.enhance.miniature import resolve_miniature
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
+from vidpost.sections import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.loop import Trainer
 from vidpost.training.recovery import logits_probe
 from vidpost.training.runner import TrainResult, one_run_per_output

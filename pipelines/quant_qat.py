@@ -37,8 +37,8 @@ from vidpost.models.quant import install_quant, quant_modules, read_recipe, save
 from vidpost.models.sampling import flow_sigmas
 from vidpost.outputs import atomic_dir
 from vidpost.pipelines.quantize import calibrate_recipe, resolve_keep_worst
+from vidpost.sections import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.seeding import step_generator
-from vidpost.training.config import CheckpointConfig, LogConfig, OptimConfig
 from vidpost.training.distill import (
     DistillDataConfig,
     carry_generation_settings,

@@ -42,8 +42,8 @@ from vidpost.evaluation.validation import ValidationConfig, run_validation
 from vidpost.media.data import Bucket, LatentCache, StatefulBatchSampler, precompute, read_manifest
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import DTYPES, PromptEmbeds, upcast_trainable
+from vidpost.sections import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.seeding import step_generator
-from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.ema import EMA
 from vidpost.training.flow import flow_matching_loss, given_frames, loss_weight, renoise, sample_sigmas
 from vidpost.training.loop import Trainer

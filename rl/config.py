@@ -20,7 +20,7 @@ from vidpost.rl.algorithms.rsft import RSFTSection
 from vidpost.rl.policy import PolicyModelConfig
 from vidpost.rl.rewards import RewardsConfig
 from vidpost.rl.rollout import RolloutConfig
-from vidpost.training.config import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
+from vidpost.sections import CheckpointConfig, LogConfig, LoraConfig, OptimConfig
 from vidpost.training.parallel import ParallelConfig
 
 ALGORITHMS = ("grpo", "nft", "awm", "rsft", "draft")

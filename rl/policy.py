@@ -13,7 +13,7 @@ import torch
 
 from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import DTYPES
-from vidpost.training.config import LoraConfig
+from vidpost.sections import LoraConfig
 from vidpost.training.lora import add_lora
 from vidpost.training.sampling import video_size_and_shift
 

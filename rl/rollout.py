@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from vidpost.config import NonNegativeFloat, PositiveFloat, PositiveInt
 from vidpost.models.base import PromptEmbeds, VideoModelAdapter
 from vidpost.models.sampling import flow_sigmas, initial_noise, ode_step
+from vidpost.sections import PromptPool, VideoSize
 from vidpost.seeding import step_generator
 
 from .sde import sde_step
@@ -36,19 +37,11 @@ __all__ = [
 
 
 @dataclass
-class RolloutConfig:
-    prompts: list[str] | str = "shapes-train"
-    """a list of prompts, a .txt/.jsonl file, or "shapes-train" (canonical captions of the Shapes train split)"""
-    pool_size: PositiveInt = 2048
-    """how many prompts of "shapes-train" / the file form the pool"""
+class RolloutConfig(VideoSize, PromptPool):
     prompts_per_step: PositiveInt = 4
     """prompts per process per iteration"""
     group_size: PositiveInt = 8
     """samples per prompt (G)"""
-    num_frames: PositiveInt | None = None
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    """video size (null: the model's generation defaults)"""
     steps: PositiveInt = 10
     """denoising steps of a rollout"""
     shift: PositiveFloat | None = None

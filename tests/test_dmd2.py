@@ -365,7 +365,7 @@ def test_dmd2_runs_on_the_hunyuan_video_miniature(tmp_path, tiny_hunyuan_dir):
 def test_a_teacher_lora_is_fused_into_the_teacher(tmp_path, tiny_wan_dir):
     """`model.lora` (an RL stage's LoRA): the teacher the student learns from is base + LoRA, fused (no peft left)."""
     from vidpost.pipelines.distill_dmd2 import DMD2ModelConfig
-    from vidpost.training.config import LoraConfig
+    from vidpost.sections import LoraConfig
     from vidpost.training.dmd2 import load_teacher
     from vidpost.training.lora import add_lora, lora_state_dict
 

@@ -18,7 +18,7 @@ FP8 = ROOT / "configs" / "quant" / "w8a8-fp8.yaml"
 
 
 def _lora(tmp_path: Path, model: Path) -> Path:
-    from vidpost.training.config import LoraConfig
+    from vidpost.sections import LoraConfig
     from vidpost.training.lora import add_lora, lora_state_dict
 
     a = load(model)

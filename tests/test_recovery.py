@@ -16,7 +16,7 @@ import pytest
 
 from vidpost.models import LoraBaseMismatch, ModelPathError, WanAdapter, load
 from vidpost.models.provenance import lora_base, model_fingerprint, stamp_lora
-from vidpost.training.config import LoraConfig
+from vidpost.sections import LoraConfig
 from vidpost.training.lora import add_lora, lora_state_dict
 
 
@@ -92,7 +92,7 @@ def test_resume_changes_allow_the_schedule_and_refuse_the_rest():
 def _scheduled(lr: float, max_steps: int):
     import torch
 
-    from vidpost.training.config import OptimConfig
+    from vidpost.sections import OptimConfig
     from vidpost.training.optim import lr_lambda
 
     cfg = OptimConfig(lr=lr, warmup_steps=1, schedule="cosine")

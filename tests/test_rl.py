@@ -76,7 +76,7 @@ def test_rsft_keeps_the_best_k_of_each_group(cfg_for):
 
 def _tiny_batch(tiny_wan_dir, n=4):
     from vidpost.models import load
-    from vidpost.training.config import LoraConfig
+    from vidpost.sections import LoraConfig
     from vidpost.training.lora import add_lora
 
     adapter = load(tiny_wan_dir)

@@ -22,7 +22,7 @@ from vidpost.config import load_config
 from vidpost.models import load
 from vidpost.models.sampling import sample
 from vidpost.pipelines.sft import SFTConfig, TrainConfig, train
-from vidpost.training.config import OptimConfig
+from vidpost.sections import OptimConfig
 from vidpost.training.flow import flow_matching_loss, loss_weight, sample_sigmas
 from vidpost.training.optim import lr_lambda
 from vidpost.training.runner import TrainResult

@@ -19,18 +19,12 @@ from vidpost.models.attention import attention_sites
 from vidpost.models.base import PromptEmbeds, read_vidpost_config
 from vidpost.models.sampling import initial_noise
 from vidpost.outputs import write_text
+from vidpost.sections import PromptPool, VideoSize
 from vidpost.seeding import step_generator
 
 
 @dataclass
-class DistillDataConfig:
-    prompts: list[str] | str = "shapes-train"
-    """a list of prompts, a .txt/.jsonl file, "shapes-train" or "shapes-heldout\""""
-    pool_size: PositiveInt = 2048
-    num_frames: PositiveInt | None = None
-    height: PositiveInt | None = None
-    width: PositiveInt | None = None
-    """video size (null: the teacher's generation defaults)"""
+class DistillDataConfig(VideoSize, PromptPool):
     steps: PositiveInt = 10
     """Euler steps of the teacher trajectories the training states are taken from"""
     shift: PositiveFloat | None = None

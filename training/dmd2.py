@@ -17,7 +17,7 @@ from vidpost.models import VideoModelAdapter, load, resolve_model_path
 from vidpost.models.base import DTYPES, VIDPOST_CONFIG, PromptEmbeds, read_vidpost_config, upcast_trainable
 from vidpost.models.sampling import flow_sigmas, initial_noise
 from vidpost.outputs import atomic_dir, write_text
-from vidpost.training.config import LoraConfig
+from vidpost.sections import LoraConfig
 from vidpost.training.dmd import GanHead, x0_from_velocity
 from vidpost.training.lora import add_lora_to
 

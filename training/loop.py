@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vidpost.sections import LogConfig
 from vidpost.training.checkpoint import Checkpoints
-from vidpost.training.config import LogConfig
 from vidpost.training.optim import make_optimizer, make_scheduler
 from vidpost.training.parallel import Layout, make_layout
 from vidpost.training.runner import TrainResult

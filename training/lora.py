@@ -11,7 +11,7 @@ import torch
 from vidpost.models import VideoModelAdapter, resolve_model_path
 from vidpost.models.provenance import stamp_lora
 from vidpost.outputs import atomic_dir
-from vidpost.training.config import LoraConfig
+from vidpost.sections import LoraConfig
 from vidpost.training.ema import EMA
 
 

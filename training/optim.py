@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from vidpost.training.config import OptimConfig
+from vidpost.sections import OptimConfig
 
 
 def lr_lambda(step: int, cfg: OptimConfig, max_steps: int) -> float:

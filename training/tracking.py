@@ -11,7 +11,7 @@ import torch
 
 from vidpost.config import to_dict
 from vidpost.outputs import write_json
-from vidpost.training.config import LogConfig
+from vidpost.sections import LogConfig
 
 
 def make_accelerator(out_dir: Path, log: LogConfig, mixed_precision: str | None = None) -> Any:

@@ -1,4 +1,6 @@
-"""Config sections every trainer shares: LoRA, optimiser and schedule, checkpoints, logging."""
+"""Config sections and field groups the stages share, defined once: LoRA, optimiser and schedule, checkpoints,
+logging; the video size and the prompt pool a stage samples with (inherited by its own section, so the keys stay
+where a preset writes them: `rollout.num_frames`, `data.prompts`, ...)."""
 
 from __future__ import annotations
 
@@ -47,3 +49,22 @@ class LogConfig:
     every: NonNegativeInt = 10
     tensorboard: bool = True
     wandb: bool = False
+
+
+@dataclass
+class VideoSize:
+    num_frames: PositiveInt | None = None
+    """frames of the videos sampled (null: the model's generation defaults, its `vidpost.json`)"""
+    height: PositiveInt | None = None
+    """height in pixels (null: the model's default)"""
+    width: PositiveInt | None = None
+    """width in pixels (null: the model's default)"""
+
+
+@dataclass
+class PromptPool:
+    prompts: list[str] | str = "shapes-train"
+    """a list of prompts, a .txt/.jsonl file, "shapes-train" (the Shapes train split's captions) or the held-out
+    set's ("shapes-heldout")"""
+    pool_size: PositiveInt = 2048
+    """how many prompts of the set / the file form the pool"""
